@@ -1,0 +1,253 @@
+"""The training configuration a user writes (``config.json``), typed and validated.
+
+Every field carries a description and a group (model, data, lora, optimisation,
+validation, memory, logging, distributed): the CLI flags, ``frametuner config check``,
+the README table and the web UI form are all generated from this one schema.
+No torch here.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from ..models import registry
+
+GROUPS = ("model", "data", "lora", "optimisation", "validation", "memory", "logging", "distributed")
+
+QUANTISED_PRECISIONS = ("int8-quanto", "int4-quanto", "fp8-torchao")
+BasePrecision = Literal["no_change", "bf16", "fp16", "fp32", "int8-quanto", "int4-quanto", "fp8-torchao"]
+LoraFormat = Literal["peft", "upstream", "comfyui"]
+
+
+def _field(default: Any, group: str, description: str, **kwargs: Any) -> Any:
+    extra = kwargs.pop("json_schema_extra", {}) or {}
+    return Field(default, description=description, json_schema_extra={"group": group, **extra}, **kwargs)
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """``"480x832"`` -> (height, width); both must be positive multiples of 16."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
+    if not match:
+        raise ValueError(f"{text!r} is not HEIGHTxWIDTH (for example '480x832')")
+    height, width = int(match.group(1)), int(match.group(2))
+    bad = [str(v) for v in (height, width) if v <= 0 or v % 16]
+    if bad:
+        raise ValueError(
+            f"{text!r}: height and width must be positive multiples of 16 (VAE stride 8 x patch 2); "
+            f"{', '.join(bad)} is not; try '{max(16, round(height / 16) * 16)}x{max(16, round(width / 16) * 16)}'"
+        )
+    return height, width
+
+
+def check_frame_count(frames: int) -> int:
+    if frames < 1 or (frames - 1) % 4:
+        lower = max(1, frames - (frames - 1) % 4) if frames >= 1 else 1
+        raise ValueError(
+            f"{frames} frames is not 4k+1 (the VAE packs the first frame alone, then groups of 4); "
+            f"use {lower} or {lower + 4}"
+        )
+    return frames
+
+
+class DistributedConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="ddp: replicate the model; fsdp: shard it per block (FSDP2)")
+    fsdp_reshard_after_forward: bool = Field(True, description="FSDP2: free gathered block weights after each forward")
+    find_unused_parameters: bool = Field(False, description="DDP: search for parameters without gradients each step")
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    _config_dir: Path | None = PrivateAttr(default=None)  # folder of the file it came from
+
+    # ------------------------------------------------------------------ model
+    model_family: str = _field("longcat_video", "model", "Model family (see `frametuner models`)")
+    model_flavour: str | None = _field(
+        None, "model", "Flavour of the family: 'final' (the release, hub meituan-longcat/LongCat-Video) or 'tiny' (local random model for demos)"
+    )
+    model_type: Literal["lora", "full"] = _field("lora", "model", "Train a LoRA adapter or all DiT weights")
+    pretrained_model_name_or_path: str | None = _field(
+        None, "model", "Hub id or local folder in the upstream layout (dit/ text_encoder/ tokenizer/ vae/ scheduler/); null = from the flavour"
+    )
+    base_model_precision: BasePrecision = _field(
+        "no_change", "model", "Storage of the frozen base weights: no_change (= mixed_precision dtype), bf16, fp16, fp32, int8-quanto, int4-quanto, fp8-torchao"
+    )
+    mixed_precision: Literal["bf16", "fp16", "no"] = _field("bf16", "model", "Compute precision through accelerate ('no' = float32)")
+    attention_implementation: Literal["auto", "sdpa", "xformers", "bsa"] = _field(
+        "auto", "model", "auto: block-sparse on CUDA where shapes allow and bsa_* is set, SDPA otherwise"
+    )
+    bsa_sparsity: float | None = _field(None, "model", "Block-sparse attention: fraction of key chunks skipped (0.9375 = keep 1/16)", ge=0.0, lt=1.0)
+    bsa_chunk_3d_shape: list[int] | None = _field(None, "model", "Block-sparse attention chunk (t, h, w) in latent patches, default [4, 4, 4]")
+    bsa_cdf_threshold: float | None = _field(None, "model", "Block-sparse attention: keep key chunks until this softmax mass", gt=0.0, le=1.0)
+    flow_schedule_shift: float = _field(12.0, "model", "Flow-matching sigma shift s' = k s / (1 + (k-1) s); LongCat uses 12", gt=0.0)
+    gradient_checkpointing: bool = _field(True, "model", "Recompute each block in the backward to save memory")
+
+    # ------------------------------------------------------------------ data
+    data_backend_config: str | None = _field(None, "data", "Path of the dataset list (JSON/JSONC); required to train")
+    train_batch_size: int = _field(1, "data", "Clips per step per GPU (a batch never mixes buckets)", ge=1)
+    aspect_bucket_alignment: int = _field(64, "data", "Pixel grid of bucket sizes (64 makes 720p eligible for block-sparse attention)", ge=16, multiple_of=16)
+    cache_dir: str | None = _field(None, "data", "Where latents and text embeddings are cached; default <output_dir>/cache")
+    caption_dropout_probability: float = _field(0.0, "data", "Probability of training a sample with the empty caption", ge=0.0, le=1.0)
+    dataloader_num_workers: int = _field(0, "data", "Background workers reading cache files", ge=0)
+
+    # ------------------------------------------------------------------ lora
+    lora_rank: int = _field(16, "lora", "LoRA rank", ge=1)
+    lora_alpha: float | None = _field(None, "lora", "LoRA alpha; null = lora_rank (scale 1)", gt=0)
+    lora_dropout: float = _field(0.0, "lora", "Dropout on the LoRA input", ge=0.0, lt=1.0)
+    lora_target_modules: list[str] | None = _field(
+        None, "lora", "Module names to wrap; null = the family default (upstream's released LoRA targets)"
+    )
+    init_lora: str | None = _field(None, "lora", "Start from this LoRA file (PEFT, upstream or ComfyUI format)")
+    lora_export_formats: list[LoraFormat] = _field(
+        ["peft", "upstream", "comfyui"], "lora", "LoRA files written at each checkpoint and at the end"
+    )
+
+    # ------------------------------------------------------------------ optimisation
+    learning_rate: float = _field(1e-4, "optimisation", "Peak learning rate", gt=0)
+    optimizer: Literal["adamw", "adamw8bit"] = _field("adamw", "optimisation", "adamw (torch, fused on CUDA) or adamw8bit (bitsandbytes, CUDA)")
+    adam_beta1: float = _field(0.9, "optimisation", "AdamW beta1", ge=0.0, lt=1.0)
+    adam_beta2: float = _field(0.999, "optimisation", "AdamW beta2", ge=0.0, lt=1.0)
+    adam_weight_decay: float = _field(0.01, "optimisation", "AdamW decoupled weight decay", ge=0.0)
+    adam_epsilon: float = _field(1e-8, "optimisation", "AdamW epsilon", gt=0.0)
+    optimizer_state_dtype: Literal["fp32", "bf16"] = _field("fp32", "optimisation", "Dtype of AdamW moments (full fine-tuning)")
+    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "polynomial"] = _field("constant", "optimisation", "Learning-rate schedule")
+    lr_warmup_steps: int = _field(0, "optimisation", "Linear warm-up steps", ge=0)
+    max_train_steps: int | None = _field(None, "optimisation", "Optimizer steps to train; overrides num_train_epochs", ge=1)
+    num_train_epochs: int = _field(1, "optimisation", "Epochs to train when max_train_steps is not set", ge=1)
+    gradient_accumulation_steps: int = _field(1, "optimisation", "Micro-batches per optimizer step", ge=1)
+    max_grad_norm: float | None = _field(1.0, "optimisation", "Clip the gradient norm (null = no clipping)", gt=0)
+    seed: int | None = _field(42, "optimisation", "Seed for weights of new LoRAs, noise, timesteps and data order")
+    timestep_sampling: Literal["uniform", "logit_normal"] = _field("uniform", "optimisation", "Distribution of training sigmas before the shift")
+    logit_mean: float = _field(0.0, "optimisation", "logit_normal: mean")
+    logit_std: float = _field(1.0, "optimisation", "logit_normal: standard deviation", gt=0)
+    checkpointing_steps: int = _field(500, "optimisation", "Save a resumable checkpoint every N steps", ge=1)
+    checkpoints_total_limit: int | None = _field(3, "optimisation", "Keep at most this many checkpoints (null = all)", ge=1)
+    resume_from_checkpoint: str | None = _field(None, "optimisation", "'latest' or a checkpoint folder to continue from")
+
+    # ------------------------------------------------------------------ validation
+    validation_prompt: str | None = _field(None, "validation", "Prompt of the validation videos")
+    validation_prompt_file: str | None = _field(None, "validation", "Text file with one validation prompt per line")
+    validation_negative_prompt: str = _field("", "validation", "Negative prompt for CFG ('' = the empty prompt, as upstream)")
+    validation_steps: int = _field(500, "validation", "Validate every N steps (also at step 0 and at the end)", ge=1)
+    validation_resolution: str = _field("480x832", "validation", "HEIGHTxWIDTH of validation videos, multiples of 16")
+    validation_num_video_frames: int = _field(93, "validation", "Frames of validation videos (4k+1)")
+    validation_num_inference_steps: int = _field(40, "validation", "Sampling steps", ge=1)
+    validation_guidance: float = _field(4.0, "validation", "Classifier-free guidance scale (1.0 = off)", ge=0.0)
+    validation_seed: int | None = _field(42, "validation", "Seed of validation noise (null = the training seed)")
+    validation_fps: int = _field(15, "validation", "Frame rate written into validation videos (the base model's is 15)", ge=1)
+    validation_video_crf: int = _field(18, "validation", "H.264 quality of validation videos (lower = better)", ge=0, le=51)
+    validation_using_datasets: bool = _field(False, "validation", "Take validation captions (and i2v images) from eval_dataset_id")
+    eval_dataset_id: str | None = _field(None, "validation", "Dataset id used for validation prompts/images")
+
+    # ------------------------------------------------------------------ memory
+    enable_group_offload: bool = _field(False, "memory", "Offload DiT weights to the CPU with diffusers' group offloading")
+    group_offload_type: Literal["block_level", "leaf_level"] = _field("block_level", "memory", "Group offload granularity")
+    group_offload_blocks_per_group: int = _field(1, "memory", "Blocks per offload group (block_level)", ge=1)
+    group_offload_use_stream: bool = _field(False, "memory", "Overlap offload transfers on a CUDA stream")
+    musubi_blocks_to_swap: int = _field(0, "memory", "Keep the last N DiT blocks in host memory, streamed in one block ahead", ge=0)
+    musubi_block_swap_device: str = _field("cpu", "memory", "Where swapped blocks live")
+    gradient_checkpointing_cpu_offload: bool = _field(False, "memory", "Keep checkpointed block inputs in pinned host memory")
+
+    # ------------------------------------------------------------------ logging
+    output_dir: str = _field("output", "logging", "Checkpoints, LoRA files, validation videos and logs go here")
+    report_to: Literal["none", "tensorboard", "wandb"] = _field("tensorboard", "logging", "Metrics backend")
+    tracker_project_name: str = _field("frametuner", "logging", "Project name for the tracker")
+    tracker_run_name: str | None = _field(None, "logging", "Run name for the tracker")
+
+    # ------------------------------------------------------------------ distributed
+    num_processes: int = _field(1, "distributed", "GPUs/processes to train on (spawns accelerate launch)", ge=1)
+    distributed: DistributedConfig = _field(DistributedConfig(), "distributed", "Multi-GPU strategy")
+
+    # ------------------------------------------------------------------ validators
+    @field_validator("model_family")
+    @classmethod
+    def _known_family(cls, value: str) -> str:
+        known = registry.families()
+        if value not in known:
+            from .errors import did_you_mean
+
+            raise ValueError(f"unknown model family {value!r}{did_you_mean(value, known)}; available: {', '.join(sorted(known))}")
+        return value
+
+    @field_validator("validation_resolution")
+    @classmethod
+    def _resolution(cls, value: str) -> str:
+        parse_resolution(value)
+        return value
+
+    @field_validator("validation_num_video_frames")
+    @classmethod
+    def _frames(cls, value: int) -> int:
+        return check_frame_count(value)
+
+    @field_validator("bsa_chunk_3d_shape")
+    @classmethod
+    def _chunk(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (len(value) != 3 or any(v < 1 for v in value)):
+            raise ValueError(f"{value} must be three positive integers [t, h, w], e.g. [4, 4, 4]")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "TrainConfig":
+        info = registry.family_info(self.model_family)
+        if self.model_flavour is None:
+            object.__setattr__(self, "model_flavour", info.default_flavour)
+        elif self.model_flavour not in info.flavours:
+            from .errors import did_you_mean
+
+            raise ValueError(
+                f"model_flavour {self.model_flavour!r} is not a flavour of {self.model_family}"
+                f"{did_you_mean(self.model_flavour, info.flavours)}; available: {', '.join(info.flavours)}"
+            )
+        if self.model_type == "full" and self.base_model_precision in QUANTISED_PRECISIONS:
+            raise ValueError(
+                f"model_type 'full' cannot train a quantised base ({self.base_model_precision}); "
+                "use base_model_precision 'bf16' for full fine-tuning, or model_type 'lora'"
+            )
+        if self.validation_using_datasets and not self.eval_dataset_id:
+            raise ValueError("validation_using_datasets is true but eval_dataset_id is not set; name the dataset id to validate with")
+        return self
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def effective_lora_alpha(self) -> float:
+        return float(self.lora_alpha if self.lora_alpha is not None else self.lora_rank)
+
+    @property
+    def validation_size(self) -> tuple[int, int]:
+        return parse_resolution(self.validation_resolution)
+
+    def group_of(self, key: str) -> str:
+        return field_group(key)
+
+
+def field_group(key: str) -> str:
+    extra = TrainConfig.model_fields[key].json_schema_extra or {}
+    return extra.get("group", "other")  # type: ignore[union-attr]
+
+
+# Settings that parse but whose feature has not landed yet: each predicate says when a
+# config uses one, which prints a loud warning (never silently ignored). Shrinks as
+# features land.
+NOT_YET_IMPLEMENTED: dict[str, tuple[Any, str]] = {
+    "enable_group_offload": (lambda c: c.enable_group_offload, "group offload"),
+    "musubi_blocks_to_swap": (lambda c: c.musubi_blocks_to_swap > 0, "block swap"),
+    "gradient_checkpointing_cpu_offload": (lambda c: c.gradient_checkpointing_cpu_offload, "activation offload"),
+    "base_model_precision": (lambda c: c.base_model_precision in QUANTISED_PRECISIONS, "quantised base weights"),
+    "num_processes": (lambda c: c.num_processes > 1, "multi-GPU training"),
+}
+
+
+def unimplemented_settings(config: TrainConfig) -> list[str]:
+    """One warning line per setting this build accepts but does not carry out yet."""
+    return [
+        f"'{key}' = {getattr(config, key)!r}: {feature} is NOT IMPLEMENTED in this version of frametuner; the setting has no effect"
+        for key, (used, feature) in NOT_YET_IMPLEMENTED.items()
+        if used(config)
+    ]

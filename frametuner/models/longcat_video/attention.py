@@ -1,0 +1,132 @@
+"""Attention dispatch for the LongCat-Video DiT.
+
+All functions take and return ``[B, heads, S, head_dim]`` tensors (the layout of
+``torch.nn.functional.scaled_dot_product_attention``); backends with another layout
+transpose inside. The self-attention backend is chosen per model through
+:class:`AttentionSettings`; block-sparse attention registers itself in
+``SELF_ATTENTION_BACKENDS`` under ``"bsa"``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+ATTENTION_IMPLEMENTATIONS = ("auto", "sdpa", "xformers", "bsa")
+
+
+class SelfAttentionBackend(Protocol):
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        grid_q: tuple[int, int, int],
+        grid_k: tuple[int, int, int],
+        settings: "AttentionSettings",
+    ) -> torch.Tensor: ...
+
+
+@dataclass
+class AttentionSettings:
+    """Which kernel runs self-attention; shared by every block of one model."""
+
+    implementation: str = "auto"
+    bsa_params: dict | None = None
+    _logged: set = field(default_factory=set, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attention_implementation={self.implementation!r} is not one of {list(ATTENTION_IMPLEMENTATIONS)}"
+            )
+
+    def log_choice_once(self, backend: str, grid: tuple[int, int, int], reason: str = "") -> None:
+        key = (backend, tuple(grid))
+        if key not in self._logged:
+            self._logged.add(key)
+            logger.info("self-attention on grid %s uses %s%s", tuple(grid), backend, f" ({reason})" if reason else "")
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **_: object) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **_: object) -> torch.Tensor:
+    try:
+        import xformers.ops as xops
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise RuntimeError(
+            "attention_implementation='xformers' needs the xformers package: `pip install xformers` "
+            "(CUDA only), or use attention_implementation='sdpa'"
+        ) from error
+    out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
+
+
+SELF_ATTENTION_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
+    "sdpa": sdpa_attention,
+    "xformers": xformers_attention,
+}
+
+
+def register_self_attention_backend(name: str, fn: Callable[..., torch.Tensor]) -> None:
+    SELF_ATTENTION_BACKENDS[name] = fn
+
+
+def resolve_backend(settings: AttentionSettings, device: torch.device, grid_q, grid_k) -> str:
+    """Pick the backend for one call. ``auto`` uses block-sparse attention only where it applies."""
+    wanted = settings.implementation
+    if wanted == "auto":
+        if device.type == "cuda" and settings.bsa_params and "bsa" in SELF_ATTENTION_BACKENDS:
+            from .bsa import bsa_eligible  # local import: optional backend
+
+            if bsa_eligible(grid_q, grid_k, settings.bsa_params):
+                return "bsa"
+        return "sdpa"
+    if wanted not in SELF_ATTENTION_BACKENDS:
+        raise RuntimeError(f"attention_implementation={wanted!r} is not available in this installation")
+    return wanted
+
+
+def self_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    grid_q: tuple[int, int, int],
+    grid_k: tuple[int, int, int],
+    settings: AttentionSettings,
+) -> torch.Tensor:
+    backend = resolve_backend(settings, q.device, grid_q, grid_k)
+    settings.log_choice_once(backend, grid_k)
+    return SELF_ATTENTION_BACKENDS[backend](q, k, v, grid_q=grid_q, grid_k=grid_k, settings=settings)
+
+
+def cross_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    key_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention of video tokens to text tokens.
+
+    ``key_mask [B, L]`` (bool, True = attend) drops keys per sample; ``key_bias [B, L]``
+    adds a per-key logit bias (used to stand one key in for several identical ones).
+    """
+    attn_mask = None
+    if key_bias is not None:
+        attn_mask = key_bias[:, None, None, :].to(q.dtype)
+        if key_mask is not None:
+            attn_mask = attn_mask.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    elif key_mask is not None:
+        attn_mask = key_mask[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)

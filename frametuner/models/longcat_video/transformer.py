@@ -1,0 +1,392 @@
+"""LongCat-Video diffusion transformer (13.6B at the released size), written for frametuner.
+
+The module tree and parameter names equal the upstream checkpoint's state dict, so an
+upstream ``dit/`` folder loads with ``from_pretrained`` as is. The maths follows the
+upstream reference exactly (see ``docs`` and the fixture README): per-frame adaLN
+computed in float32, float32 LayerNorm/RMSNorm/RoPE, SwiGLU FFN, cross-attention to
+zero-padded text, and condition latents (image-to-video) that attend only to themselves
+and get no cross-attention.
+
+Memory tools (block swap, offload, FSDP) wrap entries of ``self.blocks``; the forward
+runs them through :meth:`LongCatVideoTransformer3DModel._run_block`, the one seam where
+checkpointing policies plug in.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+
+from .attention import AttentionSettings, cross_attention, self_attention
+from .rope import RotaryEmbedding3D, apply_rope
+
+Grid = tuple[int, int, int]
+
+
+class FP32Linear(nn.Linear):
+    """A Linear that always computes in float32 (upstream runs these under fp32 autocast).
+
+    Used for the timestep MLP, the adaLN modulation and the final projection, whose
+    outputs scale every activation; storage may be bf16, the matmul is not.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.float()
+        return F.linear(x.float(), self.weight.float(), bias)
+
+
+class FP32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32; returns float32 (callers cast where upstream does)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
+
+
+class FP32RMSNorm(nn.Module):
+    """Per-head RMSNorm: normalised in float32, cast back, then scaled by the weight."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.to(x.dtype) * self.weight
+
+
+def swiglu_hidden_size(hidden_size: int, mlp_ratio: float, multiple_of: int = 256) -> int:
+    """Upstream FFN width: 2/3 of ``hidden_size * mlp_ratio`` rounded up to a multiple of 256."""
+    hidden = int(2 * int(hidden_size * mlp_ratio) / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features ``[cos(t f), sin(t f)]`` in float32."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    features = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        features = torch.cat([features, torch.zeros_like(features[:, :1])], dim=-1)
+    return features
+
+
+class PatchEmbed3D(nn.Module):
+    def __init__(self, patch_size: Sequence[int], in_channels: int, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Conv3d(in_channels, hidden_size, kernel_size=tuple(patch_size), stride=tuple(patch_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # [B, N, C], tokens in (t, h, w) order
+
+
+class TimestepEmbedder(nn.Module):
+    def __init__(self, t_embed_dim: int, frequency_embedding_size: int):
+        super().__init__()
+        self.frequency_embedding_size = frequency_embedding_size
+        self.mlp = nn.Sequential(
+            FP32Linear(frequency_embedding_size, t_embed_dim),
+            nn.SiLU(),
+            FP32Linear(t_embed_dim, t_embed_dim),
+        )
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_features(t, self.frequency_embedding_size))
+
+
+class CaptionEmbedder(nn.Module):
+    def __init__(self, in_channels: int, hidden_size: int):
+        super().__init__()
+        self.y_proj = nn.Sequential(
+            nn.Linear(in_channels, hidden_size),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(hidden_size, hidden_size),
+        )
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.y_proj(y)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, settings: AttentionSettings):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.q_norm = FP32RMSNorm(self.head_dim)
+        self.k_norm = FP32RMSNorm(self.head_dim)
+        self.proj = nn.Linear(dim, dim)
+        self.rope = RotaryEmbedding3D(self.head_dim)
+        self.settings = settings
+
+    def forward(self, x: torch.Tensor, grid: Grid, num_cond_latents: int) -> torch.Tensor:
+        batch, tokens, channels = x.shape
+        qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, D]
+        cos, sin = self.rope.tables(grid, x.device)
+        q = apply_rope(self.q_norm(q), cos, sin)
+        k = apply_rope(self.k_norm(k), cos, sin)
+
+        if num_cond_latents > 0:
+            # Condition tokens attend only to condition tokens; noise tokens attend to all.
+            split = num_cond_latents * (tokens // grid[0])
+            cond_grid = (num_cond_latents, grid[1], grid[2])
+            noise_grid = (grid[0] - num_cond_latents, grid[1], grid[2])
+            out_cond = self_attention(
+                q[:, :, :split], k[:, :, :split], v[:, :, :split],
+                grid_q=cond_grid, grid_k=cond_grid, settings=self.settings,
+            )
+            out_noise = self_attention(
+                q[:, :, split:], k, v, grid_q=noise_grid, grid_k=grid, settings=self.settings
+            )
+            out = torch.cat([out_cond, out_noise], dim=2)
+        else:
+            out = self_attention(q, k, v, grid_q=grid, grid_k=grid, settings=self.settings)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, channels))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q_linear = nn.Linear(dim, dim)
+        self.kv_linear = nn.Linear(dim, dim * 2)
+        self.proj = nn.Linear(dim, dim)
+        self.q_norm = FP32RMSNorm(self.head_dim)
+        self.k_norm = FP32RMSNorm(self.head_dim)
+
+    def _attend(self, x: torch.Tensor, text: "TextContext") -> torch.Tensor:
+        batch, tokens, channels = x.shape
+        q = self.q_norm(self.q_linear(x).view(batch, tokens, self.num_heads, self.head_dim))
+        kv = self.kv_linear(text.states).view(batch, -1, 2, self.num_heads, self.head_dim)
+        k, v = kv.unbind(2)
+        k = self.k_norm(k)
+        out = cross_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), key_mask=text.key_mask, key_bias=text.key_bias
+        )
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, channels))
+
+    def forward(self, x: torch.Tensor, text: "TextContext", grid: Grid, num_cond_latents: int) -> torch.Tensor:
+        if num_cond_latents == 0:
+            return self._attend(x, text)
+        split = num_cond_latents * (x.shape[1] // grid[0])
+        out_noise = self._attend(x[:, split:], text)
+        return torch.cat([out_noise.new_zeros(x.shape[0], split, x.shape[2]), out_noise], dim=1)
+
+
+class FeedForwardSwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TextContext:
+    """Projected text tokens plus how to attend to them; built once per forward."""
+
+    __slots__ = ("states", "key_mask", "key_bias")
+
+    def __init__(self, states: torch.Tensor, key_mask: torch.Tensor | None = None, key_bias: torch.Tensor | None = None):
+        self.states = states  # [B, L, C]
+        self.key_mask = key_mask  # [B, L] bool or None
+        self.key_bias = key_bias  # [B, L] float or None
+
+
+def _modulate(norm: nn.Module, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``LN(x) * (1 + scale) + shift`` in float32, per latent frame; ``x [B, T, n, C]``."""
+    return (norm(x) * (1 + scale) + shift).to(x.dtype)
+
+
+class LongCatSingleStreamBlock(nn.Module):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, adaln_tembed_dim: int, settings: AttentionSettings):
+        super().__init__()
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), FP32Linear(adaln_tembed_dim, 6 * hidden_size))
+        self.mod_norm_attn = FP32LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
+        self.mod_norm_ffn = FP32LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
+        self.pre_crs_attn_norm = FP32LayerNorm(hidden_size, eps=1e-6, elementwise_affine=True)
+        self.attn = SelfAttention(hidden_size, num_heads, settings)
+        self.cross_attn = CrossAttention(hidden_size, num_heads)
+        self.ffn = FeedForwardSwiGLU(hidden_size, swiglu_hidden_size(hidden_size, mlp_ratio))
+
+    def forward(
+        self, x: torch.Tensor, text: TextContext, t_emb: torch.Tensor, grid: Grid, num_cond_latents: int = 0
+    ) -> torch.Tensor:
+        batch, tokens, channels = x.shape
+        frames = grid[0]
+        # [B, T, 1, C] each, float32
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            self.adaLN_modulation(t_emb).unsqueeze(2).chunk(6, dim=-1)
+        )
+        per_frame = (batch, frames, tokens // frames, channels)
+
+        x_mod = _modulate(self.mod_norm_attn, x.view(per_frame), shift_msa, scale_msa).view(batch, tokens, channels)
+        attn = self.attn(x_mod, grid, num_cond_latents)
+        x = (x.view(per_frame).float() + gate_msa * attn.view(per_frame).float()).to(x.dtype).view(batch, tokens, channels)
+
+        x = x + self.cross_attn(self.pre_crs_attn_norm(x).to(x.dtype), text, grid, num_cond_latents)
+
+        x_mod = _modulate(self.mod_norm_ffn, x.view(per_frame), shift_mlp, scale_mlp).view(batch, tokens, channels)
+        ffn = self.ffn(x_mod)
+        x = (x.view(per_frame).float() + gate_mlp * ffn.view(per_frame).float()).to(x.dtype)
+        return x.view(batch, tokens, channels)
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, hidden_size: int, patch_volume: int, out_channels: int, adaln_tembed_dim: int):
+        super().__init__()
+        self.norm_final = FP32LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
+        self.linear = FP32Linear(hidden_size, patch_volume * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), FP32Linear(adaln_tembed_dim, 2 * hidden_size))
+
+    def forward(self, x: torch.Tensor, t_emb: torch.Tensor, grid: Grid) -> torch.Tensor:
+        batch, tokens, channels = x.shape
+        shift, scale = self.adaLN_modulation(t_emb).unsqueeze(2).chunk(2, dim=-1)
+        x = x.view(batch, grid[0], tokens // grid[0], channels)
+        x = self.norm_final(x) * (1 + scale) + shift  # stays float32, as upstream
+        return self.linear(x.view(batch, tokens, channels))
+
+
+class LongCatVideoTransformer3DModel(ModelMixin, ConfigMixin):
+    """The LongCat-Video DiT. Constructor arguments equal the upstream ``dit/config.json`` keys.
+
+    ``enable_flashattn2/3``, ``enable_xformers`` and ``cp_split_hw`` only described how
+    upstream ran and are accepted for compatibility; the kernel is chosen with
+    :meth:`set_attention_implementation`. ``enable_bsa`` + ``bsa_params`` make
+    block-sparse attention available to the ``auto`` choice.
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["LongCatSingleStreamBlock"]
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 16,
+        out_channels: int = 16,
+        hidden_size: int = 4096,
+        depth: int = 48,
+        num_heads: int = 32,
+        caption_channels: int = 4096,
+        mlp_ratio: int = 4,
+        adaln_tembed_dim: int = 512,
+        frequency_embedding_size: int = 256,
+        patch_size: Sequence[int] = (1, 2, 2),
+        enable_flashattn3: bool = False,
+        enable_flashattn2: bool = False,
+        enable_xformers: bool = False,
+        enable_bsa: bool = False,
+        bsa_params: dict | None = None,
+        cp_split_hw: Sequence[int] | None = None,
+        text_tokens_zero_pad: bool = False,
+    ) -> None:
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+        if tuple(patch_size)[0] != 1:
+            raise ValueError("LongCat-Video patches must not compress time (patch_size[0] == 1)")
+        self.patch_size = tuple(patch_size)
+        self.out_channels = out_channels
+        self.text_tokens_zero_pad = text_tokens_zero_pad
+        self.attention_settings = AttentionSettings(
+            implementation="auto", bsa_params=dict(bsa_params) if (enable_bsa and bsa_params) else None
+        )
+
+        self.x_embedder = PatchEmbed3D(self.patch_size, in_channels, hidden_size)
+        self.t_embedder = TimestepEmbedder(adaln_tembed_dim, frequency_embedding_size)
+        self.y_embedder = CaptionEmbedder(caption_channels, hidden_size)
+        self.blocks = nn.ModuleList(
+            LongCatSingleStreamBlock(hidden_size, num_heads, mlp_ratio, adaln_tembed_dim, self.attention_settings)
+            for _ in range(depth)
+        )
+        self.final_layer = FinalLayer(hidden_size, math.prod(self.patch_size), out_channels, adaln_tembed_dim)
+        self.gradient_checkpointing = False
+
+    # ------------------------------------------------------------------ settings
+    def set_attention_implementation(self, implementation: str, bsa_params: dict | None = None) -> None:
+        """Choose the self-attention kernel: ``auto`` | ``sdpa`` | ``xformers`` | ``bsa``."""
+        settings = AttentionSettings(implementation=implementation)  # validates the name
+        self.attention_settings.implementation = settings.implementation
+        if bsa_params is not None:
+            self.attention_settings.bsa_params = dict(bsa_params)
+        self.attention_settings._logged.clear()
+
+    # ------------------------------------------------------------------ helpers
+    def _text_context(self, encoder_hidden_states: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype) -> TextContext:
+        if encoder_hidden_states.dim() == 4:  # upstream layout [B, 1, L, C]
+            encoder_hidden_states = encoder_hidden_states.squeeze(1)
+        states = self.y_embedder(encoder_hidden_states.to(dtype))
+        if mask is None:
+            return TextContext(states)
+        mask = mask.reshape(mask.shape[0], -1)
+        if self.text_tokens_zero_pad:
+            # Padding rows become exactly zero AFTER the projection; all L tokens are attended.
+            return TextContext(states * mask[:, :, None].to(states.dtype))
+        return TextContext(states, key_mask=mask != 0)
+
+    def _run_block(self, index: int, block: nn.Module, *args: Any) -> torch.Tensor:
+        if torch.is_grad_enabled() and self.gradient_checkpointing:
+            return self._gradient_checkpointing_func(block, *args)
+        return block(*args)
+
+    def unpatchify(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """``[B, N, p_t*p_h*p_w*C]`` -> ``[B, C, T, H, W]`` with C fastest in the last dim."""
+        num_t, num_h, num_w = grid
+        p_t, p_h, p_w = self.patch_size
+        batch = x.shape[0]
+        x = x.view(batch, num_t, num_h, num_w, p_t, p_h, p_w, self.out_channels)
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return x.reshape(batch, self.out_channels, num_t * p_t, num_h * p_h, num_w * p_w)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+        num_cond_latents: int = 0,
+    ) -> torch.Tensor:
+        """Predict ``x0 - noise`` for latents ``[B, 16, T, H, W]``; returns float32.
+
+        ``timestep`` is ``[B]`` or per latent frame ``[B, T]`` (sigma * 1000); text is
+        ``[B, 1, L, C]`` or ``[B, L, C]`` with mask ``[B, L]`` (1 = real token).
+        """
+        batch, _, frames, height, width = hidden_states.shape
+        p_t, p_h, p_w = self.patch_size
+        if height % p_h or width % p_w:
+            raise ValueError(f"latent height/width {height}x{width} must be multiples of the patch size {self.patch_size}")
+        grid: Grid = (frames // p_t, height // p_h, width // p_w)
+        num_cond_latents = int(num_cond_latents)
+        if not 0 <= num_cond_latents < frames:
+            raise ValueError(f"num_cond_latents={num_cond_latents} must be in [0, {frames})")
+
+        dtype = self.x_embedder.proj.weight.dtype
+        if timestep.dim() == 1:
+            timestep = timestep[:, None].expand(-1, grid[0])
+        # Upstream rounds timesteps to the model dtype before embedding; the released
+        # weights were trained that way, so keep it.
+        t_emb = self.t_embedder(timestep.to(dtype).float().flatten()).view(batch, grid[0], -1)
+
+        x = self.x_embedder(hidden_states.to(dtype))
+        text = self._text_context(encoder_hidden_states, encoder_attention_mask, dtype)
+
+        for index, block in enumerate(self.blocks):
+            x = self._run_block(index, block, x, text, t_emb, grid, num_cond_latents)
+
+        x = self.final_layer(x, t_emb, grid)
+        return self.unpatchify(x, grid).float()

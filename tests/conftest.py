@@ -1,0 +1,54 @@
+"""Shared test fixtures: the upstream reference oracle lives in tests/fixtures (copied from ../shared)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+TESTS = Path(__file__).resolve().parent
+REFERENCE = TESTS / "fixtures" / "longcat_reference"
+SHARED = TESTS.parent.parent / "shared"
+SHARED_MEDIA = SHARED / "fixtures" / "media"
+
+torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Tiny checkpoints go to one per-session folder, never the user's ~/.cache."""
+    home = tmp_path_factory.getbasetemp() / "frametuner-home"
+    monkeypatch.setenv("FRAMETUNER_HOME", str(home))
+
+
+@pytest.fixture(scope="session")
+def cases() -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(REFERENCE / "cases.safetensors")
+
+
+@pytest.fixture(scope="session")
+def reference_dit():
+    from frametuner.models.longcat_video import LongCatVideoTransformer3DModel
+
+    return LongCatVideoTransformer3DModel.from_pretrained(REFERENCE / "dit").eval()
+
+
+def media_file(name: str) -> Path:
+    """A real sample file from ../shared; skips the test (with the reason) where it is absent."""
+    path = SHARED_MEDIA / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the shared media fixtures sit beside the checkout (../shared) only")
+    return path
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float) -> None:
+    """Elementwise |a - b| <= atol + rtol |b|, the fixture README's acceptance rule."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    diff = (actual.double() - expected.double()).abs()
+    bound = atol + rtol * expected.double().abs()
+    worst = (diff - bound).max().item()
+    assert worst <= 0, f"max |diff| {diff.max().item():.3e} exceeds atol {atol} + rtol {rtol} |ref|"
