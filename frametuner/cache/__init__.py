@@ -1,0 +1,14 @@
+"""Encode once, train many times: text-embedding and latent caches on disk.
+
+Contract with ``training/`` (the trainer reads only this, never an encoder):
+
+- per sample, a safetensors file keyed by the sample's ``pixel_identity()`` + encoder
+  identity + dtype, holding ``latents`` ``[16, T_lat, H/8, W/8]`` normalised with the VAE's
+  ``(z - mean) / std``, and for image-to-video samples with an explicit conditioning
+  image ``cond_latent`` ``[16, 1, H/8, W/8]`` (otherwise latent frame 0 is the condition);
+- per unique caption, a safetensors file with only the valid tokens ``text`` ``[n, C]``
+  (n = real token count) in the training dtype;
+- a batch (collate) is ``latents [B, 16, T, h, w]``, ``text [B, L, C]`` zero-padded,
+  ``text_mask [B, L]`` int64 (1 = real token), ``num_cond_latents`` (0 or 1; batches never
+  mix image-to-video and text-to-video samples), ``captions`` (list of str).
+"""
