@@ -38,7 +38,8 @@ class FP32Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.float()
-        return F.linear(x.float(), self.weight.float(), bias)
+        with torch.autocast(device_type=x.device.type, enabled=False):  # bf16 autocast must not apply here
+            return F.linear(x.float(), self.weight.float(), bias)
 
 
 class FP32LayerNorm(nn.LayerNorm):

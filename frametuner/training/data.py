@@ -1,0 +1,80 @@
+"""What the training loop reads: batches of cached latents and text embeddings.
+
+The loop only needs :class:`TrainingData`; the production implementation reads the
+on-disk caches (``cache/``), tests use :class:`InMemoryData`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Protocol
+
+import torch
+
+
+class TrainingData(Protocol):
+    """Epochs of batches (see the contract in ``frametuner/cache/__init__.py``), resumable mid-epoch."""
+
+    def batches_per_epoch(self) -> int: ...
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
+        """Batches of ``epoch``, starting after the last batch handed out before ``state_dict()``."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def empty_text(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embedding ``[L, C]`` and mask ``[L]`` of the empty prompt (caption dropout)."""
+
+
+class InMemoryData:
+    """Latents and text held in memory, one bucket; seeded shuffling per epoch."""
+
+    def __init__(
+        self,
+        latents: list[torch.Tensor],
+        texts: list[torch.Tensor],
+        masks: list[torch.Tensor],
+        *,
+        batch_size: int = 1,
+        seed: int = 0,
+        num_cond_latents: int = 0,
+        empty: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
+        self.latents, self.texts, self.masks = latents, texts, masks
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_cond_latents = num_cond_latents
+        self._empty = empty
+        self._position = 0  # batches already handed out in the current epoch
+        self._epoch = 0
+
+    def batches_per_epoch(self) -> int:
+        return len(self.latents) // self.batch_size
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
+        if epoch != self._epoch:
+            self._epoch, self._position = epoch, 0
+        order = torch.randperm(len(self.latents), generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        while self._position < self.batches_per_epoch():
+            index = order[self._position * self.batch_size : (self._position + 1) * self.batch_size]
+            self._position += 1
+            yield {
+                "latents": torch.stack([self.latents[i] for i in index]),
+                "text": torch.stack([self.texts[i] for i in index]),
+                "text_mask": torch.stack([self.masks[i] for i in index]),
+                "num_cond_latents": self.num_cond_latents,
+                "captions": [f"sample {i}" for i in index],
+            }
+        self._epoch, self._position = epoch + 1, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self._epoch, "position": self._position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._epoch, self._position = state["epoch"], state["position"]
+
+    def empty_text(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._empty is None:
+            return torch.zeros_like(self.texts[0]), torch.zeros_like(self.masks[0])
+        return self._empty

@@ -1,0 +1,381 @@
+"""The training loop: accelerate for devices, mixed precision and gradient accumulation.
+
+One code path for CPU, one GPU and N processes. The loop reads cached batches only
+(:mod:`frametuner.training.data`); no encoder is in memory while training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..models.registry import load_spec
+from .checkpoint import cleanup_stale_staging, list_checkpoints, load_checkpoint, resolve_resume, restore_rng_state, rng_state, save_checkpoint
+from .data import TrainingData
+from .events import EventLog
+from .flow_matching import flow_matching_loss, make_inputs, sample_sigmas
+from .optim import build_lr_scheduler, build_optimizer
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "no": torch.float32}
+
+
+def base_weight_dtype(config) -> torch.dtype:
+    """Storage dtype of the frozen base weights."""
+    if config.base_model_precision in DTYPES:
+        return DTYPES[config.base_model_precision]
+    if config.base_model_precision == "no_change":
+        return DTYPES[config.mixed_precision]
+    return torch.bfloat16  # quantised bases compute in bf16
+
+
+class Trainer:
+    """Owns the model, optimizer and loop state of one run."""
+
+    def __init__(
+        self,
+        config,
+        data: TrainingData | None = None,
+        *,
+        model: torch.nn.Module | None = None,
+        validator: Callable[["Trainer", int], None] | None = None,
+    ):
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        self.config = config
+        self.spec = load_spec(config.model_family)
+        self.output_dir = Path(config.output_dir)
+        self.checkpoint_dir = self.output_dir / "checkpoints"
+        log_with = None if config.report_to == "none" else config.report_to
+        if log_with == "wandb":
+            try:
+                import wandb  # noqa: F401
+            except ImportError as error:
+                raise RuntimeError("report_to 'wandb' needs the wandb package: pip install wandb (or report_to 'tensorboard')") from error
+        self.accelerator = Accelerator(
+            mixed_precision=config.mixed_precision,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            log_with=log_with,
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
+        )
+        self.events = EventLog(self.output_dir, enabled=self.accelerator.is_main_process)
+        self.validator = validator
+        self.data = data
+        self.global_step = 0
+        self.epoch = 0
+        self.stop_reason: str | None = None
+
+        seed = config.seed if config.seed is not None else 0
+        torch.manual_seed(seed)
+        # One generator for everything random in a step (sigmas, noise, caption dropout):
+        # its state is checkpointed, and validation never draws from it.
+        self.generator = torch.Generator().manual_seed(seed + 7919 * self.accelerator.process_index)
+
+        self.model = model if model is not None else self._load_model()
+        self.trainable = self._prepare_trainable()
+        self.optimizer = build_optimizer(config, list(self.trainable.values()), self.accelerator.device)
+        self.max_steps = self._total_steps()
+        self.lr_scheduler = build_lr_scheduler(config, self.optimizer, self.max_steps)
+        self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(self.model, self.optimizer, self.lr_scheduler)
+
+    # ------------------------------------------------------------------ setup
+    def _load_model(self) -> torch.nn.Module:
+        config = self.config
+        root = self.spec.checkpoint_root(config.model_flavour, config.pretrained_model_name_or_path)
+        dtype = base_weight_dtype(config)
+        if config.model_type == "full" and config.base_model_precision == "no_change":
+            dtype = torch.float32  # float32 master weights; compute follows mixed_precision
+        log.info("loading %s transformer from %s as %s", config.model_family, root, dtype)
+        model = self.spec.load_transformer(root, dtype=dtype, device="cpu")
+        if config.attention_implementation != "auto" or config.bsa_sparsity is not None:
+            model.set_attention_implementation(config.attention_implementation)
+        return model
+
+    def _prepare_trainable(self) -> dict[str, torch.nn.Parameter]:
+        config, model = self.config, self.model
+        if config.model_type == "lora":
+            from ..lora import add_lora
+
+            model.requires_grad_(False)
+            targets = config.lora_target_modules or list(self.spec.default_lora_targets)
+            add_lora(model, rank=config.lora_rank, alpha=config.effective_lora_alpha, dropout=config.lora_dropout, target_modules=targets)
+            if config.init_lora:
+                from ..config import resolve_input_path
+                from ..lora import load_lora_for_training
+
+                load_lora_for_training(model, resolve_input_path(config, config.init_lora))
+            trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+            for param in trainable.values():
+                param.data = param.data.float()  # LoRA weights train in float32
+        else:
+            model.requires_grad_(True)
+            trainable = dict(model.named_parameters())
+        if config.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+        model.train()
+        count = sum(p.numel() for p in trainable.values())
+        log.info("%s training: %.2fM trainable parameters in %d tensors", config.model_type, count / 1e6, len(trainable))
+        return trainable
+
+    def _total_steps(self) -> int:
+        if self.config.max_train_steps:
+            return self.config.max_train_steps
+        if self.data is None:
+            raise ValueError("max_train_steps is not set and there is no dataset to count epochs from")
+        per_epoch = math.ceil(self.data.batches_per_epoch() / self.config.gradient_accumulation_steps)
+        return max(1, per_epoch * self.config.num_train_epochs)
+
+    # ------------------------------------------------------------------ one step
+    def training_step(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Forward + loss for one micro-batch (no backward)."""
+        config, device = self.config, self.accelerator.device
+        latents = batch["latents"].to(device, torch.float32)
+        text, text_mask = batch["text"], batch["text_mask"]
+        if config.caption_dropout_probability > 0:
+            text, text_mask = self._drop_captions(text, text_mask)
+        k = int(batch.get("num_cond_latents", 0))
+        sigmas = sample_sigmas(
+            latents.shape[0],
+            generator=self.generator,
+            distribution=config.timestep_sampling,
+            shift=config.flow_schedule_shift,
+            logit_mean=config.logit_mean,
+            logit_std=config.logit_std,
+        )
+        noise = torch.randn(latents.shape, generator=self.generator, dtype=torch.float32).to(device)
+        inputs = make_inputs(latents, noise, sigmas.to(device), num_cond_latents=k)
+        prediction = self.model(
+            hidden_states=inputs.noisy_latents,
+            timestep=inputs.timesteps,
+            encoder_hidden_states=text.to(device),
+            encoder_attention_mask=text_mask.to(device),
+            num_cond_latents=k,
+        )
+        return flow_matching_loss(prediction, inputs)
+
+    def step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One micro-batch: forward, loss, backward and (at accumulation boundaries) the
+        optimizer step. Returns the loss and the pre-clip gradient norm, both on the device
+        (no host sync here; the benchmark times exactly this)."""
+        with self.accelerator.accumulate(self.model):
+            loss = self.training_step(batch)
+            self.accelerator.backward(loss)
+            grad_norm = None
+            if self.accelerator.sync_gradients and self.config.max_grad_norm:
+                grad_norm = self.accelerator.clip_grad_norm_(list(self.trainable.values()), self.config.max_grad_norm)
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach(), grad_norm
+
+    def _drop_captions(self, text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        drop = torch.rand(text.shape[0], generator=self.generator) < self.config.caption_dropout_probability
+        if drop.any():
+            empty_text, empty_mask = self.data.empty_text()
+            text, mask = text.clone(), mask.clone()
+            text[drop] = empty_text.to(text.dtype)
+            mask[drop] = empty_mask.to(mask.dtype)
+        return text, mask
+
+    # ------------------------------------------------------------------ state
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        model = self.accelerator.unwrap_model(self.model)
+        return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+    def save(self, reason: str = "periodic") -> Path:
+        """A resumable checkpoint with LoRA exports inside; returns its folder."""
+        self.accelerator.wait_for_everyone()
+        path = None
+        if self.accelerator.is_main_process:
+            path = save_checkpoint(
+                self.checkpoint_dir,
+                self.global_step,
+                weights=self.trainable_state_dict(),
+                optimizer=self.optimizer,
+                scheduler=self.lr_scheduler,
+                rng=rng_state({"trainer": self.generator}),
+                trainer_state={"epoch": self.epoch, "data": self.data.state_dict() if self.data else None, "reason": reason},
+                extra_writer=self._write_exports if self.config.model_type == "lora" else None,
+                keep=self.config.checkpoints_total_limit,
+            )
+            exports = {fmt: str(p.relative_to(self.output_dir)) for fmt, p in self._export_paths(path).items()}
+            self.events.emit("checkpoint", step=self.global_step, path=str(path.relative_to(self.output_dir)), lora=exports)
+            log.info("saved checkpoint %s", path)
+        self.accelerator.wait_for_everyone()
+        return path or self.checkpoint_dir / f"checkpoint-{self.global_step:06d}"
+
+    def _write_exports(self, folder: Path) -> dict[str, Path]:
+        from ..lora import export_lora
+
+        return export_lora(
+            self.accelerator.unwrap_model(self.model),
+            folder / "lora",
+            formats=self.config.lora_export_formats,
+            metadata=self._lora_metadata(),
+        )
+
+    def _export_paths(self, folder: Path) -> dict[str, Path]:
+        lora = folder / "lora"
+        return {p.stem if p.is_file() else p.name: p for p in sorted(lora.iterdir())} if lora.is_dir() else {}
+
+    def _lora_metadata(self) -> dict[str, str]:
+        config = self.config
+        return {
+            "base_model": f"{config.model_family}:{config.model_flavour}",
+            "rank": str(config.lora_rank),
+            "alpha": str(config.effective_lora_alpha),
+            "step": str(self.global_step),
+        }
+
+    def resume(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        model = self.accelerator.unwrap_model(self.model)
+        params = dict(model.named_parameters())
+        missing = [n for n in state["weights"] if n not in params]
+        if missing:
+            raise RuntimeError(f"checkpoint {path} does not fit this model: {missing[0]} (and {len(missing) - 1} more) unknown")
+        with torch.no_grad():
+            for name, value in state["weights"].items():
+                params[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["scheduler"])
+        restore_rng_state(state["rng"], {"trainer": self.generator})
+        self.global_step = state["state"]["step"]
+        self.epoch = state["state"]["epoch"]
+        if self.data is not None and state["state"].get("data") is not None:
+            self.data.load_state_dict(state["state"]["data"])
+        log.info("resumed from %s at step %d", path, self.global_step)
+
+    # ------------------------------------------------------------------ loop
+    @contextmanager
+    def _graceful_stop(self):
+        """SIGTERM / Ctrl-C finish the current step, save a checkpoint and exit cleanly."""
+        previous = {}
+
+        def handler(signum, frame):
+            name = signal.Signals(signum).name
+            if self.stop_reason is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # second Ctrl-C: stop now
+            self.stop_reason = name
+            log.warning("%s received: saving a checkpoint after this step", name)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                previous[signum] = signal.signal(signum, handler)
+            except ValueError:  # not the main thread
+                pass
+        try:
+            yield
+        finally:
+            for signum, old in previous.items():
+                signal.signal(signum, old)
+
+    def train(self) -> dict[str, Any]:
+        if self.data is None:
+            raise ValueError("Trainer.train() needs training data")
+        config = self.config
+        cleanup_stale_staging(self.checkpoint_dir)
+        resume = resolve_resume(self.checkpoint_dir, config.resume_from_checkpoint)
+        if resume is not None:
+            self.resume(resume)
+        if self.accelerator.is_main_process and config.report_to != "none":
+            self.accelerator.init_trackers(config.tracker_project_name, config={k: str(v) for k, v in config.model_dump().items()})
+        self.events.emit("start", max_steps=self.max_steps, step=self.global_step, config=config.model_dump(mode="json"))
+        started = time.perf_counter()
+
+        with self._graceful_stop():
+            if self.global_step == 0:
+                self._validate()
+            progress = self._progress_bar()
+            smoothed = None
+            step_started = time.perf_counter()
+            while self.global_step < self.max_steps and self.stop_reason is None:
+                for batch in self.data.epoch(self.epoch):
+                    loss, grad_norm = self.step(batch)
+                    if not self.accelerator.sync_gradients:
+                        continue
+                    self.global_step += 1
+                    now = time.perf_counter()
+                    seconds = now - step_started
+                    step_started = now
+                    value = self.accelerator.reduce(loss.detach(), reduction="mean").item()
+                    smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
+                    self._log_step(value, smoothed, grad_norm, seconds, batch, progress)
+                    if self.global_step % config.checkpointing_steps == 0 and self.global_step < self.max_steps:
+                        self.save()
+                    if self.global_step % config.validation_steps == 0 and self.global_step < self.max_steps:
+                        self._validate()
+                    if self.global_step >= self.max_steps or self.stop_reason is not None:
+                        break
+                else:
+                    self.epoch += 1
+                    continue
+                break
+            progress.close()
+
+        if self.stop_reason is not None:
+            checkpoint = self.save(reason=self.stop_reason)
+            self.events.emit("stopped", step=self.global_step, reason=self.stop_reason, checkpoint=str(checkpoint.relative_to(self.output_dir)))
+            self.accelerator.end_training()
+            return {"stopped": self.stop_reason, "step": self.global_step, "checkpoint": checkpoint}
+
+        final = self.save(reason="final")
+        self._validate(final=True)
+        seconds = time.perf_counter() - started
+        exports = {fmt: p for fmt, p in self._export_paths(final).items()}
+        self.events.emit("done", step=self.global_step, seconds=seconds, lora={k: str(v.relative_to(self.output_dir)) for k, v in exports.items()})
+        self.accelerator.end_training()
+        return {"step": self.global_step, "seconds": seconds, "checkpoint": final, "lora": exports}
+
+    def _progress_bar(self):
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=self.max_steps,
+            initial=self.global_step,
+            desc="training",
+            unit="step",
+            disable=not self.accelerator.is_main_process,
+            dynamic_ncols=True,
+        )
+
+    def _log_step(self, loss: float, smoothed: float, grad_norm, seconds: float, batch: dict, progress) -> None:
+        lr = self.lr_scheduler.get_last_lr()[0]
+        samples = batch["latents"].shape[0] * self.accelerator.num_processes * self.config.gradient_accumulation_steps
+        peak_gb = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+        norm = float(grad_norm) if grad_norm is not None else None
+        remaining = (self.max_steps - self.global_step) * seconds
+        progress.set_postfix(loss=f"{smoothed:.4f}", lr=f"{lr:.2e}", s_step=f"{seconds:.2f}", refresh=False)
+        progress.update(1)
+        metrics = {"loss": loss, "loss_smoothed": smoothed, "lr": lr, "step_time_s": seconds, "samples_per_s": samples / max(seconds, 1e-9), "peak_memory_gb": peak_gb}
+        if norm is not None:
+            metrics["grad_norm"] = norm
+        if self.config.report_to != "none":
+            self.accelerator.log(metrics, step=self.global_step)
+        self.events.emit(
+            "step", step=self.global_step, loss=loss, loss_smoothed=smoothed, lr=lr, s_per_step=seconds,
+            eta_s=remaining, grad_norm=norm, peak_gb=peak_gb,
+        )
+
+    def _validate(self, final: bool = False) -> None:
+        if self.validator is None:
+            return
+        # Validation must not disturb training: every RNG is restored afterwards.
+        saved = rng_state({"trainer": self.generator})
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        try:
+            self.validator(self, self.global_step)
+        finally:
+            model.train(was_training)
+            restore_rng_state(saved, {"trainer": self.generator})

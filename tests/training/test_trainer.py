@@ -1,0 +1,100 @@
+"""The loop on the tiny model: it learns, resumes bit-exactly, and stops cleanly."""
+
+from __future__ import annotations
+
+import torch
+
+from frametuner.training.trainer import Trainer
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from frametuner.training.checkpoint import list_checkpoints, load_checkpoint
+
+from .helpers import smooth_clip_data, synthetic_data, tiny_config
+
+
+def run(tmp_path, steps, data_seed=0, **overrides):
+    config = tiny_config(tmp_path, **{"max_train_steps": steps, **overrides})
+    trainer = Trainer(config, synthetic_data(seed=data_seed, n=3))
+    return trainer, trainer.train()
+
+
+def overfit_losses(tmp_path, **overrides):
+    config = tiny_config(tmp_path, max_train_steps=200, **overrides)
+    trainer = Trainer(config, smooth_clip_data())
+    losses = []
+    trainer._log_step = lambda loss, *a, **k: losses.append(loss)
+    trainer.train()
+    return sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+
+
+def test_full_finetune_overfits_one_clip(tmp_path):
+    start, end = overfit_losses(tmp_path, model_type="full", learning_rate=3e-3)
+    assert end < 0.5 * start, (start, end)
+
+
+def test_full_finetune_resume_is_bitwise(tmp_path):
+    straight, _ = run(tmp_path / "a", 6, model_type="full")
+    # An interrupted run: 3 steps of a 6-step schedule, then resumed from its checkpoint.
+    interrupted = tiny_config(tmp_path / "b", model_type="full", max_train_steps=6, checkpointing_steps=3)
+    trainer = Trainer(interrupted, synthetic_data(seed=0, n=3))
+    trainer.max_steps = 3  # stop early, as a crash after the step-3 checkpoint would
+    trainer.train()
+    resumed_config = tiny_config(tmp_path / "b", model_type="full", max_train_steps=6, resume_from_checkpoint="latest")
+    resumed = Trainer(resumed_config, synthetic_data(seed=0, n=3))
+    resumed.train()
+    a, b = straight.trainable_state_dict(), resumed.trainable_state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_i2v_frame0_enters_clean_with_timestep_zero(tmp_path):
+    config = tiny_config(tmp_path, model_type="full", max_train_steps=1)
+    data = synthetic_data(n=1, num_cond_latents=1)
+    trainer = Trainer(config, data)
+    seen = {}
+    hook = trainer.model.register_forward_pre_hook(lambda m, args, kwargs: seen.update(kwargs), with_kwargs=True)
+    batch = next(iter(data.epoch(0)))
+    loss = trainer.training_step(batch)
+    hook.remove()
+    assert torch.equal(seen["hidden_states"][:, :, 0], batch["latents"][:, :, 0])
+    assert not torch.equal(seen["hidden_states"][:, :, 1], batch["latents"][:, :, 1])
+    assert torch.equal(seen["timestep"][:, 0], torch.zeros(1)) and seen["num_cond_latents"] == 1
+    assert loss.dtype == torch.float32
+
+
+SIGTERM_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from training.helpers import synthetic_data, tiny_config
+from frametuner.training.trainer import Trainer
+from pathlib import Path
+config = tiny_config(Path({tmp!r}), model_type="full", max_train_steps=100000, checkpointing_steps=100000)
+Trainer(config, synthetic_data(n=3)).train()
+"""
+
+
+def test_sigterm_saves_a_loadable_checkpoint(tmp_path):
+    tests = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": str(Path(tests).parent)}
+    process = subprocess.Popen([sys.executable, "-c", SIGTERM_SCRIPT.format(tests=tests, tmp=str(tmp_path))], env=env)
+    events = tmp_path / "out" / "events.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (events.exists() and '"step"' in events.read_text()):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    stopped = [e for e in lines if e["event"] == "stopped"]
+    assert stopped and stopped[0]["reason"] == "SIGTERM"
+    checkpoint = list_checkpoints(tmp_path / "out" / "checkpoints")[-1]
+    state = load_checkpoint(checkpoint)
+    assert state["state"]["step"] == stopped[0]["step"] >= 1
+    assert state["state"]["reason"] == "SIGTERM" and len(state["weights"]) > 0
