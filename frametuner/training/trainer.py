@@ -282,6 +282,10 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         if self.data is None:
             raise ValueError("Trainer.train() needs training data")
+        with self._graceful_stop():
+            return self._train()
+
+    def _train(self) -> dict[str, Any]:
         config = self.config
         cleanup_stale_staging(self.checkpoint_dir)
         resume = resolve_resume(self.checkpoint_dir, config.resume_from_checkpoint)
@@ -292,35 +296,34 @@ class Trainer:
         self.events.emit("start", max_steps=self.max_steps, step=self.global_step, config=config.model_dump(mode="json"))
         started = time.perf_counter()
 
-        with self._graceful_stop():
-            if self.global_step == 0:
-                self._validate()
-            progress = self._progress_bar()
-            smoothed = None
-            step_started = time.perf_counter()
-            while self.global_step < self.max_steps and self.stop_reason is None:
-                for batch in self.data.epoch(self.epoch):
-                    loss, grad_norm = self.step(batch)
-                    if not self.accelerator.sync_gradients:
-                        continue
-                    self.global_step += 1
-                    now = time.perf_counter()
-                    seconds = now - step_started
-                    step_started = now
-                    value = self.accelerator.reduce(loss.detach(), reduction="mean").item()
-                    smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
-                    self._log_step(value, smoothed, grad_norm, seconds, batch, progress)
-                    if self.global_step % config.checkpointing_steps == 0 and self.global_step < self.max_steps:
-                        self.save()
-                    if self.global_step % config.validation_steps == 0 and self.global_step < self.max_steps:
-                        self._validate()
-                    if self.global_step >= self.max_steps or self.stop_reason is not None:
-                        break
-                else:
-                    self.epoch += 1
+        if self.global_step == 0:
+            self._validate()
+        progress = self._progress_bar()
+        smoothed = None
+        step_started = time.perf_counter()
+        while self.global_step < self.max_steps and self.stop_reason is None:
+            for batch in self.data.epoch(self.epoch):
+                loss, grad_norm = self.step(batch)
+                if not self.accelerator.sync_gradients:
                     continue
-                break
-            progress.close()
+                self.global_step += 1
+                now = time.perf_counter()
+                seconds = now - step_started
+                step_started = now
+                value = self.accelerator.reduce(loss.detach(), reduction="mean").item()
+                smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
+                self._log_step(value, smoothed, grad_norm, seconds, batch, progress)
+                if self.global_step % config.checkpointing_steps == 0 and self.global_step < self.max_steps:
+                    self.save()
+                if self.global_step % config.validation_steps == 0 and self.global_step < self.max_steps:
+                    self._validate()
+                if self.global_step >= self.max_steps or self.stop_reason is not None:
+                    break
+            else:
+                self.epoch += 1
+                continue
+            break
+        progress.close()
 
         if self.stop_reason is not None:
             checkpoint = self.save(reason=self.stop_reason)

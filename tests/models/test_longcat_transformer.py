@@ -122,13 +122,15 @@ def test_full_size_parameter_count_on_meta():
     assert model.blocks[0].ffn.w1.out_features == 11008
 
 
-def test_gradient_checkpointing_gives_same_gradients(cases):
+@pytest.mark.parametrize("policy", ["full", "save_attention"])
+def test_gradient_checkpointing_gives_same_gradients(cases, policy):
     model = LongCatVideoTransformer3DModel.from_pretrained(REFERENCE / "dit")
     inputs = dict(
         hidden_states=cases["t2v.hidden_states"],
-        timestep=cases["t2v.timestep"],
+        timestep=cases["i2v.timestep"],
         encoder_hidden_states=cases["t2v.encoder_hidden_states"],
         encoder_attention_mask=cases["t2v.encoder_attention_mask"],
+        num_cond_latents=1,
     )
 
     def grads():
@@ -137,10 +139,32 @@ def test_gradient_checkpointing_gives_same_gradients(cases):
         return {n: p.grad.clone() for n, p in model.named_parameters()}
 
     plain = grads()
-    model.enable_gradient_checkpointing()
+    model.enable_gradient_checkpointing(policy)
+    assert all(block.checkpoint_policy == policy for block in model.blocks)
     checkpointed = grads()
     for name in plain:
         assert torch.allclose(plain[name], checkpointed[name], atol=1e-6, rtol=1e-5), name
+
+
+def test_text_padding_compaction_is_exact(reference_dit, cases):
+    """Padded text rows are identical, so one row with bias log(count) equals attending all of them."""
+    mask12 = cases["t2v.encoder_attention_mask"]  # valid [7, 12]
+    text12 = cases["t2v.encoder_hidden_states"].squeeze(1)
+    padded_length = 40
+    text = torch.cat([text12, torch.randn(2, padded_length - 12, text12.shape[-1])], dim=1)
+    mask = torch.cat([mask12, torch.zeros(2, padded_length - 12, dtype=mask12.dtype)], dim=1)
+    args = (cases["t2v.hidden_states"], cases["t2v.timestep"])
+    with torch.no_grad():
+        full = reference_dit(*args, text, mask)  # all 40 tokens attended, as upstream
+        reference_dit.text_virtual_length = padded_length
+        try:
+            compact = reference_dit(*args, text[:, :13], mask[:, :13])  # max valid + 1 slot
+            same_length = reference_dit(*args, text, mask)
+        finally:
+            reference_dit.text_virtual_length = None
+    assert_close(compact, full, atol=1e-5, rtol=1e-5)
+    assert_close(same_length, full, atol=1e-5, rtol=1e-5)
+    assert (full - reference_dit(*args, text12, mask12)).abs().max() > 1e-3  # padding length matters
 
 
 def test_no_float64_anywhere(reference_dit, cases):

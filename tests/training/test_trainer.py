@@ -87,7 +87,7 @@ def test_sigterm_saves_a_loadable_checkpoint(tmp_path):
     process = subprocess.Popen([sys.executable, "-c", SIGTERM_SCRIPT.format(tests=tests, tmp=str(tmp_path))], env=env)
     events = tmp_path / "out" / "events.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline and not (events.exists() and '"step"' in events.read_text()):
+    while time.time() < deadline and not (events.exists() and '"event": "step"' in events.read_text()):
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 0

@@ -110,23 +110,8 @@ def self_attention(
     return SELF_ATTENTION_BACKENDS[backend](q, k, v, grid_q=grid_q, grid_k=grid_k, settings=settings)
 
 
-def cross_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_mask: torch.Tensor | None = None,
-    key_bias: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Attention of video tokens to text tokens.
-
-    ``key_mask [B, L]`` (bool, True = attend) drops keys per sample; ``key_bias [B, L]``
-    adds a per-key logit bias (used to stand one key in for several identical ones).
-    """
-    attn_mask = None
-    if key_bias is not None:
-        attn_mask = key_bias[:, None, None, :].to(q.dtype)
-        if key_mask is not None:
-            attn_mask = attn_mask.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-    elif key_mask is not None:
-        attn_mask = key_mask[:, None, None, :]
+def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of video tokens to text tokens; ``key_bias [B, L]`` is added to the logits
+    of every query (``-inf`` drops a key, ``log m`` stands one key in for m identical ones)."""
+    attn_mask = None if key_bias is None else key_bias[:, None, None, :].to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)

@@ -14,6 +14,7 @@ checkpointing policies plug in.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -127,14 +128,13 @@ class SelfAttention(nn.Module):
         self.q_norm = FP32RMSNorm(self.head_dim)
         self.k_norm = FP32RMSNorm(self.head_dim)
         self.proj = nn.Linear(dim, dim)
-        self.rope = RotaryEmbedding3D(self.head_dim)
         self.settings = settings
 
-    def forward(self, x: torch.Tensor, grid: Grid, num_cond_latents: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], grid: Grid, num_cond_latents: int) -> torch.Tensor:
         batch, tokens, channels = x.shape
         qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, D]
-        cos, sin = self.rope.tables(grid, x.device)
+        cos, sin = rope
         q = apply_rope(self.q_norm(q), cos, sin)
         k = apply_rope(self.k_norm(k), cos, sin)
 
@@ -167,22 +167,20 @@ class CrossAttention(nn.Module):
         self.q_norm = FP32RMSNorm(self.head_dim)
         self.k_norm = FP32RMSNorm(self.head_dim)
 
-    def _attend(self, x: torch.Tensor, text: "TextContext") -> torch.Tensor:
+    def _attend(self, x: torch.Tensor, text: torch.Tensor, text_bias: torch.Tensor | None) -> torch.Tensor:
         batch, tokens, channels = x.shape
         q = self.q_norm(self.q_linear(x).view(batch, tokens, self.num_heads, self.head_dim))
-        kv = self.kv_linear(text.states).view(batch, -1, 2, self.num_heads, self.head_dim)
+        kv = self.kv_linear(text).view(batch, -1, 2, self.num_heads, self.head_dim)
         k, v = kv.unbind(2)
         k = self.k_norm(k)
-        out = cross_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), key_mask=text.key_mask, key_bias=text.key_bias
-        )
+        out = cross_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), key_bias=text_bias)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, channels))
 
-    def forward(self, x: torch.Tensor, text: "TextContext", grid: Grid, num_cond_latents: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, text: torch.Tensor, text_bias: torch.Tensor | None, grid: Grid, num_cond_latents: int) -> torch.Tensor:
         if num_cond_latents == 0:
-            return self._attend(x, text)
+            return self._attend(x, text, text_bias)
         split = num_cond_latents * (x.shape[1] // grid[0])
-        out_noise = self._attend(x[:, split:], text)
+        out_noise = self._attend(x[:, split:], text, text_bias)
         return torch.cat([out_noise.new_zeros(x.shape[0], split, x.shape[2]), out_noise], dim=1)
 
 
@@ -197,20 +195,26 @@ class FeedForwardSwiGLU(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
-class TextContext:
-    """Projected text tokens plus how to attend to them; built once per forward."""
-
-    __slots__ = ("states", "key_mask", "key_bias")
-
-    def __init__(self, states: torch.Tensor, key_mask: torch.Tensor | None = None, key_bias: torch.Tensor | None = None):
-        self.states = states  # [B, L, C]
-        self.key_mask = key_mask  # [B, L] bool or None
-        self.key_bias = key_bias  # [B, L] float or None
-
-
 def _modulate(norm: nn.Module, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``LN(x) * (1 + scale) + shift`` in float32, per latent frame; ``x [B, T, n, C]``."""
     return (norm(x) * (1 + scale) + shift).to(x.dtype)
+
+
+def _save_attention_policy(ctx, op, *args, **kwargs):
+    """Selective checkpointing: keep attention outputs, recompute everything else."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    return CheckpointPolicy.MUST_SAVE if op in _ATTENTION_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+_ATTENTION_OPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention.default,
+    torch.ops.aten._scaled_dot_product_efficient_attention.default,
+    torch.ops.aten._scaled_dot_product_cudnn_attention.default,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+}
+
+CHECKPOINT_POLICIES = ("none", "full", "save_attention")
 
 
 class LongCatSingleStreamBlock(nn.Module):
@@ -223,10 +227,32 @@ class LongCatSingleStreamBlock(nn.Module):
         self.attn = SelfAttention(hidden_size, num_heads, settings)
         self.cross_attn = CrossAttention(hidden_size, num_heads)
         self.ffn = FeedForwardSwiGLU(hidden_size, swiglu_hidden_size(hidden_size, mlp_ratio))
+        self.checkpoint_policy = "none"  # set by LongCatVideoTransformer3DModel.enable_gradient_checkpointing
 
     def forward(
-        self, x: torch.Tensor, text: TextContext, t_emb: torch.Tensor, grid: Grid, num_cond_latents: int = 0
+        self,
+        x: torch.Tensor,
+        text: torch.Tensor,
+        text_bias: torch.Tensor | None,
+        t_emb: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        grid: Grid,
+        num_cond_latents: int = 0,
     ) -> torch.Tensor:
+        args = (x, text, text_bias, t_emb, rope, grid, num_cond_latents)
+        if self.checkpoint_policy == "none" or not torch.is_grad_enabled():
+            return self._forward(*args)
+        # Checkpointing inside the block's own forward keeps the module tree intact and lets
+        # torch.compile of the block see (and fuse) the recomputation.
+        from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
+
+        context_fn = None
+        if self.checkpoint_policy == "save_attention":
+            context_fn = functools.partial(create_selective_checkpoint_contexts, _save_attention_policy)
+        kwargs = {"context_fn": context_fn} if context_fn is not None else {}
+        return checkpoint(self._forward, *args, use_reentrant=False, preserve_rng_state=False, **kwargs)
+
+    def _forward(self, x, text, text_bias, t_emb, rope, grid, num_cond_latents):
         batch, tokens, channels = x.shape
         frames = grid[0]
         # [B, T, 1, C] each, float32
@@ -236,10 +262,10 @@ class LongCatSingleStreamBlock(nn.Module):
         per_frame = (batch, frames, tokens // frames, channels)
 
         x_mod = _modulate(self.mod_norm_attn, x.view(per_frame), shift_msa, scale_msa).view(batch, tokens, channels)
-        attn = self.attn(x_mod, grid, num_cond_latents)
+        attn = self.attn(x_mod, rope, grid, num_cond_latents)
         x = (x.view(per_frame).float() + gate_msa * attn.view(per_frame).float()).to(x.dtype).view(batch, tokens, channels)
 
-        x = x + self.cross_attn(self.pre_crs_attn_norm(x).to(x.dtype), text, grid, num_cond_latents)
+        x = x + self.cross_attn(self.pre_crs_attn_norm(x).to(x.dtype), text, text_bias, grid, num_cond_latents)
 
         x_mod = _modulate(self.mod_norm_ffn, x.view(per_frame), shift_mlp, scale_mlp).view(batch, tokens, channels)
         ffn = self.ffn(x_mod)
@@ -315,6 +341,7 @@ class LongCatVideoTransformer3DModel(ModelMixin, ConfigMixin):
             for _ in range(depth)
         )
         self.final_layer = FinalLayer(hidden_size, math.prod(self.patch_size), out_channels, adaln_tembed_dim)
+        self.rope = RotaryEmbedding3D(hidden_size // num_heads)
         self.gradient_checkpointing = False
 
     # ------------------------------------------------------------------ settings
@@ -326,22 +353,65 @@ class LongCatVideoTransformer3DModel(ModelMixin, ConfigMixin):
             self.attention_settings.bsa_params = dict(bsa_params)
         self.attention_settings._logged.clear()
 
+    # ------------------------------------------------------------------ performance
+    def enable_gradient_checkpointing(self, policy: str = "full") -> None:
+        """Recompute blocks in the backward: ``full`` (everything) or ``save_attention``
+        (keep attention outputs, ~0.3 GB per block at 480p, and recompute the rest)."""
+        if policy not in CHECKPOINT_POLICIES:
+            raise ValueError(f"checkpointing policy {policy!r} is not one of {CHECKPOINT_POLICIES}")
+        self.gradient_checkpointing = policy != "none"
+        for block in self.blocks:
+            block.checkpoint_policy = policy
+
+    def disable_gradient_checkpointing(self) -> None:
+        self.enable_gradient_checkpointing("none")
+
+    def compile_blocks(self, **compile_kwargs: Any) -> None:
+        """Regional compilation: every block compiles to the same code (compiled once per
+        shape), fusing the float32 norm/modulation/gate chains and RoPE."""
+        import torch._dynamo
+
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        for block in self.blocks:
+            block.compile(**compile_kwargs)
+
     # ------------------------------------------------------------------ helpers
-    def _text_context(self, encoder_hidden_states: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype) -> TextContext:
+    text_virtual_length: int | None = None
+    """With ``text_tokens_zero_pad``, the padded length the weights expect (512 for the
+    release). Callers may then pass text padded only to ``max(valid) + 1``: the identical
+    padding rows are represented by one key carrying a log-multiplicity bias, which is
+    exactly softmax over the full padded length, at a fraction of the cost."""
+
+    def _text_inputs(self, encoder_hidden_states: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype):
+        """Projected text ``[B, L, C]`` and an additive key bias ``[B, L]`` (or None)."""
         if encoder_hidden_states.dim() == 4:  # upstream layout [B, 1, L, C]
             encoder_hidden_states = encoder_hidden_states.squeeze(1)
         states = self.y_embedder(encoder_hidden_states.to(dtype))
         if mask is None:
-            return TextContext(states)
+            return states, None
         mask = mask.reshape(mask.shape[0], -1)
-        if self.text_tokens_zero_pad:
-            # Padding rows become exactly zero AFTER the projection; all L tokens are attended.
-            return TextContext(states * mask[:, :, None].to(states.dtype))
-        return TextContext(states, key_mask=mask != 0)
+        if not self.text_tokens_zero_pad:
+            bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+            return states, bias.masked_fill(mask == 0, float("-inf"))
+        # Padding rows become exactly zero AFTER the projection; all of them are attended.
+        states = states * mask[:, :, None].to(states.dtype)
+        length = mask.shape[1]
+        virtual = self.text_virtual_length
+        if virtual is None or virtual == length:
+            return states, None
+        if virtual < length:
+            raise ValueError(f"text has {length} tokens, more than text_virtual_length={virtual}")
+        # Rows at index >= valid count are identical (keys RMSNorm(bias), values bias): keep the
+        # first one with bias log(#padding rows of the virtual length), drop the others.
+        valid = (mask != 0).sum(dim=1, keepdim=True)
+        position = torch.arange(length, device=mask.device)[None, :]
+        padding_rows = (virtual - valid).float()
+        bias = torch.where(position == valid, padding_rows.log(), torch.zeros((), device=mask.device))
+        bias = bias.masked_fill(position > valid, float("-inf"))
+        return states, bias
 
     def _run_block(self, index: int, block: nn.Module, *args: Any) -> torch.Tensor:
-        if torch.is_grad_enabled() and self.gradient_checkpointing:
-            return self._gradient_checkpointing_func(block, *args)
+        """The seam memory tools hook into (block swap, offload); checkpointing is per block."""
         return block(*args)
 
     def unpatchify(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -384,10 +454,11 @@ class LongCatVideoTransformer3DModel(ModelMixin, ConfigMixin):
         t_emb = self.t_embedder(timestep.to(dtype).float().flatten()).view(batch, grid[0], -1)
 
         x = self.x_embedder(hidden_states.to(dtype))
-        text = self._text_context(encoder_hidden_states, encoder_attention_mask, dtype)
+        text, text_bias = self._text_inputs(encoder_hidden_states, encoder_attention_mask, dtype)
+        rope = self.rope.tables(grid, x.device)
 
         for index, block in enumerate(self.blocks):
-            x = self._run_block(index, block, x, text, t_emb, grid, num_cond_latents)
+            x = self._run_block(index, block, x, text, text_bias, t_emb, rope, grid, num_cond_latents)
 
         x = self.final_layer(x, t_emb, grid)
         return self.unpatchify(x, grid).float()
