@@ -87,6 +87,13 @@ class TrainConfig(BaseModel):
     bsa_cdf_threshold: float | None = _field(None, "model", "Block-sparse attention: keep key chunks until this softmax mass", gt=0.0, le=1.0)
     flow_schedule_shift: float = _field(12.0, "model", "Flow-matching sigma shift s' = k s / (1 + (k-1) s); LongCat uses 12", gt=0.0)
     gradient_checkpointing: bool = _field(True, "model", "Recompute each block in the backward to save memory")
+    gradient_checkpointing_policy: Literal["auto", "full", "save_attention"] = _field(
+        "auto", "model", "full: recompute whole blocks; save_attention: keep attention outputs (faster, ~0.3 GB/block at 480p); auto: save them in as many blocks as activation_memory_budget_gb allows"
+    )
+    activation_memory_budget_gb: float | None = _field(
+        None, "model", "Peak GPU memory the auto checkpointing policy aims for (null = 50 GB, or 90% of a smaller GPU)", gt=0
+    )
+    compile_transformer: bool | None = _field(None, "model", "Regional torch.compile of the DiT blocks (null = on with CUDA)")
 
     # ------------------------------------------------------------------ data
     data_backend_config: str | None = _field(None, "data", "Path of the dataset list (JSON/JSONC); required to train")

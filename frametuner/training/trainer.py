@@ -119,12 +119,31 @@ class Trainer:
         else:
             model.requires_grad_(True)
             trainable = dict(model.named_parameters())
-        if config.gradient_checkpointing:
-            model.enable_gradient_checkpointing()
+        self._configure_speed(model)
         model.train()
         count = sum(p.numel() for p in trainable.values())
         log.info("%s training: %.2fM trainable parameters in %d tensors", config.model_type, count / 1e6, len(trainable))
         return trainable
+
+    def _configure_speed(self, model: torch.nn.Module) -> None:
+        """Checkpointing policy and regional compilation (see bench/NOTES.md for the numbers)."""
+        config, device = self.config, self.accelerator.device
+        if config.gradient_checkpointing:
+            policy = config.gradient_checkpointing_policy
+            budget = None
+            if policy == "auto":
+                if device.type == "cuda":
+                    total = torch.cuda.get_device_properties(device).total_memory
+                    budget_gb = config.activation_memory_budget_gb or min(50.0, 0.9 * total / 2**30)
+                    budget = int(budget_gb * 2**30)
+                else:
+                    policy = "full"
+            model.enable_gradient_checkpointing(policy, budget_bytes=budget)
+        compile_blocks = config.compile_transformer if config.compile_transformer is not None else device.type == "cuda"
+        if compile_blocks:
+            model.compile_blocks()
+        if hasattr(model, "text_virtual_length"):
+            model.text_virtual_length = self.spec.text_max_length
 
     def _total_steps(self) -> int:
         if self.config.max_train_steps:

@@ -354,14 +354,38 @@ class LongCatVideoTransformer3DModel(ModelMixin, ConfigMixin):
         self.attention_settings._logged.clear()
 
     # ------------------------------------------------------------------ performance
-    def enable_gradient_checkpointing(self, policy: str = "full") -> None:
-        """Recompute blocks in the backward: ``full`` (everything) or ``save_attention``
-        (keep attention outputs, ~0.3 GB per block at 480p, and recompute the rest)."""
-        if policy not in CHECKPOINT_POLICIES:
-            raise ValueError(f"checkpointing policy {policy!r} is not one of {CHECKPOINT_POLICIES}")
+    def enable_gradient_checkpointing(self, policy: str = "full", budget_bytes: int | None = None) -> None:
+        """Recompute blocks in the backward: ``full`` (everything), ``save_attention`` (keep
+        attention outputs, ~0.3 GB per block at 480p, recompute the rest) or ``auto``
+        (save them in as many blocks as ``budget_bytes`` of peak GPU memory allows; on a
+        CPU ``auto`` means ``full``)."""
+        if policy not in CHECKPOINT_POLICIES + ("auto",):
+            raise ValueError(f"checkpointing policy {policy!r} is not one of {CHECKPOINT_POLICIES + ('auto',)}")
+        if policy == "auto" and not budget_bytes:
+            raise ValueError("the auto checkpointing policy needs a memory budget (budget_bytes)")
         self.gradient_checkpointing = policy != "none"
+        self._checkpoint_mode = policy
+        self._activation_budget = budget_bytes
         for block in self.blocks:
-            block.checkpoint_policy = policy
+            block.checkpoint_policy = "full" if policy == "auto" else policy
+
+    _checkpoint_mode = "none"
+    _activation_budget: int | None = None
+
+    def _plan_checkpointing(self, x: torch.Tensor) -> int:
+        """``auto``: the number of blocks (the first ones) that keep their attention outputs.
+
+        Reads the allocator's host-side counter only (no device sync). A block kept under
+        ``full`` holds its input (one activation, B x N x C); ``save_attention`` holds the
+        attention output too; one block's recompute + backward needs ~16 activations."""
+        if self._checkpoint_mode != "auto" or not torch.is_grad_enabled() or x.device.type != "cuda":
+            return 0
+        activation = x.numel() * x.element_size()
+        free = self._activation_budget - torch.cuda.memory_allocated(x.device) - (len(self.blocks) + 16) * activation
+        saving = max(0, min(len(self.blocks), int(free // activation)))
+        for index, block in enumerate(self.blocks):
+            block.checkpoint_policy = "save_attention" if index < saving else "full"
+        return saving
 
     def disable_gradient_checkpointing(self) -> None:
         self.enable_gradient_checkpointing("none")
@@ -402,7 +426,11 @@ class LongCatVideoTransformer3DModel(ModelMixin, ConfigMixin):
         if virtual < length:
             raise ValueError(f"text has {length} tokens, more than text_virtual_length={virtual}")
         # Rows at index >= valid count are identical (keys RMSNorm(bias), values bias): keep the
-        # first one with bias log(#padding rows of the virtual length), drop the others.
+        # first one with bias log(#padding rows of the virtual length), drop the others. One
+        # zero row is appended so that a sample with no padding in the given length has one.
+        states = F.pad(states, (0, 0, 0, 1))
+        mask = F.pad(mask, (0, 1))
+        length += 1
         valid = (mask != 0).sum(dim=1, keepdim=True)
         position = torch.arange(length, device=mask.device)[None, :]
         padding_rows = (virtual - valid).float()
@@ -456,6 +484,7 @@ class LongCatVideoTransformer3DModel(ModelMixin, ConfigMixin):
         x = self.x_embedder(hidden_states.to(dtype))
         text, text_bias = self._text_inputs(encoder_hidden_states, encoder_attention_mask, dtype)
         rope = self.rope.tables(grid, x.device)
+        self._plan_checkpointing(x)
 
         for index, block in enumerate(self.blocks):
             x = self._run_block(index, block, x, text, text_bias, t_emb, rope, grid, num_cond_latents)

@@ -1,0 +1,314 @@
+"""Benchmark of the full-size (13.6B) LongCat-Video training step and CFG sampling step.
+
+Builds the DiT with random bf16 weights directly on the GPU (meta-device init, no CPU
+copy), adds LoRA rank 16 on the default targets, and times the trainer's own
+``Trainer.step`` (forward, loss, backward, optimizer step) and one classifier-free-
+guidance sampling step, for each latent shape asked for. Each row is compared with the
+*floor*: analytic FLOPs over ceilings measured in the same run (a large bf16 GEMM and
+SDPA at the case's sequence length). Appends to ``bench/RESULTS.md`` and
+``bench/results.jsonl``.
+
+    python bench/train_step.py                       # default cases, eager and optimized
+    python bench/train_step.py --case 480x832x29 --mode optimized --policy save_attention
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .flops import DiTShape, floor_seconds, sampling_step_flops, training_step_flops
+
+REPO = Path(__file__).resolve().parents[2]
+TEXT_LENGTH, VALID_TOKENS = 512, 120
+
+
+# ---------------------------------------------------------------------- timing
+def cuda_time(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]:
+    """Seconds per call, CUDA events around each call, after warm-up."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000.0)
+    return times
+
+
+def measure_gemm_flops_per_s(size: int = 8192, iters: int = 20) -> float:
+    """bf16 GEMM ceiling on random data (several input sets so the cache does not flatter it)."""
+    mats = [torch.randn(size, size, device="cuda", dtype=torch.bfloat16) for _ in range(4)]
+    index = [0]
+
+    def run():
+        a, b = mats[index[0] % 4], mats[(index[0] + 1) % 4]
+        index[0] += 1
+        return a @ b
+
+    seconds = statistics.median(cuda_time(run, 3, iters))
+    del mats
+    return 2 * size**3 / seconds
+
+
+def measure_sdpa_flops_per_s(tokens: int, heads: int = 32, head_dim: int = 128, iters: int = 10) -> tuple[float, float]:
+    """SDPA (flash) forward and forward+backward ceilings at this sequence length."""
+    shape = (1, heads, tokens, head_dim)
+    q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    grad = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
+    fwd_flops = 4 * tokens * tokens * head_dim * heads
+    F = torch.nn.functional
+    with torch.no_grad():
+        fwd = statistics.median(cuda_time(lambda: F.scaled_dot_product_attention(q, k, v), 2, iters))
+
+    def fwd_bwd():
+        out = F.scaled_dot_product_attention(q, k, v)
+        out.backward(grad)
+
+    both = statistics.median(cuda_time(fwd_bwd, 2, iters))
+    del q, k, v, grad
+    return fwd_flops / fwd, 3.5 * fwd_flops / both
+
+
+# ---------------------------------------------------------------------- cases
+def parse_case(text: str) -> tuple[int, int, int]:
+    height, width, frames = (int(v) for v in text.lower().split("x"))
+    return height, width, frames
+
+
+def latent_grid(height: int, width: int, frames: int) -> tuple[int, int, int]:
+    return 1 + (frames - 1) // 4, height // 8, width // 8
+
+
+def text_inputs(batch: int, compact: bool, channels: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """512-token prompts with 120 real tokens; ``compact`` passes only 121 rows (the model
+    stands one row in for the 392 identical padding rows)."""
+    length = VALID_TOKENS + 1 if compact else TEXT_LENGTH
+    text = torch.randn(batch, length, channels, device=device, dtype=torch.bfloat16)
+    mask = torch.zeros(batch, length, dtype=torch.int64, device=device)
+    mask[:, :VALID_TOKENS] = 1
+    return text * mask[..., None], mask
+
+
+def build_model(device: str = "cuda"):
+    from ..models.registry import load_spec
+
+    spec = load_spec("longcat_video")
+    model = spec.build_transformer(flavour="final", device=device, dtype=torch.bfloat16)
+    return spec, model
+
+
+class OneBatch:
+    """TrainingData with one fixed batch (the benchmark repeats the same shapes)."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def batches_per_epoch(self):
+        return 1
+
+    def epoch(self, epoch):
+        yield self.batch
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def empty_text(self):
+        return self.batch["text"][0] * 0, self.batch["text_mask"][0] * 0
+
+
+def bench_train(model, case: str, mode: str, policy: str, warmup: int, iters: int, output_dir: Path) -> dict:
+    from ..config import TrainConfig
+    from ..training.trainer import Trainer
+
+    height, width, frames = parse_case(case)
+    t, h, w = latent_grid(height, width, frames)
+    optimized = mode == "optimized"
+    text, mask = text_inputs(1, compact=optimized, channels=4096, device="cuda")
+    batch = {
+        "latents": torch.randn(1, 16, t, h, w, device="cuda"),
+        "text": text,
+        "text_mask": mask,
+        "num_cond_latents": 0,
+    }
+    config = TrainConfig(
+        model_flavour="final",
+        model_type="lora",
+        lora_rank=16,
+        mixed_precision="bf16",
+        report_to="none",
+        max_train_steps=10**6,
+        output_dir=str(output_dir),
+        gradient_checkpointing=True,
+        gradient_checkpointing_policy=policy if optimized else "full",
+        compile_transformer=optimized,
+        max_grad_norm=1.0,
+    )
+    trainer = Trainer(config, OneBatch(batch), model=model)
+    if not optimized:
+        trainer.accelerator.unwrap_model(trainer.model).text_virtual_length = None
+    torch.cuda.reset_peak_memory_stats()
+    compile_started = time.perf_counter()
+    trainer.step(batch)
+    torch.cuda.synchronize()
+    first_step = time.perf_counter() - compile_started
+    times = cuda_time(lambda: trainer.step(batch), warmup, iters)
+    saved_blocks = sum(b.checkpoint_policy == "save_attention" for b in trainer.accelerator.unwrap_model(trainer.model).blocks)
+    return {"times": times, "peak_gb": torch.cuda.max_memory_allocated() / 2**30, "first_step_s": first_step, "saved_attention_blocks": saved_blocks, "trainer": trainer}
+
+
+def bench_sample(model, case: str, mode: str, warmup: int, iters: int) -> dict:
+    from ..sampling import cfg_step
+
+    height, width, frames = parse_case(case)
+    t, h, w = latent_grid(height, width, frames)
+    optimized = mode == "optimized"
+    model.eval()
+    model.text_virtual_length = TEXT_LENGTH if optimized else None
+    text, mask = text_inputs(2, compact=optimized, channels=4096, device="cuda")
+    latents = torch.randn(1, 16, t, h, w, device="cuda")
+    torch.cuda.reset_peak_memory_stats()
+
+    def step():
+        with torch.no_grad():
+            return cfg_step(model, latents, text[1:], mask[1:], text[:1], mask[:1], timestep=700.0, sigma=0.7, sigma_next=0.68, guidance=4.0)
+
+    started = time.perf_counter()
+    step()
+    torch.cuda.synchronize()
+    first = time.perf_counter() - started
+    times = cuda_time(step, warmup, iters)
+    return {"times": times, "peak_gb": torch.cuda.max_memory_allocated() / 2**30, "first_step_s": first}
+
+
+# ---------------------------------------------------------------------- output
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def append_results(rows: list[dict], results_dir: Path, command: str) -> None:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with open(results_dir / "results.jsonl", "a") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    md = results_dir / "RESULTS.md"
+    new = not md.exists()
+    with open(md, "a") as handle:
+        if new:
+            handle.write("# Benchmark results\n\nAppended by `bench/*.py`; never edited by hand.\n")
+        handle.write(f"\n## {rows[0]['date'] if rows else ''} — {rows[0]['device'] if rows else ''}, torch {torch.__version__}, commit {git_commit()}\n\n")
+        handle.write(f"Command: `{command}`\n\n")
+        handle.write("| case | kind | mode | s/step | tokens/s | peak GB | floor s | s/floor | notes |\n|---|---|---|---|---|---|---|---|---|\n")
+        for row in rows:
+            handle.write(
+                f"| {row['case']} | {row['kind']} | {row['mode']} | {row['s_per_step']:.3f} | {row['tokens_per_s']:.0f} | "
+                f"{row['peak_gb']:.1f} | {row['floor_s']:.3f} | {row['s_per_step'] / row['floor_s']:.2f} | {row.get('notes', '')} |\n"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--case", action="append", help="HxWxF pixel shape (default: 480x832x93 and 480x832x29)")
+    parser.add_argument("--kind", action="append", choices=["train", "sample_cfg"], help="default: both")
+    parser.add_argument("--mode", action="append", choices=["eager", "optimized"], help="default: both (eager first)")
+    parser.add_argument("--no-compile", action="store_true", help="only the eager baseline (full recomputation, no compile)")
+    parser.add_argument("--policy", default="auto", choices=["auto", "full", "save_attention"], help="checkpointing of the optimized path")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--results-dir", default=str(REPO / "bench"))
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("frametuner bench needs a CUDA GPU", file=sys.stderr)
+        return 2
+    cases = args.case or ["480x832x93", "480x832x29"]
+    kinds = args.kind or ["train", "sample_cfg"]
+    modes = ["eager"] if args.no_compile else (args.mode or ["eager", "optimized"])
+    device_name = torch.cuda.get_device_name()
+    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    command = "python bench/train_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    print(f"device {device_name}, torch {torch.__version__}")
+    gemm = measure_gemm_flops_per_s()
+    print(f"bf16 GEMM ceiling: {gemm / 1e12:.0f} TFLOP/s")
+    spec, model = build_model()
+    shape = DiTShape.from_model_config(model.config)
+    print(f"built {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters, {torch.cuda.memory_allocated() / 2**30:.1f} GB")
+
+    rows = []
+    output_dir = Path("/tmp/frametuner-bench")
+    for case in cases:
+        height, width, frames = parse_case(case)
+        t, h, w = latent_grid(height, width, frames)
+        tokens = t * (h // 2) * (w // 2)
+        sdpa_fwd, sdpa_both = measure_sdpa_flops_per_s(tokens)
+        print(f"{case}: {tokens} tokens; SDPA ceilings fwd {sdpa_fwd / 1e12:.0f}, fwd+bwd {sdpa_both / 1e12:.0f} TFLOP/s")
+        rates = dict(gemm_flops_per_s=gemm, sdpa_fwd_flops_per_s=sdpa_fwd, sdpa_fwd_bwd_flops_per_s=sdpa_both)
+        for kind in kinds:
+            for mode in modes:
+                label = mode if mode == "eager" else f"optimized-{args.policy}"
+                try:
+                    if kind == "train":
+                        result = bench_train(model, case, mode, args.policy, args.warmup, args.iters, output_dir)
+                        saved = result["saved_attention_blocks"]
+                        recompute_flops = training_step_flops(shape, batch=1, frames=t, tokens=tokens, text_len=TEXT_LENGTH, lora_rank=16, recompute="full")
+                        saved_flops = training_step_flops(shape, batch=1, frames=t, tokens=tokens, text_len=TEXT_LENGTH, lora_rank=16, recompute="save_attention")
+                        fraction = saved / shape.depth
+                        flops = {key: (1 - fraction) * recompute_flops[key] + fraction * saved_flops[key] for key in recompute_flops}
+                        notes = f"attention saved in {saved}/{shape.depth} blocks; first step {result['first_step_s']:.0f} s"
+                        trainer = result.pop("trainer")
+                        trainer.accelerator.free_memory()
+                        del trainer
+                    else:
+                        result = bench_sample(model, case, mode, args.warmup, args.iters)
+                        flops = sampling_step_flops(shape, batch=2, frames=t, tokens=tokens, text_len=TEXT_LENGTH)
+                        notes = f"batch 2 (CFG); first step {result['first_step_s']:.0f} s"
+                except Exception as error:  # report and go on with the next case
+                    traceback.print_exc()
+                    print(f"!! {case} {kind} {mode} failed: {error}")
+                    gc.collect()
+                    torch.cuda.empty_cache()
+                    continue
+                seconds = statistics.median(result["times"])
+                floor = floor_seconds(flops, **rates)
+                row = {
+                    "date": date, "device": device_name, "torch": torch.__version__, "case": case, "kind": kind, "mode": label,
+                    "s_per_step": seconds, "tokens_per_s": tokens * (2 if kind == "sample_cfg" else 1) / seconds,
+                    "peak_gb": result["peak_gb"], "floor_s": floor, "git_commit": git_commit(),
+                    "times": result["times"], "gemm_tflops": gemm / 1e12, "sdpa_fwd_tflops": sdpa_fwd / 1e12,
+                    "sdpa_fwd_bwd_tflops": sdpa_both / 1e12, "notes": notes,
+                }
+                rows.append(row)
+                print(f"{case} {kind:10s} {label:24s} {seconds:7.3f} s/step  floor {floor:6.3f}  ratio {seconds / floor:5.2f}  peak {result['peak_gb']:5.1f} GB  ({notes})", flush=True)
+                gc.collect()
+                torch.cuda.empty_cache()
+    if rows:
+        append_results(rows, Path(args.results_dir), command)
+    print("\n| case | kind | mode | s/step | floor | ratio | peak GB |")
+    for row in rows:
+        print(f"| {row['case']} | {row['kind']} | {row['mode']} | {row['s_per_step']:.3f} | {row['floor_s']:.3f} | {row['s_per_step'] / row['floor_s']:.2f} | {row['peak_gb']:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
