@@ -135,10 +135,11 @@ class OneBatch:
         return self.batch["text"][0] * 0, self.batch["text_mask"][0] * 0
 
 
-def bench_train(model, case: str, mode: str, policy: str, warmup: int, iters: int, output_dir: Path) -> dict:
+def bench_train(case: str, mode: str, policy: str, warmup: int, iters: int, output_dir: Path) -> dict:
     from ..config import TrainConfig
     from ..training.trainer import Trainer
 
+    _, model = build_model()  # fresh: the trainer wraps it with LoRA
     height, width, frames = parse_case(case)
     t, h, w = latent_grid(height, width, frames)
     optimized = mode == "optimized"
@@ -175,9 +176,12 @@ def bench_train(model, case: str, mode: str, policy: str, warmup: int, iters: in
     return {"times": times, "peak_gb": torch.cuda.max_memory_allocated() / 2**30, "first_step_s": first_step, "saved_attention_blocks": saved_blocks, "trainer": trainer}
 
 
-def bench_sample(model, case: str, mode: str, warmup: int, iters: int) -> dict:
+def bench_sample(case: str, mode: str, warmup: int, iters: int) -> dict:
     from ..sampling import cfg_step
 
+    _, model = build_model()
+    if mode == "optimized":
+        model.compile_blocks()
     height, width, frames = parse_case(case)
     t, h, w = latent_grid(height, width, frames)
     optimized = mode == "optimized"
@@ -196,7 +200,9 @@ def bench_sample(model, case: str, mode: str, warmup: int, iters: int) -> dict:
     torch.cuda.synchronize()
     first = time.perf_counter() - started
     times = cuda_time(step, warmup, iters)
-    return {"times": times, "peak_gb": torch.cuda.max_memory_allocated() / 2**30, "first_step_s": first}
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    del model, latents, text, mask
+    return {"times": times, "peak_gb": peak, "first_step_s": first}
 
 
 # ---------------------------------------------------------------------- output
@@ -251,9 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {device_name}, torch {torch.__version__}")
     gemm = measure_gemm_flops_per_s()
     print(f"bf16 GEMM ceiling: {gemm / 1e12:.0f} TFLOP/s")
-    spec, model = build_model()
-    shape = DiTShape.from_model_config(model.config)
-    print(f"built {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters, {torch.cuda.memory_allocated() / 2**30:.1f} GB")
+    from ..models.longcat_video.tiny import FULL_DIT_CONFIG
+
+    shape = DiTShape.from_model_config(FULL_DIT_CONFIG)
 
     rows = []
     output_dir = Path("/tmp/frametuner-bench")
@@ -269,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                 label = mode if mode == "eager" else f"optimized-{args.policy}"
                 try:
                     if kind == "train":
-                        result = bench_train(model, case, mode, args.policy, args.warmup, args.iters, output_dir)
+                        result = bench_train(case, mode, args.policy, args.warmup, args.iters, output_dir)
                         saved = result["saved_attention_blocks"]
                         recompute_flops = training_step_flops(shape, batch=1, frames=t, tokens=tokens, text_len=TEXT_LENGTH, lora_rank=16, recompute="full")
                         saved_flops = training_step_flops(shape, batch=1, frames=t, tokens=tokens, text_len=TEXT_LENGTH, lora_rank=16, recompute="save_attention")
@@ -278,9 +284,10 @@ def main(argv: list[str] | None = None) -> int:
                         notes = f"attention saved in {saved}/{shape.depth} blocks; first step {result['first_step_s']:.0f} s"
                         trainer = result.pop("trainer")
                         trainer.accelerator.free_memory()
-                        del trainer
+                        del trainer.model, trainer.optimizer, trainer
+
                     else:
-                        result = bench_sample(model, case, mode, args.warmup, args.iters)
+                        result = bench_sample(case, mode, args.warmup, args.iters)
                         flops = sampling_step_flops(shape, batch=2, frames=t, tokens=tokens, text_len=TEXT_LENGTH)
                         notes = f"batch 2 (CFG); first step {result['first_step_s']:.0f} s"
                 except Exception as error:  # report and go on with the next case
