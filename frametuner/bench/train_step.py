@@ -66,18 +66,23 @@ def measure_gemm_flops_per_s(size: int = 8192, iters: int = 20) -> float:
     return 2 * size**3 / seconds
 
 
-def measure_sdpa_flops_per_s(tokens: int, heads: int = 32, head_dim: int = 128, iters: int = 10) -> tuple[float, float]:
-    """SDPA (flash) forward and forward+backward ceilings at this sequence length."""
+def measure_sdpa_flops_per_s(tokens: int, heads: int = 32, head_dim: int = 128, iters: int = 10, kernel: str = "flash") -> tuple[float, float]:
+    """SDPA forward and forward+backward ceilings at this sequence length (flash by default)."""
+    from torch.nn.attention import sdpa_kernel
+
+    from ..models.longcat_video.attention import _sdpa_backends
+
     shape = (1, heads, tokens, head_dim)
     q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     grad = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
     fwd_flops = 4 * tokens * tokens * head_dim * heads
     F = torch.nn.functional
-    with torch.no_grad():
+    with torch.no_grad(), sdpa_kernel(_sdpa_backends(kernel)[:1]):
         fwd = statistics.median(cuda_time(lambda: F.scaled_dot_product_attention(q, k, v), 2, iters))
 
     def fwd_bwd():
-        out = F.scaled_dot_product_attention(q, k, v)
+        with sdpa_kernel(_sdpa_backends(kernel)[:1]):
+            out = F.scaled_dot_product_attention(q, k, v)
         out.backward(grad)
 
     both = statistics.median(cuda_time(fwd_bwd, 2, iters))
@@ -135,7 +140,7 @@ class OneBatch:
         return self.batch["text"][0] * 0, self.batch["text_mask"][0] * 0
 
 
-def bench_train(case: str, mode: str, policy: str, warmup: int, iters: int, output_dir: Path) -> dict:
+def bench_train(case: str, mode: str, policy: str, warmup: int, iters: int, output_dir: Path, sdpa_kernel: str = "auto") -> dict:
     from ..config import TrainConfig
     from ..training.trainer import Trainer
 
@@ -163,6 +168,8 @@ def bench_train(case: str, mode: str, policy: str, warmup: int, iters: int, outp
         compile_transformer=optimized,
         max_grad_norm=1.0,
     )
+    if optimized:
+        model.attention_settings.sdpa_kernel = sdpa_kernel
     trainer = Trainer(config, OneBatch(batch), model=model)
     if not optimized:
         trainer.accelerator.unwrap_model(trainer.model).text_virtual_length = None
@@ -176,11 +183,12 @@ def bench_train(case: str, mode: str, policy: str, warmup: int, iters: int, outp
     return {"times": times, "peak_gb": torch.cuda.max_memory_allocated() / 2**30, "first_step_s": first_step, "saved_attention_blocks": saved_blocks, "trainer": trainer}
 
 
-def bench_sample(case: str, mode: str, warmup: int, iters: int) -> dict:
+def bench_sample(case: str, mode: str, warmup: int, iters: int, sdpa_kernel: str = "auto") -> dict:
     from ..sampling import cfg_step
 
     _, model = build_model()
     if mode == "optimized":
+        model.attention_settings.sdpa_kernel = sdpa_kernel
         model.compile_blocks()
     height, width, frames = parse_case(case)
     t, h, w = latent_grid(height, width, frames)
@@ -240,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", action="append", choices=["eager", "optimized"], help="default: both (eager first)")
     parser.add_argument("--no-compile", action="store_true", help="only the eager baseline (full recomputation, no compile)")
     parser.add_argument("--policy", default="auto", choices=["auto", "full", "save_attention"], help="checkpointing of the optimized path")
+    parser.add_argument("--sdpa-kernel", default="auto", choices=["auto", "flash", "cudnn", "efficient"], help="dense attention kernel of the optimized path")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--results-dir", default=str(REPO / "bench"))
@@ -268,14 +277,20 @@ def main(argv: list[str] | None = None) -> int:
         t, h, w = latent_grid(height, width, frames)
         tokens = t * (h // 2) * (w // 2)
         sdpa_fwd, sdpa_both = measure_sdpa_flops_per_s(tokens)
-        print(f"{case}: {tokens} tokens; SDPA ceilings fwd {sdpa_fwd / 1e12:.0f}, fwd+bwd {sdpa_both / 1e12:.0f} TFLOP/s")
+        print(f"{case}: {tokens} tokens; SDPA flash ceilings fwd {sdpa_fwd / 1e12:.0f}, fwd+bwd {sdpa_both / 1e12:.0f} TFLOP/s")
+        try:
+            cudnn_fwd, cudnn_both = measure_sdpa_flops_per_s(tokens, kernel="cudnn")
+            print(f"{case}: SDPA cuDNN fwd {cudnn_fwd / 1e12:.0f}, fwd+bwd {cudnn_both / 1e12:.0f} TFLOP/s (for reference)")
+        except Exception as error:
+            cudnn_fwd = cudnn_both = float("nan")
+            print(f"{case}: cuDNN attention unavailable: {error}")
         rates = dict(gemm_flops_per_s=gemm, sdpa_fwd_flops_per_s=sdpa_fwd, sdpa_fwd_bwd_flops_per_s=sdpa_both)
         for kind in kinds:
             for mode in modes:
-                label = mode if mode == "eager" else f"optimized-{args.policy}"
+                label = mode if mode == "eager" else f"optimized-{args.policy}" + ("" if args.sdpa_kernel == "auto" else f"-{args.sdpa_kernel}")
                 try:
                     if kind == "train":
-                        result = bench_train(case, mode, args.policy, args.warmup, args.iters, output_dir)
+                        result = bench_train(case, mode, args.policy, args.warmup, args.iters, output_dir, args.sdpa_kernel)
                         saved = result["saved_attention_blocks"]
                         recompute_flops = training_step_flops(shape, batch=1, frames=t, tokens=tokens, text_len=TEXT_LENGTH, lora_rank=16, recompute="full")
                         saved_flops = training_step_flops(shape, batch=1, frames=t, tokens=tokens, text_len=TEXT_LENGTH, lora_rank=16, recompute="save_attention")
@@ -287,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                         del trainer.model, trainer.optimizer, trainer
 
                     else:
-                        result = bench_sample(case, mode, args.warmup, args.iters)
+                        result = bench_sample(case, mode, args.warmup, args.iters, args.sdpa_kernel)
                         flops = sampling_step_flops(shape, batch=2, frames=t, tokens=tokens, text_len=TEXT_LENGTH)
                         notes = f"batch 2 (CFG); first step {result['first_step_s']:.0f} s"
                 except Exception as error:  # report and go on with the next case
@@ -303,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                     "s_per_step": seconds, "tokens_per_s": tokens * (2 if kind == "sample_cfg" else 1) / seconds,
                     "peak_gb": result["peak_gb"], "floor_s": floor, "git_commit": git_commit(),
                     "times": result["times"], "gemm_tflops": gemm / 1e12, "sdpa_fwd_tflops": sdpa_fwd / 1e12,
-                    "sdpa_fwd_bwd_tflops": sdpa_both / 1e12, "notes": notes,
+                    "sdpa_fwd_bwd_tflops": sdpa_both / 1e12, "cudnn_fwd_tflops": cudnn_fwd / 1e12,
+                    "cudnn_fwd_bwd_tflops": cudnn_both / 1e12, "sdpa_kernel": args.sdpa_kernel if mode == "optimized" else "auto", "notes": notes,
                 }
                 rows.append(row)
                 print(f"{case} {kind:10s} {label:24s} {seconds:7.3f} s/step  floor {floor:6.3f}  ratio {seconds / floor:5.2f}  peak {result['peak_gb']:5.1f} GB  ({notes})", flush=True)

@@ -40,6 +40,7 @@ class AttentionSettings:
 
     implementation: str = "auto"
     bsa_params: dict | None = None
+    sdpa_kernel: str = "auto"  # which fused SDPA kernel dense attention prefers on CUDA
     _logged: set = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
@@ -47,6 +48,8 @@ class AttentionSettings:
             raise ValueError(
                 f"attention_implementation={self.implementation!r} is not one of {list(ATTENTION_IMPLEMENTATIONS)}"
             )
+        if self.sdpa_kernel not in SDPA_KERNELS:
+            raise ValueError(f"sdpa_kernel={self.sdpa_kernel!r} is not one of {list(SDPA_KERNELS)}")
 
     def log_choice_once(self, backend: str, grid: tuple[int, int, int], reason: str = "") -> None:
         key = (backend, tuple(grid))
@@ -55,8 +58,28 @@ class AttentionSettings:
             logger.info("self-attention on grid %s uses %s%s", tuple(grid), backend, f" ({reason})" if reason else "")
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **_: object) -> torch.Tensor:
-    return F.scaled_dot_product_attention(q, k, v)
+SDPA_KERNELS = ("auto", "flash", "cudnn", "efficient", "math")
+
+
+def _sdpa_backends(name: str):
+    from torch.nn.attention import SDPBackend
+
+    return {
+        "flash": [SDPBackend.FLASH_ATTENTION],
+        "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION],
+        "efficient": [SDPBackend.EFFICIENT_ATTENTION],
+        "math": [SDPBackend.MATH],
+    }[name]
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, settings: "AttentionSettings | None" = None, **_: object) -> torch.Tensor:
+    kernel = settings.sdpa_kernel if settings is not None else "auto"
+    if kernel == "auto" or q.device.type != "cuda":
+        return F.scaled_dot_product_attention(q, k, v)
+    from torch.nn.attention import sdpa_kernel
+
+    with sdpa_kernel(_sdpa_backends(kernel)):
+        return F.scaled_dot_product_attention(q, k, v)
 
 
 def xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **_: object) -> torch.Tensor:
