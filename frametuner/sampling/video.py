@@ -28,7 +28,8 @@ def as_uint8_frames(frames) -> np.ndarray:
     return frames
 
 
-def _temporary_beside(path: Path) -> Path:
+def temporary_beside(path: Path) -> Path:
+    """A hidden name in the same folder, so ``os.replace`` into ``path`` is atomic."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
@@ -49,7 +50,7 @@ def write_video(frames, path: str | Path, *, fps: float = 15, crf: int = DEFAULT
         raise ValueError(f"crf must be in 0..51 (lower = better quality), got {crf}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary_beside(path)
+    temporary = temporary_beside(path)
     try:
         # faststart moves the index to the front so a browser can start playing before the end arrives.
         with av.open(str(temporary), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
@@ -156,7 +157,7 @@ def write_contact_sheet(frames, path: str | Path, **kwargs) -> Path:
     """Write :func:`contact_sheet` as a PNG (atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary_beside(path)
+    temporary = temporary_beside(path)
     try:
         contact_sheet(frames, **kwargs).save(temporary, format="PNG")
         os.replace(temporary, path)
