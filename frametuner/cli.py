@@ -81,10 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list model families and flavours")
 
-    from .sampling.command import add_sample_arguments
+    from .sampling.command import add_decode_arguments, add_sample_arguments
 
     sample = sub.add_parser("sample", help="generate a video (text- or image-to-video) from a prompt", allow_abbrev=False)
     add_sample_arguments(sample)
+    decode = sub.add_parser("decode", help="decode validation latents saved without a VAE into videos", allow_abbrev=False)
+    add_decode_arguments(decode)
     return parser
 
 
@@ -130,6 +132,13 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
     from .sampling.command import run_sample
 
     return run_sample(args)
+
+
+@command("decode")
+def cmd_decode(args: argparse.Namespace, extra: list[str]) -> int:
+    from .sampling.command import run_decode
+
+    return run_decode(args)
 
 
 # Subcommands whose unknown flags are reported by the config loader (with did-you-mean).

@@ -225,3 +225,35 @@ def run_sample(args: argparse.Namespace) -> int:
     print(f"video: {outputs.video}")
     print(f"contact sheet: {outputs.contact_sheet}")
     return 0
+
+
+# ---------------------------------------------------------------------- frametuner decode
+DECODE_CONFIG_GROUPS = ("model", "logging")
+
+
+def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="the training config (for output_dir and the model)")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or a torch device")
+    exclude = tuple(key for key in TrainConfig.model_fields if field_group(key) not in DECODE_CONFIG_GROUPS or key in TRAINING_ONLY_KEYS)
+    add_config_arguments(parser, exclude=exclude)
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    """Turn validation latents saved without a VAE (memory was short while training) into videos."""
+    from ..models.registry import load_spec
+    from .gallery import load_records
+    from .pipeline import VALIDATION_DIR_NAME, decode_pending_validations
+
+    config = load_config(args.config, overrides_from_args(args))
+    folder = Path(config.output_dir) / VALIDATION_DIR_NAME
+    pending = [record for record in load_records(folder) if record.latents and not record.video]
+    if not pending:
+        print(f"nothing to decode in {folder}")
+        return 0
+    spec = load_spec(config.model_family)
+    root = model_root(config, spec)
+    vae = spec.load_vae(root, device=pick_device(args.device), dtype=sampling_dtype(config))
+    for outputs in decode_pending_validations(folder, vae):
+        print(f"video: {outputs.video}")
+    print(f"index: {folder / 'index.html'}")
+    return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .denoise import denoise
+from .denoising import denoise
 from .gallery import ValidationRecord, validation_stem, write_index
 from .video import DEFAULT_CRF, temporary_beside, write_contact_sheet, write_video
 

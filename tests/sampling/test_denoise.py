@@ -124,3 +124,21 @@ def test_guidance_one_runs_positive_only(reference_dit, cases):
     sigma, _ = sigmas(1)
     expected = init + (sigma[1] - sigma[0]) * -call["output"]
     assert_close(final, expected, atol=0, rtol=0)
+
+
+def test_public_signatures():
+    """Outside tools call these by name; the signatures are part of the contract."""
+    import inspect
+
+    import frametuner.sampling.pipeline  # noqa: F401  (importing submodules must not shadow the functions)
+    from frametuner import sampling
+
+    params = inspect.signature(sampling.denoise).parameters
+    assert list(params)[:11] == [
+        "model", "latents", "prompt_embeds", "prompt_mask", "negative_embeds", "negative_mask",
+        "steps", "guidance", "shift", "num_cond_latents", "distill",
+    ]
+    defaults = {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
+    assert defaults | {"progress": False} == dict(negative_embeds=None, negative_mask=None, steps=50, guidance=4.0, shift=12.0, num_cond_latents=0, distill=False, progress=False)
+    assert all(params[name].kind is inspect.Parameter.KEYWORD_ONLY for name in ("steps", "guidance", "shift", "num_cond_latents", "distill"))
+    assert str(inspect.signature(sampling.sigmas)) == "(steps: int, shift: float = 12.0, distill: bool = False) -> tuple[torch.Tensor, torch.Tensor]"

@@ -2,7 +2,7 @@
 
 Pure function over a DiT and normalised latents; no encoders, no files. The DiT predicts
 ``x0 - noise``; upstream negates the guided prediction and lets the flow-match Euler
-scheduler step with it, which is ``x <- x + (sigma_next - sigma) * (-pred)``.
+scheduler step with it, which is ``x <- x + (sigma_next - sigma) * (-pred)`` in float32.
 """
 
 from __future__ import annotations
@@ -120,6 +120,7 @@ def denoise(
         if use_cfg:
             uncond, cond = pred.chunk(2)
             pred = cfg_zero_star(uncond, cond, guidance)
-        velocity = -pred  # upstream's sign flip: the DiT predicts x0 - noise
-        latents[:, :, num_cond_latents:] += step_sizes[i] * velocity[:, :, num_cond_latents:]
+        # Upstream negates the prediction (the DiT predicts x0 - noise) and steps x + dt * (-pred);
+        # x - dt * pred is the same float32 result without materialising -pred.
+        latents[:, :, num_cond_latents:] -= step_sizes[i] * pred[:, :, num_cond_latents:]
     return latents
