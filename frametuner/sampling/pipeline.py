@@ -136,9 +136,10 @@ def generate(
     prompt_embeds, prompt_mask = embeds[-1:], mask[-1:]
 
     latents = initial_noise((1, *spec.geometry.latent_shape(request.num_frames, request.height, request.width)), request.seed)
-    vae = spec.load_vae(root, device=device, dtype=dtype)
+    vae = None  # text-to-video loads it only after the DiT is gone
     num_cond_latents = 0
     if request.image is not None:
+        vae = spec.load_vae(root, device=device, dtype=dtype)
         with torch.no_grad():
             cond = vae.encode(condition_image(request.image, request.height, request.width))  # [C, 1, h, w]
         num_cond_latents = cond.shape[1]
@@ -165,6 +166,8 @@ def generate(
     )
     del model
     free_memory(device)
+    if vae is None:
+        vae = spec.load_vae(root, device=device, dtype=dtype)
     with torch.no_grad():
         frames = vae.decode(latents[0])
     del vae

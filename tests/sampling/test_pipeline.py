@@ -150,3 +150,27 @@ def test_deferred_decoding(spec, fakes, tiny_dit, tmp_path):
         assert container.streams.video[0].average_rate == 10
     assert "decoding pending" not in done.index.read_text()
     assert decode_pending_validations(tmp_path, fakes.vae) == []
+
+
+def test_components_are_loaded_one_after_another(spec, fakes, tiny_root, monkeypatch):
+    """Text-to-video: encoder, then DiT, then VAE; the DiT is released before the VAE loads."""
+    import weakref
+
+    order, dit_refs = [], []
+    original = LongCatVideoSpec.load_transformer
+
+    def load_transformer(self, root, **kwargs):
+        order.append("transformer")
+        model = original(self, root, **kwargs)
+        dit_refs.append(weakref.ref(model))
+        return model
+
+    def load_vae(self, root, *, device, dtype):
+        order.append("vae")
+        assert dit_refs and dit_refs[0]() is None, "the DiT is still alive while the VAE loads"
+        return fakes.vae
+
+    monkeypatch.setattr(LongCatVideoSpec, "load_transformer", load_transformer)
+    monkeypatch.setattr(LongCatVideoSpec, "load_vae", load_vae)
+    generate(SampleRequest(prompt="x", **SMALL), spec=spec, root=tiny_root, dtype=torch.float32, progress=False)
+    assert fakes.loaded == ["text_encoder"] and order == ["transformer", "vae"]
