@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     cfg_sub.add_parser("docs", help="print the config reference table (markdown)")
 
     sub.add_parser("models", help="list model families and flavours")
+
+    from .sampling.command import add_decode_arguments, add_sample_arguments
+
+    sample = sub.add_parser("sample", help="generate a video (text- or image-to-video) from a prompt", allow_abbrev=False)
+    add_sample_arguments(sample)
+    decode = sub.add_parser("decode", help="decode validation latents saved without a VAE into videos", allow_abbrev=False)
+    add_decode_arguments(decode)
     return parser
 
 
@@ -118,6 +125,20 @@ def cmd_models(args: argparse.Namespace, extra: list[str]) -> int:
             where = flavour.hub_id or "built locally"
             print(f"  {flavour.name:8s} {flavour.description} [{where}]")
     return 0
+
+
+@command("sample")
+def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
+    from .sampling.command import run_sample
+
+    return run_sample(args)
+
+
+@command("decode")
+def cmd_decode(args: argparse.Namespace, extra: list[str]) -> int:
+    from .sampling.command import run_decode
+
+    return run_decode(args)
 
 
 # Subcommands whose unknown flags are reported by the config loader (with did-you-mean).

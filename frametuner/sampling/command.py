@@ -1,0 +1,259 @@
+"""``frametuner sample``: flags, the checks that run before any model loads, and the run.
+
+Every bad input (frame count, resolution, image, LoRA file, LoRA made for another model)
+is reported together, each with its fix, before a single weight is read: loading the
+real model takes minutes, a typo should not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import time
+from pathlib import Path
+
+from ..config import (
+    ConfigError,
+    TrainConfig,
+    add_config_arguments,
+    check_frame_count,
+    field_group,
+    load_config,
+    overrides_from_args,
+    parse_resolution,
+    resolve_input_path,
+    unimplemented_settings,
+)
+from .lora_check import LoraFileError, describe_misfit, lora_fit_problems, lora_modules, read_lora_header
+from .video import DEFAULT_CRF
+
+# torch, diffusers and the pipeline are imported inside the functions that run a sample,
+# so that building the CLI parser stays fast.
+
+log = logging.getLogger("frametuner.sampling")
+
+# Config keys that matter to sampling; the rest (data, optimiser, ...) are not flags of `sample`.
+SAMPLE_CONFIG_GROUPS = ("model", "memory")
+TRAINING_ONLY_KEYS = ("model_type", "gradient_checkpointing", "gradient_checkpointing_cpu_offload")
+DEFAULT_STEPS, DEFAULT_GUIDANCE = 50, 4.0
+DISTILL_STEPS, DISTILL_GUIDANCE = 16, 1.0  # the released cfg_step_lora's settings
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "no": "float32"}
+
+
+def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="config.json for model/precision/memory options (optional)")
+    parser.add_argument("--prompt", required=True, help="what the video shows")
+    parser.add_argument("--negative_prompt", default="", help="what to steer away from (default: the empty prompt, as upstream)")
+    parser.add_argument("--image", help="first frame for image-to-video (resized and centre-cropped to --resolution)")
+    parser.add_argument("--lora", action="append", default=[], metavar="PATH[:MULTIPLIER]", help="LoRA file, repeatable (PEFT or upstream format); multiplier default 1.0")
+    parser.add_argument("--resolution", default="480x832", help="HEIGHTxWIDTH, multiples of 16 (default 480x832)")
+    parser.add_argument("--num_frames", type=int, default=93, help="frames, 4k+1 (default 93)")
+    parser.add_argument("--steps", type=int, default=None, help=f"denoising steps (default {DEFAULT_STEPS}; {DISTILL_STEPS} with --distill)")
+    parser.add_argument("--guidance", type=float, default=None, help=f"CFG scale, 1 = off (default {DEFAULT_GUIDANCE}; {DISTILL_GUIDANCE} with --distill)")
+    parser.add_argument("--seed", type=int, default=42, help="noise seed (same seed, same video on any device)")
+    parser.add_argument("--fps", type=int, default=None, help="frame rate written into the mp4 (default: the model's, 15)")
+    parser.add_argument("--crf", type=int, default=DEFAULT_CRF, help=f"H.264 quality, lower is better (default {DEFAULT_CRF})")
+    parser.add_argument("--distill", action="store_true", help="the distilled schedule of upstream's cfg_step_lora (pass that LoRA with --lora)")
+    parser.add_argument("--output", default="out.mp4", help="the mp4 to write; a contact sheet goes beside it as .png")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or a torch device")
+    exclude = tuple(key for key in TrainConfig.model_fields if field_group(key) not in SAMPLE_CONFIG_GROUPS or key in TRAINING_ONLY_KEYS)
+    add_config_arguments(parser, exclude=exclude)
+
+
+def parse_lora_argument(text: str) -> tuple[Path, float]:
+    """``PATH[:MULTIPLIER]``; a colon that belongs to the path (``C:\\loras\\x``) stays in it."""
+    head, colon, tail = text.rpartition(":")
+    if not (colon and head and tail) or any(sep in tail for sep in "/\\"):
+        return Path(text), 1.0
+    try:
+        return Path(head), float(tail)
+    except ValueError:
+        if Path(text).exists():
+            return Path(text), 1.0
+        raise ValueError(f"--lora {text}: multiplier {tail!r} is not a number; write PATH:0.8") from None
+
+
+def _check(problems: list[str], flag: str, check, value):
+    try:
+        return check(value)
+    except (ValueError, OSError) as error:
+        problems.append(f"{flag} {value}: {error}")
+        return None
+
+
+def build_request(args: argparse.Namespace, spec):
+    """The validated ``SampleRequest``; raises ``ConfigError`` listing every bad flag with its fix."""
+    from .pipeline import SampleRequest
+    from .schedule import NUM_DISTILL_GRID_STEPS
+
+    problems: list[str] = []
+    size = _check(problems, "--resolution", parse_resolution, args.resolution)
+    frames = _check(problems, "--num_frames", check_frame_count, args.num_frames)
+    steps = args.steps if args.steps is not None else (DISTILL_STEPS if args.distill else DEFAULT_STEPS)
+    guidance = args.guidance if args.guidance is not None else (DISTILL_GUIDANCE if args.distill else DEFAULT_GUIDANCE)
+    if steps < 1:
+        problems.append(f"--steps {steps}: must be at least 1")
+    elif args.distill and steps > NUM_DISTILL_GRID_STEPS:
+        problems.append(f"--steps {steps}: --distill picks steps from a {NUM_DISTILL_GRID_STEPS}-step grid; use at most {NUM_DISTILL_GRID_STEPS} (the distilled LoRA is made for {DISTILL_STEPS})")
+    if guidance < 0:
+        problems.append(f"--guidance {guidance}: must be >= 0 (1.0 turns guidance off)")
+    fps = args.fps if args.fps is not None else spec.default_fps
+    if fps < 1:
+        problems.append(f"--fps {fps}: must be a positive frame rate, e.g. {spec.default_fps}")
+    if not 0 <= args.crf <= 51:
+        problems.append(f"--crf {args.crf}: H.264 quality must be in 0..51 (lower = better; 18 is visually lossless)")
+    output = Path(args.output)
+    if output.suffix.lower() != ".mp4":
+        problems.append(f"--output {output}: videos are written as H.264 mp4; end the name in .mp4")
+    image = None
+    if args.image:
+        image = Path(args.image)
+        problems.extend(_image_problems(image))
+        if frames is not None and frames < 1 + spec.geometry.vae_stride[0]:
+            problems.append(f"--num_frames {frames}: image-to-video keeps the first latent frame fixed; use at least {1 + spec.geometry.vae_stride[0]} frames")
+    loras = []
+    for text in args.lora:
+        try:
+            path, multiplier = parse_lora_argument(text)
+            lora_modules(read_lora_header(path), path)  # readable and holds LoRA weights
+            loras.append((path, multiplier))
+        except (ValueError, LoraFileError) as error:
+            problems.append(f"--lora {error}" if not str(error).startswith("--lora") else str(error))
+    if problems:
+        raise ConfigError(problems)
+    if args.distill and not loras:
+        log.warning("--distill without --lora: the distilled schedule is made for upstream's lora/cfg_step_lora.safetensors; pass it with --lora")
+    return SampleRequest(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, image=image, loras=loras,
+        height=size[0], width=size[1], num_frames=frames, steps=steps, guidance=guidance,
+        seed=args.seed, fps=fps, crf=args.crf, distill=args.distill, output=output,
+    )
+
+
+def _image_problems(path: Path) -> list[str]:
+    if not path.is_file():
+        return [f"--image {path}: file not found; give the first frame as a PNG/JPEG/WebP file"]
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError) as error:
+        return [f"--image {path}: cannot be read as an image ({error}); use a PNG, JPEG or WebP file"]
+    return []
+
+
+def model_root(config: TrainConfig, spec) -> str | Path:
+    """The checkpoint folder or hub id; a local folder must hold the DiT's config."""
+    value = config.pretrained_model_name_or_path
+    if value:
+        local = resolve_input_path(config, value)
+        if local.exists() or not _HUB_ID.match(value):
+            transformer_config = local / spec.subfolders["transformer"] / "config.json"
+            if not transformer_config.is_file():
+                raise ConfigError([
+                    f"--pretrained_model_name_or_path {value}: {transformer_config} not found; point it at a folder in the "
+                    f"upstream layout ({', '.join(f'{name}/' for name in spec.subfolders.values())}) or a hub id"
+                ])
+            return local
+    return spec.checkpoint_root(config.model_flavour, value)
+
+
+def skeleton_transformer(spec, root):
+    """The DiT of ``root``'s config on the meta device: its layers and shapes, no memory, no weights."""
+    import torch
+
+    transformer_class = spec.transformer_class
+    model_config = transformer_class.load_config(root, subfolder=spec.subfolders["transformer"])
+    with torch.device("meta"):
+        return transformer_class.from_config(model_config)
+
+
+def check_loras_fit(request, spec, root) -> None:
+    if not request.loras:
+        return
+    model = skeleton_transformer(spec, root)
+    label = f"{spec.family} at {root} (hidden size {model.config.hidden_size}, {len(model.blocks)} blocks)"
+    problems = []
+    for path, _ in request.loras:
+        misfits = lora_fit_problems(path, model)
+        if misfits:
+            problems.append(f"--lora {describe_misfit(path, misfits, label)}")
+    if problems:
+        raise ConfigError(problems)
+
+
+def pick_device(name: str):
+    import torch
+
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def sampling_dtype(config: TrainConfig):
+    """Explicit base precision (bf16/fp16/fp32) wins; otherwise the compute precision."""
+    import torch
+
+    return getattr(torch, _DTYPE_NAMES.get(config.base_model_precision, _DTYPE_NAMES[config.mixed_precision]))
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from ..models.registry import load_spec
+    from .pipeline import sample_video
+
+    config = load_config(args.config, overrides_from_args(args))
+    for line in unimplemented_settings(config):
+        log.warning("WARNING: %s", line)
+    spec = load_spec(config.model_family)
+    request = build_request(args, spec)
+    root = model_root(config, spec)
+    check_loras_fit(request, spec, root)
+
+    device, dtype = pick_device(args.device), sampling_dtype(config)
+    kind = "image-to-video" if request.image else "text-to-video"
+    log.info("%s %dx%d, %d frames, %d steps, guidance %g, seed %d on %s (%s)", kind, request.height, request.width, request.num_frames, request.steps, request.guidance, request.seed, device, str(dtype).removeprefix("torch."))
+    started = time.perf_counter()
+    outputs = sample_video(request, spec=spec, root=root, device=device, dtype=dtype, attention=config.attention_implementation, shift=config.flow_schedule_shift)
+    log.info("done in %.1f s", time.perf_counter() - started)
+    print(f"video: {outputs.video}")
+    print(f"contact sheet: {outputs.contact_sheet}")
+    return 0
+
+
+# ---------------------------------------------------------------------- frametuner decode
+DECODE_CONFIG_GROUPS = ("model", "logging")
+
+
+def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="the training config (for output_dir and the model)")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or a torch device")
+    exclude = tuple(key for key in TrainConfig.model_fields if field_group(key) not in DECODE_CONFIG_GROUPS or key in TRAINING_ONLY_KEYS)
+    add_config_arguments(parser, exclude=exclude)
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    """Turn validation latents saved without a VAE (memory was short while training) into videos."""
+    from ..models.registry import load_spec
+    from .gallery import load_records
+    from .pipeline import VALIDATION_DIR_NAME, decode_pending_validations
+
+    config = load_config(args.config, overrides_from_args(args))
+    folder = Path(config.output_dir) / VALIDATION_DIR_NAME
+    pending = [record for record in load_records(folder) if record.latents and not record.video]
+    if not pending:
+        print(f"nothing to decode in {folder}")
+        return 0
+    spec = load_spec(config.model_family)
+    root = model_root(config, spec)
+    vae = spec.load_vae(root, device=pick_device(args.device), dtype=sampling_dtype(config))
+    for outputs in decode_pending_validations(folder, vae):
+        print(f"video: {outputs.video}")
+    print(f"index: {folder / 'index.html'}")
+    return 0

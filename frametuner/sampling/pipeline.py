@@ -1,0 +1,297 @@
+"""Text/image-to-video from prompts, and the validation renders the trainer asks for.
+
+Components come from the model family's spec (``load_text_encoder``, ``load_vae``,
+``load_transformer``) and are held only while needed: the 5.7B text encoder is freed
+before the 13.6B DiT is loaded, and the DiT is freed before the VAE decodes.
+Noise is drawn on the CPU in float32 from a seeded generator, so a seed gives the same
+starting point on every device.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .denoising import denoise
+from .gallery import ValidationRecord, validation_stem, write_index
+from .video import DEFAULT_CRF, temporary_beside, write_contact_sheet, write_video
+
+log = logging.getLogger("frametuner.sampling")
+
+VALIDATION_DIR_NAME = "validation"
+
+
+@dataclass
+class SampleRequest:
+    """One video to generate; defaults are upstream's (480x832, 93 frames, 50 steps, guidance 4, 15 fps)."""
+
+    prompt: str
+    negative_prompt: str = ""  # upstream's CFG uses "" when no negative prompt is given
+    image: Path | None = None  # image-to-video: the first frame
+    loras: list[tuple[Path, float]] = field(default_factory=list)
+    height: int = 480
+    width: int = 832
+    num_frames: int = 93
+    steps: int = 50
+    guidance: float = 4.0
+    seed: int = 42
+    fps: int = 15
+    crf: int = DEFAULT_CRF
+    distill: bool = False
+    output: Path = Path("out.mp4")
+
+    @property
+    def contact_sheet_path(self) -> Path:
+        return Path(self.output).with_suffix(".png")
+
+
+@dataclass
+class SampleOutputs:
+    video: Path
+    contact_sheet: Path
+    frames: torch.Tensor  # uint8 [F, H, W, 3]
+
+
+def initial_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Gaussian latents from a seeded CPU generator in float32: identical on every device."""
+    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
+
+
+def condition_image(image, height: int, width: int) -> torch.Tensor:
+    """The i2v first frame: resized to cover ``height x width``, centre-cropped, as uint8 ``[1, H, W, 3]``."""
+    from PIL import Image, ImageOps
+
+    if not isinstance(image, Image.Image):
+        with Image.open(image) as opened:
+            image = opened.convert("RGB")
+    fitted = ImageOps.fit(image.convert("RGB"), (width, height), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+    return torch.from_numpy(np.array(fitted, dtype=np.uint8)).unsqueeze(0)
+
+
+def free_memory(device: torch.device) -> None:
+    """Hand freed accelerator memory back before the next large component loads.
+
+    ``gc.collect`` catches modules kept alive by reference cycles (hooks); on the CPU the
+    allocator returns memory on its own and the collection would only cost time.
+    """
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        gc.collect()
+        torch.mps.empty_cache()
+
+
+def encode_prompts(spec, root, prompts: list[str], *, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings ``[B, L, C]`` and masks ``[B, L]`` of ``prompts``; the encoder is freed afterwards."""
+    if not hasattr(spec, "load_text_encoder"):
+        raise RuntimeError(f"the {spec.family} spec has no load_text_encoder(); this build cannot encode prompts")
+    encoder = spec.load_text_encoder(root, device=device, dtype=dtype)
+    try:
+        with torch.no_grad():
+            embeds, mask = encoder.encode(list(prompts))
+    finally:
+        del encoder
+        free_memory(torch.device(device))
+    return embeds, mask
+
+
+def apply_loras(model, loras) -> None:
+    """Activate each ``(path, multiplier)`` on the DiT; they stack like upstream's enabled LoRAs."""
+    if not loras:
+        return
+    from ..lora import apply_lora  # the LoRA room's loader (upstream and PEFT formats)
+
+    for path, multiplier in loras:
+        log.info("LoRA %s x %g", path, multiplier)
+        apply_lora(model, path, multiplier)
+
+
+def generate(
+    request: SampleRequest,
+    *,
+    spec,
+    root,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+    attention: str = "auto",
+    shift: float | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Run text/image-to-video for ``request``; returns decoded frames uint8 ``[F, H, W, 3]``.
+
+    ``attention`` picks the DiT's self-attention kernel (``auto``, ``sdpa``, ``xformers``, ``bsa``);
+    ``shift`` defaults to the family's (12 for LongCat-Video).
+    """
+    device = torch.device(device)
+    use_cfg = request.guidance > 1.0
+    prompts = [request.negative_prompt, request.prompt] if use_cfg else [request.prompt]
+    embeds, mask = encode_prompts(spec, root, prompts, device=device, dtype=dtype)
+    negative_embeds, negative_mask = (embeds[:1], mask[:1]) if use_cfg else (None, None)
+    prompt_embeds, prompt_mask = embeds[-1:], mask[-1:]
+
+    latents = initial_noise((1, *spec.geometry.latent_shape(request.num_frames, request.height, request.width)), request.seed)
+    vae = None  # text-to-video loads it only after the DiT is gone
+    num_cond_latents = 0
+    if request.image is not None:
+        vae = spec.load_vae(root, device=device, dtype=dtype)
+        with torch.no_grad():
+            cond = vae.encode(condition_image(request.image, request.height, request.width))  # [C, 1, h, w]
+        num_cond_latents = cond.shape[1]
+        latents[0, :, :num_cond_latents] = cond.to(latents)
+
+    model = spec.load_transformer(root, dtype=dtype, device=device)
+    model.eval()
+    if hasattr(model, "set_attention_implementation"):
+        model.set_attention_implementation(attention)
+    apply_loras(model, request.loras)
+    latents = denoise(
+        model,
+        latents.to(device),
+        prompt_embeds,
+        prompt_mask,
+        negative_embeds,
+        negative_mask,
+        steps=request.steps,
+        guidance=request.guidance,
+        shift=spec.flow_shift if shift is None else shift,
+        num_cond_latents=num_cond_latents,
+        distill=request.distill,
+        progress=progress,
+    )
+    del model
+    free_memory(device)
+    if vae is None:
+        vae = spec.load_vae(root, device=device, dtype=dtype)
+    with torch.no_grad():
+        frames = vae.decode(latents[0])
+    del vae
+    free_memory(device)
+    return frames.cpu()
+
+
+def sample_video(request: SampleRequest, *, spec, root, progress: bool = True, **options) -> SampleOutputs:
+    """:func:`generate` (``options``: device, dtype, attention, shift), then the mp4 and its contact sheet (``<output>.png``)."""
+    frames = generate(request, spec=spec, root=root, progress=progress, **options)
+    video = write_video(frames, request.output, fps=request.fps, crf=request.crf)
+    sheet = write_contact_sheet(frames, request.contact_sheet_path, prompt=request.prompt)
+    return SampleOutputs(video, sheet, frames)
+
+
+# ---------------------------------------------------------------------- validation
+@dataclass
+class ValidationOutputs:
+    record: Path  # the JSON record index.html is built from
+    index: Path
+    video: Path | None = None
+    contact_sheet: Path | None = None
+    latents: Path | None = None  # set when decoding was deferred (no VAE given)
+    frames: torch.Tensor | None = None  # uint8 [F, H, W, 3], for TensorBoard
+
+
+def _write_outputs(folder: Path, record: ValidationRecord, frames: torch.Tensor, fps: int, crf: int) -> ValidationOutputs:
+    stem = validation_stem(record.step, record.prompt_index)
+    video = write_video(frames, folder / f"{stem}.mp4", fps=fps, crf=crf)
+    sheet = write_contact_sheet(frames, folder / f"{stem}.png", prompt=record.prompt, step=record.step)
+    record.video, record.contact_sheet = video.name, sheet.name
+    return ValidationOutputs(record=record.save(folder), index=write_index(folder), video=video, contact_sheet=sheet, frames=frames)
+
+
+def render_validation(
+    model,
+    vae,
+    *,
+    spec,
+    validation_dir: str | Path,
+    step: int,
+    prompt_index: int,
+    prompt: str,
+    prompt_embeds: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    negative_embeds: torch.Tensor | None = None,
+    negative_mask: torch.Tensor | None = None,
+    height: int = 480,
+    width: int = 832,
+    num_frames: int = 93,
+    steps: int = 40,
+    guidance: float = 4.0,
+    seed: int = 42,
+    fps: int = 15,
+    crf: int = DEFAULT_CRF,
+    cond_latents: torch.Tensor | None = None,
+    distill: bool = False,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> ValidationOutputs:
+    """One validation video from an already loaded DiT and cached prompt embeddings.
+
+    Writes ``<validation_dir>/step{step:06d}_prompt{i:02d}.mp4`` + ``.png`` + ``.json`` and
+    rebuilds ``index.html``. ``cond_latents`` (normalised ``[C, k, h, w]``) makes it
+    image-to-video. ``device`` (default: where the model's first parameter is) holds the
+    latents. With ``vae=None`` the final latents are saved instead and
+    :func:`decode_pending_validations` turns them into videos later (no VAE in memory
+    during training). The model is put in eval mode and restored; the global RNG
+    states are untouched, so training continues exactly as without validation.
+    """
+    folder = Path(validation_dir)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    latents = initial_noise((1, *spec.geometry.latent_shape(num_frames, height, width)), seed)
+    num_cond_latents = 0
+    if cond_latents is not None:
+        cond = cond_latents.reshape(-1, *cond_latents.shape[-4:])[0]
+        num_cond_latents = cond.shape[1]
+        latents[0, :, :num_cond_latents] = cond.to(latents)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            latents = denoise(
+                model, latents.to(device), prompt_embeds, prompt_mask, negative_embeds, negative_mask,
+                steps=steps, guidance=guidance, shift=spec.flow_shift, num_cond_latents=num_cond_latents,
+                distill=distill, progress=progress,
+            )
+    finally:
+        model.train(was_training)
+
+    settings = dict(height=height, width=width, num_frames=num_frames, steps=steps, guidance=guidance, seed=seed, fps=fps, crf=crf, distill=distill, image_to_video=num_cond_latents > 0)
+    record = ValidationRecord(step, prompt_index, prompt, settings=settings)
+    if vae is None:
+        from safetensors.torch import save_file
+
+        path = folder / f"{validation_stem(step, prompt_index)}.latents.safetensors"
+        folder.mkdir(parents=True, exist_ok=True)
+        temporary = temporary_beside(path)
+        save_file({"latents": latents[0].cpu().contiguous()}, str(temporary))
+        temporary.replace(path)
+        record.latents = path.name
+        return ValidationOutputs(record=record.save(folder), index=write_index(folder), latents=path)
+    with torch.no_grad():
+        frames = vae.decode(latents[0]).cpu()
+    return _write_outputs(folder, record, frames, fps, crf)
+
+
+def decode_pending_validations(validation_dir: str | Path, vae) -> list[ValidationOutputs]:
+    """Decode validations whose latents were saved without a VAE; writes their mp4 + PNG."""
+    from safetensors.torch import load_file
+
+    from .gallery import load_records
+
+    folder = Path(validation_dir)
+    done = []
+    for record in load_records(folder):
+        if not record.latents or record.video:
+            continue
+        latents_path = folder / record.latents
+        with torch.no_grad():
+            frames = vae.decode(load_file(str(latents_path))["latents"]).cpu()
+        record.latents = None
+        fps, crf = record.settings.get("fps", 15), record.settings.get("crf", DEFAULT_CRF)
+        done.append(_write_outputs(folder, record, frames, fps, crf))
+        latents_path.unlink(missing_ok=True)
+    return done
