@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION")
     check = cfg_sub.add_parser("check", help="validate a config and print it with all defaults resolved")
     check.add_argument("file", help="config.json")
-    cfg_sub.add_parser("docs", help="print the config reference table (markdown)")
+    docs = cfg_sub.add_parser("docs", help="print the config reference table (markdown)")
+    docs.add_argument("--update", metavar="README", help="rewrite the generated table inside this file instead")
 
     sub.add_parser("models", help="list model families and flavours")
 
@@ -101,9 +102,12 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 @command("config")
 def cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
     if args.config_command == "docs":
-        from .config.docs import config_reference_markdown
+        from .config.docs import config_reference_markdown, update_readme
 
-        print(config_reference_markdown())
+        if args.update:
+            print(f"{args.update}: {'updated' if update_readme(args.update) else 'already current'}")
+        else:
+            print(config_reference_markdown())
         return 0
     if args.config_command != "check":
         raise ConfigError(["usage: frametuner config check FILE | frametuner config docs"])

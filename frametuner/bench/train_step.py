@@ -184,7 +184,7 @@ def bench_train(case: str, mode: str, policy: str, warmup: int, iters: int, outp
 
 
 def bench_sample(case: str, mode: str, warmup: int, iters: int, sdpa_kernel: str = "auto") -> dict:
-    from ..sampling import cfg_step
+    from ..sampling import denoise
 
     _, model = build_model()
     if mode == "optimized":
@@ -199,9 +199,8 @@ def bench_sample(case: str, mode: str, warmup: int, iters: int, sdpa_kernel: str
     latents = torch.randn(1, 16, t, h, w, device="cuda")
     torch.cuda.reset_peak_memory_stats()
 
-    def step():
-        with torch.no_grad():
-            return cfg_step(model, latents, text[1:], mask[1:], text[:1], mask[:1], timestep=700.0, sigma=0.7, sigma_next=0.68, guidance=4.0)
+    def step():  # exactly one step of the sampler: DiT on [negative, positive], CFG-Zero*, Euler
+        return denoise(model, latents, text[1:], mask[1:], text[:1], mask[:1], steps=1, guidance=4.0)
 
     started = time.perf_counter()
     step()

@@ -29,3 +29,16 @@ def config_reference_markdown() -> str:
             lines.append(f"| `{name}` | {group} | {type_name} | `{json.dumps(default)}` | {description}{note} |")
     lines += ["", END]
     return "\n".join(lines)
+
+
+def update_readme(path) -> bool:
+    """Replace the generated table in ``path``; returns whether anything changed."""
+    from pathlib import Path
+
+    path = Path(path)
+    text = path.read_text()
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    updated = text[:start] + config_reference_markdown() + text[end:]
+    if updated != text:
+        path.write_text(updated)
+    return updated != text

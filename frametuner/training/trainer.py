@@ -142,8 +142,6 @@ class Trainer:
         compile_blocks = config.compile_transformer if config.compile_transformer is not None else device.type == "cuda"
         if compile_blocks:
             model.compile_blocks()
-        if hasattr(model, "text_virtual_length"):
-            model.text_virtual_length = self.spec.text_max_length
 
     def _total_steps(self) -> int:
         if self.config.max_train_steps:

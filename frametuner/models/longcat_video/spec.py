@@ -51,6 +51,7 @@ class LongCatVideoSpec(ModelSpec):
         model = LongCatVideoTransformer3DModel.from_pretrained(
             root, subfolder=self.subfolders["transformer"], torch_dtype=dtype, low_cpu_mem_usage=True
         )
+        model.text_virtual_length = self.text_max_length  # the release was trained on 512-padded text
         return model.to(device)
 
     def build_transformer(self, *, flavour: str = "final", device: str | torch.device = "meta", dtype: torch.dtype = torch.bfloat16):
@@ -61,9 +62,12 @@ class LongCatVideoSpec(ModelSpec):
         weights 1: numerically tame for benchmarks. ``tiny`` gives the seeded tiny model.
         """
         if flavour == "tiny":
-            return torch.nn.Module.to(build_tiny_transformer(), device=device, dtype=dtype)
+            model = torch.nn.Module.to(build_tiny_transformer(), device=device, dtype=dtype)
+            model.text_virtual_length = self.text_max_length
+            return model
         with torch.device("meta"):
             model = LongCatVideoTransformer3DModel(**FULL_DIT_CONFIG)
+        model.text_virtual_length = self.text_max_length
         # nn.Module.to: diffusers' ModelMixin.to warns about float32 modules on every dtype cast.
         model = torch.nn.Module.to(model, dtype=dtype)
         if torch.device(device).type == "meta":
