@@ -80,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     cfg_sub.add_parser("docs", help="print the config reference table (markdown)")
 
     sub.add_parser("models", help="list model families and flavours")
+
+    lora = sub.add_parser("lora", help="convert and inspect LoRA files (PEFT, upstream LongCat-Video, ComfyUI)")
+    lora_sub = lora.add_subparsers(dest="lora_command", metavar="ACTION")
+    lora_convert = lora_sub.add_parser("convert", help="convert a LoRA to another format (exact)")
+    lora_convert.add_argument("src", help="LoRA file, or a PEFT folder")
+    lora_convert.add_argument("dst", help="output file (a folder for --to peft)")
+    lora_convert.add_argument("--to", required=True, choices=["peft", "upstream", "comfyui"])
+    lora_info = lora_sub.add_parser("info", help="print a LoRA's format, rank, scale and layers")
+    lora_info.add_argument("path", help="LoRA file, or a PEFT folder")
     return parser
 
 
@@ -118,6 +127,29 @@ def cmd_models(args: argparse.Namespace, extra: list[str]) -> int:
             where = flavour.hub_id or "built locally"
             print(f"  {flavour.name:8s} {flavour.description} [{where}]")
     return 0
+
+
+@command("lora")
+def cmd_lora(args: argparse.Namespace, extra: list[str]) -> int:
+    from .lora import LoraError, convert, read_lora
+
+    try:
+        if args.lora_command == "convert":
+            print(convert(args.src, args.dst, to=args.to))
+            return 0
+        if args.lora_command == "info":
+            weights = read_lora(args.path)
+            ranks = sorted(weights.ranks())
+            scales = sorted({delta.scale for delta in weights.deltas.values()})
+            print(f"{args.path}: {weights.format} format, {len(weights.deltas)} layers, rank {ranks}, scale {scales}")
+            for name, delta in weights.deltas.items():
+                print(f"  {name}: rank {delta.rank}, {delta.in_features} -> {delta.out_features}, scale {delta.scale:g}")
+            return 0
+    except LoraError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("usage: frametuner lora convert SRC DST --to FORMAT | frametuner lora info PATH", file=sys.stderr)
+    return 2
 
 
 # Subcommands whose unknown flags are reported by the config loader (with did-you-mean).
