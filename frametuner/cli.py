@@ -88,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample_arguments(sample)
     decode = sub.add_parser("decode", help="decode validation latents saved without a VAE into videos", allow_abbrev=False)
     add_decode_arguments(decode)
+
+    lora = sub.add_parser("lora", help="convert and inspect LoRA files (PEFT, upstream LongCat-Video, ComfyUI)")
+    lora_sub = lora.add_subparsers(dest="lora_command", metavar="ACTION")
+    lora_convert = lora_sub.add_parser("convert", help="convert a LoRA to another format (exact)")
+    lora_convert.add_argument("src", help="LoRA file, or a PEFT folder")
+    lora_convert.add_argument("dst", help="output file (a folder for --to peft)")
+    lora_convert.add_argument("--to", required=True, choices=["peft", "upstream", "comfyui"])
+    lora_info = lora_sub.add_parser("info", help="print a LoRA's format, rank, scale and layers")
+    lora_info.add_argument("path", help="LoRA file, or a PEFT folder")
     return parser
 
 
@@ -143,6 +152,28 @@ def cmd_decode(args: argparse.Namespace, extra: list[str]) -> int:
     from .sampling.command import run_decode
 
     return run_decode(args)
+
+@command("lora")
+def cmd_lora(args: argparse.Namespace, extra: list[str]) -> int:
+    from .lora import LoraError, convert, read_lora
+
+    try:
+        if args.lora_command == "convert":
+            print(convert(args.src, args.dst, to=args.to))
+            return 0
+        if args.lora_command == "info":
+            weights = read_lora(args.path)
+            ranks = sorted(weights.ranks())
+            scales = sorted({delta.scale for delta in weights.deltas.values()})
+            print(f"{args.path}: {weights.format} format, {len(weights.deltas)} layers, rank {ranks}, scale {scales}")
+            for name, delta in weights.deltas.items():
+                print(f"  {name}: rank {delta.rank}, {delta.in_features} -> {delta.out_features}, scale {delta.scale:g}")
+            return 0
+    except LoraError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("usage: frametuner lora convert SRC DST --to FORMAT | frametuner lora info PATH", file=sys.stderr)
+    return 2
 
 
 # Subcommands whose unknown flags are reported by the config loader (with did-you-mean).

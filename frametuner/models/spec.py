@@ -39,6 +39,28 @@ class LatentGeometry:
         return self.vae_stride[1] * self.patch_size[1]
 
 
+@dataclass(frozen=True)
+class LoraLayout:
+    """How a family's layers appear in the LoRA file formats (read by ``frametuner.lora``).
+
+    Layer names are frametuner module names, either inside a block (``attn.qkv`` means
+    ``<block_prefix>.<i>.attn.qkv``) or from the model root (``final_layer.linear``).
+    """
+
+    block_prefix: str
+    # The model's other top-level children: a layer name starting with one of these is
+    # named from the root (``final_layer.linear``), any other from inside a block.
+    root_children: tuple[str, ...]
+    # Fused Linear layers -> how many equal output parts upstream's format gives own up blocks.
+    fused_outputs: dict[str, int]
+    # Layer -> its names in ComfyUI-WanVideoWrapper, one per output part (a fused layer that
+    # the wrapper keeps as separate Linears is split into that many parts).
+    comfyui_names: dict[str, tuple[str, ...]]
+    comfyui_prefix: str = "diffusion_model."
+    # Linear subclasses that compute in float32: their LoRA path must too.
+    fp32_linear_types: tuple[type, ...] = ()
+
+
 class ModelSpec(ABC):
     family: str
     geometry: LatentGeometry
@@ -48,6 +70,8 @@ class ModelSpec(ABC):
     text_max_length: int
     default_lora_targets: tuple[str, ...]
     optional_lora_targets: tuple[str, ...] = ()
+    lora_layout: LoraLayout | None = None
+    transformer_class: type | None = None
 
     @abstractmethod
     def checkpoint_root(self, flavour: str, pretrained_model_name_or_path: str | None) -> str | Path:

@@ -103,16 +103,16 @@ class Trainer:
     def _prepare_trainable(self) -> dict[str, torch.nn.Parameter]:
         config, model = self.config, self.model
         if config.model_type == "lora":
-            from ..lora import add_lora
+            from ..lora import add_lora, add_lora_from_file
 
             model.requires_grad_(False)
-            targets = config.lora_target_modules or list(self.spec.default_lora_targets)
-            add_lora(model, rank=config.lora_rank, alpha=config.effective_lora_alpha, dropout=config.lora_dropout, target_modules=targets)
-            if config.init_lora:
+            if config.init_lora:  # continue from a LoRA file of any format (its rank and targets)
                 from ..config import resolve_input_path
-                from ..lora import load_lora_for_training
 
-                load_lora_for_training(model, resolve_input_path(config, config.init_lora))
+                add_lora_from_file(model, resolve_input_path(config, config.init_lora), dropout=config.lora_dropout)
+            else:
+                targets = config.lora_target_modules or list(self.spec.default_lora_targets)
+                add_lora(model, rank=config.lora_rank, alpha=config.effective_lora_alpha, dropout=config.lora_dropout, target_modules=targets)
             trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
             for param in trainable.values():
                 param.data = param.data.float()  # LoRA weights train in float32
@@ -241,8 +241,12 @@ class Trainer:
         )
 
     def _export_paths(self, folder: Path) -> dict[str, Path]:
-        lora = folder / "lora"
-        return {p.stem if p.is_file() else p.name: p for p in sorted(lora.iterdir())} if lora.is_dir() else {}
+        """The LoRA files inside a checkpoint folder, by format."""
+        if self.config.model_type != "lora":
+            return {}
+        from ..lora import EXPORT_NAMES
+
+        return {fmt: folder / "lora" / EXPORT_NAMES[fmt] for fmt in self.config.lora_export_formats}
 
     def _lora_metadata(self) -> dict[str, str]:
         config = self.config

@@ -98,3 +98,45 @@ def test_sigterm_saves_a_loadable_checkpoint(tmp_path):
     state = load_checkpoint(checkpoint)
     assert state["state"]["step"] == stopped[0]["step"] >= 1
     assert state["state"]["reason"] == "SIGTERM" and len(state["weights"]) > 0
+
+
+def test_lora_overfits_one_clip(tmp_path):
+    start, end = overfit_losses(tmp_path, model_type="lora", lora_rank=16, learning_rate=3e-3)
+    assert end < 0.5 * start, (start, end)
+
+
+def test_lora_resume_is_bitwise(tmp_path):
+    straight, _ = run(tmp_path / "a", 6)
+    interrupted = tiny_config(tmp_path / "b", max_train_steps=6, checkpointing_steps=3)
+    trainer = Trainer(interrupted, synthetic_data(seed=0, n=3))
+    trainer.max_steps = 3
+    trainer.train()
+    resumed = Trainer(tiny_config(tmp_path / "b", max_train_steps=6, resume_from_checkpoint="latest"), synthetic_data(seed=0, n=3))
+    resumed.train()
+    a, b = straight.trainable_state_dict(), resumed.trainable_state_dict()
+    assert a.keys() == b.keys() and all("lora" in name for name in a)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_trained_lora_exports_reimport_identically(tmp_path):
+    """The upstream/PEFT/ComfyUI files of a trained LoRA, applied to a fresh base model, give
+    the trained model's outputs."""
+    from frametuner.lora import apply_lora, remove_loras
+    from frametuner.models.registry import load_spec
+
+    trainer, result = run(tmp_path, 4, learning_rate=1e-2)
+    assert set(result["lora"]) == {"peft", "upstream", "comfyui"}
+    trained = trainer.accelerator.unwrap_model(trainer.model).eval()
+    spec = load_spec("longcat_video")
+    fresh = spec.load_transformer(spec.checkpoint_root("tiny", None), dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(3)
+    inputs = (torch.randn(1, 16, 3, 4, 6, generator=g), torch.tensor([600.0]), torch.randn(1, 8, 64, generator=g), torch.ones(1, 8, dtype=torch.int64))
+    with torch.no_grad():
+        expected = trained(*inputs)
+        base = fresh(*inputs)
+        assert (expected - base).abs().max() > 1e-4  # the LoRA learned something
+        for fmt, path in result["lora"].items():
+            apply_lora(fresh, path)
+            assert torch.allclose(fresh(*inputs), expected, atol=1e-5, rtol=1e-5), fmt
+            remove_loras(fresh)

@@ -8,6 +8,7 @@ import torch
 
 from ..registry import family_info
 from ..spec import LatentGeometry, ModelSpec
+from .lora_layout import LORA_LAYOUT
 from .tiny import FULL_DIT_CONFIG, build_tiny_transformer, ensure_tiny_checkpoint
 from .transformer import LongCatVideoTransformer3DModel
 
@@ -35,6 +36,7 @@ class LongCatVideoSpec(ModelSpec):
     text_max_length = 512
     default_lora_targets = DEFAULT_LORA_TARGETS
     optional_lora_targets = OPTIONAL_LORA_TARGETS
+    lora_layout = LORA_LAYOUT
     transformer_class = LongCatVideoTransformer3DModel
     subfolders = {"transformer": "dit", "text_encoder": "text_encoder", "tokenizer": "tokenizer", "vae": "vae", "scheduler": "scheduler", "lora": "lora"}
 
