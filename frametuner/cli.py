@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     docs.add_argument("--update", metavar="README", help="rewrite the generated table inside this file instead")
 
     sub.add_parser("models", help="list model families and flavours")
+    sub.add_parser("bench", help="GPU benchmark of the 13.6B training/sampling step (bench/train_step.py; --help for options)", add_help=False)
 
     from .sampling.command import add_decode_arguments, add_sample_arguments
 
@@ -176,8 +177,16 @@ def cmd_lora(args: argparse.Namespace, extra: list[str]) -> int:
     return 2
 
 
-# Subcommands whose unknown flags are reported by the config loader (with did-you-mean).
-CONFIG_COMMANDS: set[str] = {"train"}
+@command("bench")
+def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
+    from .bench.train_step import main as bench_main
+
+    return bench_main(extra)
+
+
+# Subcommands whose unknown flags are reported by the config loader (with did-you-mean),
+# or passed through (bench).
+CONFIG_COMMANDS: set[str] = {"train", "bench"}
 
 
 def main(argv: list[str] | None = None) -> int:
