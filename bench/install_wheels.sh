@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# On the device machine: install carried wheels into /tmp/site and the repo itself on PYTHONPATH.
+# On the device machine: install carried wheels into /tmp/site and put the repo on PYTHONPATH.
+# .whl/extra holds packages the image may already have (pydantic): installed only if missing.
 # Usage: source bench/install_wheels.sh
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+if ! python3 -c "import pydantic" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/extra/*.whl
+fi
 export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
