@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flag(train)
     add_config_arguments(train)
 
-    cache = sub.add_parser("cache", help="encode captions and clips into the caches (train does this first too)", allow_abbrev=False)
+    cache = sub.add_parser("cache", help="encode captions, clips and validation prompts into the caches training reads", allow_abbrev=False)
     _add_config_flag(cache)
     add_config_arguments(cache)
 

@@ -1,4 +1,4 @@
-"""``frametuner cache``: fill the caches for a training config (``train`` calls this first too)."""
+"""``frametuner cache``: fill the caches for a training config (``train`` should call :func:`run_cache` first)."""
 
 from __future__ import annotations
 

@@ -93,11 +93,6 @@ def read_entry(path: str | Path) -> dict[str, torch.Tensor]:
         raise CorruptCacheEntry(path, f"unreadable ({type(error).__name__}: {error})") from error
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as handle:
-        return dict(handle.metadata() or {})
-
-
 def discard_corrupt(error: CorruptCacheEntry) -> None:
     """Report a bad entry by file name and delete it, so it is encoded again."""
     log.warning("cache file %s is corrupt (%s); deleting it and encoding it again", error.path, error.reason)
