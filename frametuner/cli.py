@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flag(train)
     add_config_arguments(train)
 
+    cache = sub.add_parser("cache", help="encode captions, clips and validation prompts into the caches training reads", allow_abbrev=False)
+    _add_config_flag(cache)
+    add_config_arguments(cache)
+
     cfg = sub.add_parser("config", help="inspect configuration files")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION")
     check = cfg_sub.add_parser("check", help="validate a config and print it with all defaults resolved")
@@ -107,6 +111,21 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     from .training import train
 
     return train(config)
+
+
+@command("cache")
+def cmd_cache(args: argparse.Namespace, extra: list[str]) -> int:
+    config = config_from_args(args, extra)
+    from .cache.run import DataRoomMissing, run_cache
+
+    try:
+        report = run_cache(config)
+    except DataRoomMissing as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for source, message in report.failed:
+        print(f"error: {source}: {message}", file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 @command("config")
@@ -186,7 +205,7 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
 
 # Subcommands whose unknown flags are reported by the config loader (with did-you-mean),
 # or passed through (bench).
-CONFIG_COMMANDS: set[str] = {"train", "bench"}
+CONFIG_COMMANDS: set[str] = {"train", "cache", "bench"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,5 +10,31 @@ Contract with ``training/`` (the trainer reads only this, never an encoder):
   (n = real token count) in the training dtype;
 - a batch (collate) is ``latents [B, 16, T, h, w]``, ``text [B, L, C]`` zero-padded,
   ``text_mask [B, L]`` int64 (1 = real token), ``num_cond_latents`` (0 or 1; batches never
-  mix image-to-video and text-to-video samples), ``captions`` (list of str).
+  mix image-to-video and text-to-video samples), ``captions`` (list of str). An explicit
+  ``cond_latent`` is written into latent frame 0 by the collate, so the trainer only ever
+  treats frame 0 as the condition.
+
+Layout: ``<cache_dir>/text/<key>.safetensors`` and
+``<cache_dir>/latents/<bucket>/<key>.safetensors`` (:mod:`.entries`); writing, validation
+and crash safety in :mod:`.store`; filling the caches in :mod:`.build`
+(:func:`cache_samples`); reading batches in :mod:`.dataset`; the CLI entry in :mod:`.run`.
 """
+
+from .build import CacheReport, cache_latents, cache_samples, cache_texts, open_caches
+from .dataset import CacheEntryUnavailable, CachedDataset, collate_cached
+from .entries import LatentCache, TextCache
+from .store import CorruptCacheEntry
+
+__all__ = [
+    "CacheEntryUnavailable",
+    "CacheReport",
+    "CachedDataset",
+    "CorruptCacheEntry",
+    "LatentCache",
+    "TextCache",
+    "cache_latents",
+    "cache_samples",
+    "cache_texts",
+    "collate_cached",
+    "open_caches",
+]

@@ -87,3 +87,24 @@ class ModelSpec(ABC):
 
     def valid_frame_count(self, frames: int) -> bool:
         return frames >= 1 and (frames - 1) % self.geometry.vae_stride[0] == 0
+
+    def encoder_dtype(self, mixed_precision: str) -> torch.dtype:
+        """Dtype the text encoder and VAE run in while caching: bfloat16, or float32 when
+        training in full precision (never float16: T5-family encoders overflow in it)."""
+        return torch.float32 if mixed_precision == "no" else torch.bfloat16
+
+    @abstractmethod
+    def load_text_encoder(self, root: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Any:
+        """The text encoder + tokenizer: ``encode(prompts) -> (embeddings [B, L, C], mask [B, L] int64)``, ``identity``."""
+
+    @abstractmethod
+    def load_vae(self, root: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Any:
+        """The video autoencoder: ``encode(uint8 [F, H, W, 3]) -> normalised latents``, ``decode``, ``identity``."""
+
+    @abstractmethod
+    def text_encoder_identity(self, root: str | Path, *, dtype: torch.dtype = torch.float32) -> str:
+        """The text encoder's ``identity`` without loading its weights (for cache keys)."""
+
+    @abstractmethod
+    def vae_identity(self, root: str | Path, *, dtype: torch.dtype = torch.float32) -> str:
+        """The VAE's ``identity`` without loading its weights (for cache keys)."""

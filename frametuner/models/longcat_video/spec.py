@@ -6,11 +6,14 @@ from pathlib import Path
 
 import torch
 
+from ..components import resolve_component
 from ..registry import family_info
 from ..spec import LatentGeometry, ModelSpec
 from .lora_layout import LORA_LAYOUT
+from .text import TextEncoder, clean_prompt, text_encoder_identity
 from .tiny import FULL_DIT_CONFIG, build_tiny_transformer, ensure_tiny_checkpoint
 from .transformer import LongCatVideoTransformer3DModel
+from .vae import VideoVAE, denormalise_latents, normalise_latents, vae_identity
 
 # Upstream's released LoRAs (cfg_step_lora, refinement_lora) wrap these Linear layers.
 DEFAULT_LORA_TARGETS = (
@@ -85,3 +88,34 @@ class LongCatVideoSpec(ModelSpec):
                 else:
                     param.zero_()
         return model
+
+    # ------------------------------------------------------------------ encoders
+    clean_prompt = staticmethod(clean_prompt)
+    normalise_latents = staticmethod(normalise_latents)
+    denormalise_latents = staticmethod(denormalise_latents)
+
+    def load_text_encoder(self, root: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> TextEncoder:
+        """umT5 from ``<root>/text_encoder`` + ``<root>/tokenizer``; prompts padded to ``text_max_length``."""
+        return TextEncoder.from_pretrained(
+            root,
+            device=device,
+            dtype=dtype,
+            max_length=self.text_max_length,
+            text_encoder_subfolder=self.subfolders["text_encoder"],
+            tokenizer_subfolder=self.subfolders["tokenizer"],
+        )
+
+    def load_vae(self, root: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> VideoVAE:
+        """Wan 2.1 VAE from ``<root>/vae``, tiling on; latents normalised with its config's mean/std."""
+        return VideoVAE.from_pretrained(root, device=device, dtype=dtype, subfolder=self.subfolders["vae"])
+
+    def text_encoder_identity(self, root: str | Path, *, dtype: torch.dtype = torch.float32) -> str:
+        return text_encoder_identity(
+            resolve_component(root, self.subfolders["text_encoder"]),
+            resolve_component(root, self.subfolders["tokenizer"]),
+            dtype=dtype,
+            max_length=self.text_max_length,
+        )
+
+    def vae_identity(self, root: str | Path, *, dtype: torch.dtype = torch.float32) -> str:
+        return vae_identity(resolve_component(root, self.subfolders["vae"]), dtype=dtype)

@@ -1,0 +1,232 @@
+"""Fill the caches: encode every caption and every sample that is not cached yet.
+
+Encoders are loaded only when something is missing (a rerun over a complete cache loads
+nothing), on the CPU, moved to the accelerator for their pass, and freed before the next
+one, so the caching peak is one encoder, never the DiT as well.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.sample import Sample
+from ..models.spec import ModelSpec
+from .entries import LatentCache, TextCache, has_conditioning_image
+from .store import CorruptCacheEntry, discard_corrupt, sweep_temporaries
+
+log = logging.getLogger(__name__)
+
+PixelLoader = Callable[[Sample], torch.Tensor]  # sample -> uint8 [frames, height, width, 3]
+
+
+@dataclass
+class CacheReport:
+    """What one caching pass did; ``*_encoded`` + ``*_reused`` = unique entries needed."""
+
+    text_encoded: int = 0
+    text_reused: int = 0
+    latents_encoded: int = 0
+    latents_reused: int = 0
+    repaired: list[Path] = field(default_factory=list)  # corrupt files deleted and encoded again
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (source file, error) of samples not cached
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (
+            f"text: {self.text_encoded} encoded, {self.text_reused} reused; latents: {self.latents_encoded} encoded, "
+            f"{self.latents_reused} reused; {len(self.repaired)} corrupt re-encoded; {len(self.failed)} failed; {self.seconds:.1f}s"
+        )
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _unique(items: Iterable) -> list:
+    return list(dict.fromkeys(items))
+
+
+def _present(check: Callable, item, report: CacheReport) -> bool:
+    """True if the entry is intact; a corrupt one is reported, deleted and counted for repair."""
+    try:
+        check(item)
+        return True
+    except FileNotFoundError:
+        return False
+    except CorruptCacheEntry as error:
+        discard_corrupt(error)
+        report.repaired.append(error.path)
+        return False
+
+
+def _progress(total: int, description: str, unit: str, enabled: bool):
+    return tqdm(total=total, desc=description, unit=unit, dynamic_ncols=True, disable=None if enabled else True)
+
+
+def cache_texts(
+    captions: Iterable[str],
+    *,
+    text_cache: TextCache,
+    load_text_encoder: Callable[[], object],
+    device: torch.device | str,
+    report: CacheReport,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> None:
+    """Encode the captions missing from ``text_cache`` (the empty prompt is the caller's to include)."""
+    captions = _unique(captions)
+    missing = [caption for caption in captions if not _present(text_cache.check, caption, report)]
+    report.text_reused += len(captions) - len(missing)
+    if not missing:
+        return
+    encoder = load_text_encoder()
+    try:
+        if encoder.identity != text_cache.encoder_identity:
+            raise RuntimeError(f"text encoder identity {encoder.identity} differs from the cache's {text_cache.encoder_identity}")
+        encoder.to(device)
+        with _progress(len(missing), "text embeddings", "caption", progress) as bar:
+            for start in range(0, len(missing), batch_size):
+                batch = missing[start : start + batch_size]
+                embeddings, masks = encoder.encode(batch)
+                for caption, embedding, mask in zip(batch, embeddings.cpu(), masks.cpu()):
+                    text_cache.save(caption, embedding, mask)
+                    report.text_encoded += 1
+                bar.update(len(batch))
+    finally:
+        encoder.unload()  # frees host and accelerator memory before the next model loads
+
+
+def _checked_pixels(pixels: torch.Tensor, sample: Sample, expected: tuple[int, ...]) -> torch.Tensor:
+    if not isinstance(pixels, torch.Tensor) or pixels.dtype != torch.uint8 or tuple(pixels.shape) != expected:
+        got = f"{pixels.dtype} {list(pixels.shape)}" if isinstance(pixels, torch.Tensor) else type(pixels).__name__
+        raise ValueError(f"{sample.source.path}: the pixel loader returned {got}, expected uint8 {list(expected)} (bucket {sample.bucket.key})")
+    return pixels
+
+
+def cache_latents(
+    samples: Sequence[Sample],
+    *,
+    latent_cache: LatentCache,
+    load_vae: Callable[[], object],
+    load_pixels: PixelLoader,
+    load_conditioning_image: PixelLoader | None,
+    device: torch.device | str,
+    report: CacheReport,
+    progress: bool = True,
+) -> None:
+    """Encode the samples missing from ``latent_cache``; a sample whose pixels fail to load is reported and skipped."""
+    by_path = {latent_cache.path(sample): sample for sample in samples}  # identical pixels are encoded once
+    missing = [sample for sample in by_path.values() if not _present(latent_cache.check, sample, report)]
+    report.latents_reused += len(by_path) - len(missing)
+    if not missing:
+        return
+    if load_conditioning_image is None and any(has_conditioning_image(s) for s in missing):
+        raise ValueError("some image-to-video samples name a conditioning image, but no load_conditioning_image was given")
+    vae = load_vae()
+    try:
+        if vae.identity != latent_cache.vae_identity:
+            raise RuntimeError(f"VAE identity {vae.identity} differs from the cache's {latent_cache.vae_identity}")
+        vae.to(device)
+        with _progress(len(missing), "latents", "clip", progress) as bar:
+            for sample in missing:
+                bucket = sample.bucket
+                try:
+                    pixels = _checked_pixels(load_pixels(sample), sample, (bucket.frames, bucket.height, bucket.width, 3))
+                    cond_latent = None
+                    if has_conditioning_image(sample):
+                        image = load_conditioning_image(sample)
+                        image = image.unsqueeze(0) if image.ndim == 3 else image
+                        image = _checked_pixels(image, sample, (1, bucket.height, bucket.width, 3))
+                        cond_latent = vae.encode(image).cpu()
+                    latent_cache.save(sample, vae.encode(pixels).cpu(), cond_latent)
+                    report.latents_encoded += 1
+                except Exception as error:  # one unreadable clip must not cost the whole run
+                    log.error("could not cache %s (%s): %s", sample.source.path, bucket.key, error)
+                    report.failed.append((str(sample.source.path), str(error)))
+                bar.update(1)
+    finally:
+        vae.unload()
+
+
+def cache_samples(
+    samples: Sequence[Sample],
+    *,
+    spec: ModelSpec,
+    model_root: str | Path,
+    cache_dir: str | Path,
+    load_pixels: PixelLoader,
+    load_conditioning_image: PixelLoader | None = None,
+    prompts: Iterable[str] = (),
+    text_dtype: torch.dtype = torch.bfloat16,
+    text_encoder_dtype: torch.dtype = torch.float32,
+    vae_dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    text_batch_size: int = 8,
+    progress: bool = True,
+) -> CacheReport:
+    """Make sure every caption (plus ``prompts`` and the empty prompt) and every sample is cached.
+
+    ``load_pixels(sample)`` returns the sample's uint8 ``[frames, H, W, 3]`` clip at its
+    bucket size; ``load_conditioning_image(sample)`` its uint8 ``[H, W, 3]`` image (only
+    for image-to-video samples with an explicit image). Returns what was encoded/reused.
+    """
+    start = time.perf_counter()
+    device = torch.device(device) if device is not None else default_device()
+    report = CacheReport()
+    sweep_temporaries(cache_dir)
+    text_cache, latent_cache = open_caches(
+        spec, model_root, cache_dir, text_dtype=text_dtype, text_encoder_dtype=text_encoder_dtype, vae_dtype=vae_dtype
+    )
+    cache_texts(
+        [sample.caption for sample in samples] + list(prompts) + [""],
+        text_cache=text_cache,
+        load_text_encoder=lambda: spec.load_text_encoder(model_root, device="cpu", dtype=text_encoder_dtype),
+        device=device,
+        report=report,
+        batch_size=text_batch_size,
+        progress=progress,
+    )
+    cache_latents(
+        samples,
+        latent_cache=latent_cache,
+        load_vae=lambda: spec.load_vae(model_root, device="cpu", dtype=vae_dtype),
+        load_pixels=load_pixels,
+        load_conditioning_image=load_conditioning_image,
+        device=device,
+        report=report,
+        progress=progress,
+    )
+    report.seconds = time.perf_counter() - start
+    log.info("cache %s: %s", cache_dir, report.summary())
+    return report
+
+
+def open_caches(
+    spec: ModelSpec,
+    model_root: str | Path,
+    cache_dir: str | Path,
+    *,
+    text_dtype: torch.dtype,
+    text_encoder_dtype: torch.dtype,
+    vae_dtype: torch.dtype,
+) -> tuple[TextCache, LatentCache]:
+    """The two caches as keyed for these encoders and dtypes (no weights are loaded)."""
+    text_cache = TextCache(
+        cache_dir,
+        encoder_identity=spec.text_encoder_identity(model_root, dtype=text_encoder_dtype),
+        dtype=text_dtype,
+        max_length=spec.text_max_length,
+    )
+    latent_cache = LatentCache(cache_dir, vae_identity=spec.vae_identity(model_root, dtype=vae_dtype), geometry=spec.geometry)
+    return text_cache, latent_cache

@@ -1,0 +1,82 @@
+"""Read cached samples back as training batches (the contract in ``frametuner/cache/__init__.py``)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from ..data.sample import Sample
+from .entries import LatentCache, TextCache, pad_text
+from .store import CorruptCacheEntry
+
+
+class CacheEntryUnavailable(RuntimeError):
+    """Training asked for an entry that is missing or unreadable; caching again repairs it."""
+
+
+class CachedDataset(Dataset):
+    """One item per sample: its latents and the real tokens of its caption, read from the caches.
+
+    Batches must not mix buckets or image-to-video with text-to-video; :meth:`group_of`
+    gives the grouping key for a batch sampler, and :meth:`collate` enforces it.
+    """
+
+    def __init__(self, samples: Sequence[Sample], *, text_cache: TextCache, latent_cache: LatentCache, pad_to: int = 512):
+        self.samples = list(samples)
+        self.text_cache = text_cache
+        self.latent_cache = latent_cache
+        self.pad_to = pad_to
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def group_of(self, index: int) -> tuple[str, bool]:
+        sample = self.samples[index]
+        return sample.bucket.key, sample.is_i2v
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        try:
+            entry = self.latent_cache.load(sample)
+            text = self.text_cache.load(sample.caption)
+        except (FileNotFoundError, CorruptCacheEntry) as error:
+            raise CacheEntryUnavailable(
+                f"cache entry for {sample.source.path} ({sample.bucket.key}) is missing or corrupt ({error}); "
+                "run `frametuner cache --config ...` to encode it again"
+            ) from error
+        return {
+            "latents": entry["latents"],
+            "cond_latent": entry.get("cond_latent"),
+            "text": text,
+            "caption": sample.caption,
+            "group": (sample.bucket.key, sample.is_i2v),
+        }
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return collate_cached(items, pad_to=self.pad_to)
+
+
+def collate_cached(items: list[dict[str, Any]], *, pad_to: int = 512) -> dict[str, Any]:
+    """Stack items of one group into a batch; text zero-padded to ``pad_to`` with an int64 mask.
+
+    For image-to-video items with an explicit conditioning image, its latent is written
+    into latent frame 0 (the clean condition frame); otherwise frame 0 is the clip's own.
+    """
+    groups = {item["group"] for item in items}
+    if len(groups) != 1:
+        raise ValueError(f"a batch mixes buckets or i2v with t2v: {sorted(groups)}; group batches by dataset.group_of(index)")
+    (_, is_i2v), = groups
+    latents = torch.stack([item["latents"] for item in items])
+    for row, item in enumerate(items):
+        if item.get("cond_latent") is not None:
+            latents[row, :, :1] = item["cond_latent"]
+    texts, masks = zip(*(pad_text(item["text"], pad_to) for item in items))
+    return {
+        "latents": latents,
+        "text": torch.stack(texts),
+        "text_mask": torch.stack(masks),
+        "num_cond_latents": 1 if is_i2v else 0,
+        "captions": [item["caption"] for item in items],
+    }

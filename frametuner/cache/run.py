@@ -1,0 +1,83 @@
+"""``frametuner cache``: fill the caches for a training config (``train`` should call :func:`run_cache` first)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ..config import ConfigError, resolve_input_path
+from .build import CacheReport, cache_samples, open_caches
+
+log = logging.getLogger(__name__)
+
+STORAGE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}
+
+
+class DataRoomMissing(RuntimeError):
+    """``frametuner.data`` does not provide the scanning/decoding functions caching needs (yet)."""
+
+
+def cache_dir_for(config) -> Path:
+    return Path(config.cache_dir) if config.cache_dir else Path(config.output_dir) / "cache"
+
+
+def validation_prompts(config) -> list[str]:
+    """Validation prompt(s) and the negative prompt, so validation never needs the text encoder."""
+    prompts = [config.validation_prompt] if config.validation_prompt else []
+    if config.validation_prompt_file:
+        path = resolve_input_path(config, config.validation_prompt_file)
+        if not path.is_file():
+            raise ConfigError([f"'validation_prompt_file': {path} does not exist; give a text file with one prompt per line"])
+        prompts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return prompts + [config.validation_negative_prompt]
+
+
+def cache_settings(config, spec) -> dict:
+    """Dtypes that key the caches: embeddings stored in the training dtype, encoders per the spec."""
+    encoder_dtype = spec.encoder_dtype(config.mixed_precision)
+    return {"text_dtype": STORAGE_DTYPES[config.mixed_precision], "text_encoder_dtype": encoder_dtype, "vae_dtype": encoder_dtype}
+
+
+def open_config_caches(config):
+    """The (TextCache, LatentCache) pair a training run reads, keyed exactly as :func:`run_cache` wrote them."""
+    from ..models.registry import load_spec
+
+    spec = load_spec(config.model_family)
+    root = spec.checkpoint_root(config.model_flavour, config.pretrained_model_name_or_path)
+    return open_caches(spec, root, cache_dir_for(config), **cache_settings(config, spec))
+
+
+def _data_room():
+    try:
+        from ..data import load_clip, load_conditioning_image, scan_datasets
+    except ImportError as error:
+        raise DataRoomMissing(
+            f"caching needs frametuner.data.scan_datasets / load_clip / load_conditioning_image, which this build lacks ({error}); "
+            "the dataset scanner has not landed yet"
+        ) from None
+    return scan_datasets, load_clip, load_conditioning_image
+
+
+def run_cache(config, *, progress: bool = True) -> CacheReport:
+    """Scan the datasets of ``config`` and cache every sample, caption and validation prompt."""
+    from ..models.registry import load_spec
+
+    scan_datasets, load_clip, load_conditioning_image = _data_room()
+    spec = load_spec(config.model_family)
+    root = spec.checkpoint_root(config.model_flavour, config.pretrained_model_name_or_path)
+    samples = list(scan_datasets(config))
+    cache_dir = cache_dir_for(config)
+    log.info("caching %d samples from %s into %s", len(samples), config.data_backend_config, cache_dir)
+    return cache_samples(
+        samples,
+        spec=spec,
+        model_root=root,
+        cache_dir=cache_dir,
+        load_pixels=load_clip,
+        load_conditioning_image=load_conditioning_image,
+        prompts=validation_prompts(config),
+        progress=progress,
+        **cache_settings(config, spec),
+    )
