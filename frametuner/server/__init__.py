@@ -23,7 +23,12 @@ def serve(settings: ServerSettings, token_generated: bool = False) -> None:
     import uvicorn
 
     app = create_app(settings)
-    shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    shown_host = settings.host
+    if shown_host in ("0.0.0.0", "::"):  # every interface: show a name others can reach
+        import socket
+
+        shown_host = socket.gethostname()
+    shown_host = f"[{shown_host}]" if ":" in shown_host else shown_host
     url = f"http://{shown_host}:{settings.port}/"
     if settings.token:
         url += f"?token={settings.token}"

@@ -9,6 +9,7 @@ that loads. A screenshot goes to ``.ci/artifacts/``. Skips when Chromium or the
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import threading
@@ -81,8 +82,8 @@ def test_configure_start_and_watch_the_demo_job(server_url, page, monkeypatch):
     for name, value in (("max_train_steps", "12"), ("validation_steps", "6"), ("checkpointing_steps", "6")):
         page.fill(f"#f-{name}", value)
     config_json = page.locator("#config-json")
-    expect(config_json).to_have_value(__import__("re").compile(r'"model_flavour": "tiny"'))
-    expect(config_json).to_have_value(__import__("re").compile(r'"max_train_steps": 12'))
+    expect(config_json).to_have_value(re.compile(r'"model_flavour": "tiny"'))
+    expect(config_json).to_have_value(re.compile(r'"max_train_steps": 12'))
 
     # Check shows a bad value next to its field, then passes once fixed.
     page.fill("#f-lora_rank", "0")
@@ -93,7 +94,7 @@ def test_configure_start_and_watch_the_demo_job(server_url, page, monkeypatch):
     expect(page.locator("#check-status")).to_contain_text("config OK")
 
     page.click("#start")
-    page.wait_for_url(__import__("re").compile(r".*/jobs/[0-9]{8}-"))
+    page.wait_for_url(re.compile(r".*/jobs/[0-9]{8}-"))
     expect(page.locator("#status")).to_have_text("running", timeout=30_000)
     expect(page.locator("#status")).to_have_text("finished", timeout=60_000)
 
