@@ -102,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     lora_convert.add_argument("--to", required=True, choices=["peft", "upstream", "comfyui"])
     lora_info = lora_sub.add_parser("info", help="print a LoRA's format, rank, scale and layers")
     lora_info.add_argument("path", help="LoRA file, or a PEFT folder")
+
+
+    server = sub.add_parser("server", help="web UI: configure, launch, watch and preview jobs")
+    server.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs a token)")
+    server.add_argument("--port", type=int, default=8001, help="port (default 8001)")
+    server.add_argument("--data-dir", default=None, help="jobs and the SQLite state (default $FRAMETUNER_DATA_DIR or ~/.local/share/frametuner)")
+    server.add_argument("--token", default=None, help="access token (default: generated when --host is not loopback)")
+    server.add_argument("--gpus", default=None, help="comma-separated GPU ids to run jobs on (default: all visible; CPU-only = one job at a time)")
     return parser
 
 
@@ -206,6 +214,22 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
 # Subcommands whose unknown flags are reported by the config loader (with did-you-mean),
 # or passed through (bench).
 CONFIG_COMMANDS: set[str] = {"train", "cache", "bench"}
+
+@command("server")
+def cmd_server(args: argparse.Namespace, extra: list[str]) -> int:
+    from .server import ServerSettings, default_data_dir, is_loopback, serve
+    from .server.security import generate_token
+
+    token, generated = args.token, False
+    if token is None and not is_loopback(args.host):
+        token, generated = generate_token(), True
+    gpus = [part.strip() for part in args.gpus.split(",") if part.strip()] if args.gpus is not None else None
+    settings = ServerSettings(
+        data_dir=args.data_dir or default_data_dir(), host=args.host, port=args.port, token=token, gpus=gpus
+    )
+    serve(settings, token_generated=generated)
+    return 0
+
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,105 @@
+"""Server test fixtures.
+
+Jobs run ``tests/server/fake_trainer.py`` (the events contract, no torch) through the
+``trainer_command`` fixture. To run the same tests against the real CLI and the tiny
+demo model, make that fixture return ``default_cli_command()``; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from frametuner.server import ServerSettings
+from frametuner.server.app import create_app
+from frametuner.server.configform import load_example
+from frametuner.server.settings import package_root
+
+FAKE_TRAINER = Path(__file__).resolve().parent / "fake_trainer.py"
+DEMO_EXAMPLE = package_root() / "examples" / "demo" / "config.json"
+LOCAL_URL = "http://127.0.0.1:8001"
+
+
+@pytest.fixture
+def trainer_command() -> list[str]:
+    """The CLI prefix jobs run; ``frametuner.server.settings.default_cli_command()`` for the real trainer."""
+    return [sys.executable, str(FAKE_TRAINER)]
+
+
+@pytest.fixture
+def demo_config() -> dict:
+    """The demo config as the New-job page loads it, shortened to a few steps."""
+    config = load_example(DEMO_EXAMPLE)
+    config.update(max_train_steps=6, checkpointing_steps=3, validation_steps=3)
+    return config
+
+
+@pytest.fixture
+def slow_config(demo_config, monkeypatch) -> dict:
+    """A run long enough to stop, kill or restart the server in the middle of."""
+    monkeypatch.setenv("FAKE_TRAINER_STEP_SECONDS", "0.05")
+    return demo_config | {"max_train_steps": 400, "checkpointing_steps": 2}
+
+
+@pytest.fixture
+def make_settings(tmp_path, trainer_command):
+    def build(**overrides) -> ServerSettings:
+        values = dict(
+            data_dir=tmp_path / "data", cli_command=trainer_command, gpus=[], poll_seconds=0.05, base_dir=tmp_path
+        )
+        return ServerSettings(**(values | overrides))
+
+    return build
+
+
+@pytest.fixture
+def settings(make_settings) -> ServerSettings:
+    return make_settings()
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftover_jobs(tmp_path):
+    """Job processes lead their own sessions (they outlive the server): end the ones a test left."""
+    yield
+    from frametuner.server.store import LIVE, JobStore
+
+    database = tmp_path / "data" / "frametuner.sqlite3"
+    if not database.exists():
+        return
+    store = JobStore(database)
+    for job in store.list(LIVE):
+        if job.pid:
+            try:
+                os.killpg(job.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    store.close()
+
+
+@pytest.fixture
+def client(settings):
+    with TestClient(create_app(settings), base_url=LOCAL_URL) as test_client:
+        yield test_client
+
+
+def wait_for(client: TestClient, job_id: str, predicate, timeout: float = 60.0) -> dict:
+    """Poll GET /api/jobs/{id} until ``predicate(detail)``; fails with the last detail and log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        detail = client.get(f"/api/jobs/{job_id}").json()
+        if predicate(detail):
+            return detail
+        if time.monotonic() > deadline:
+            log = client.get(f"/api/jobs/{job_id}/log").text
+            raise AssertionError(f"job {job_id} timed out in status {detail['status']}: {detail}\n--- log ---\n{log}")
+        time.sleep(0.05)
+
+
+def wait_status(client: TestClient, job_id: str, *statuses: str, timeout: float = 60.0) -> dict:
+    return wait_for(client, job_id, lambda d: d["status"] in statuses, timeout)

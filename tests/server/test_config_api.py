@@ -1,0 +1,136 @@
+"""New-job API: schema, families, Check (per-field errors) and Save (a config the CLI accepts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from frametuner.config import TrainConfig, load_config
+from frametuner.server.configform import form_fields, problems_from_messages
+
+
+def test_families_list_longcat_with_tiny_flavour(client):
+    families = {f["name"]: f for f in client.get("/api/families").json()}
+    flavours = {f["name"] for f in families["longcat_video"]["flavours"]}
+    assert {"final", "tiny"} <= flavours
+    assert families["longcat_video"]["default_flavour"] == "final"
+
+
+def test_schema_has_every_config_key_with_group_default_and_widget(client):
+    schema = client.get("/api/schema").json()
+    fields = {f["name"]: f for f in schema["fields"]}
+    assert list(fields) == list(TrainConfig.model_fields)
+    assert fields["lora_rank"] == fields["lora_rank"] | {"group": "lora", "widget": "int", "default": 16, "nullable": False}
+    assert fields["model_type"]["widget"] == "select" and fields["model_type"]["choices"] == ["lora", "full"]
+    assert fields["lora_export_formats"]["widget"] == "multi"
+    assert fields["lora_alpha"]["nullable"] is True and fields["lora_alpha"]["widget"] == "float"
+    assert fields["distributed"]["widget"] == "json" and fields["distributed"]["default"]["strategy"] == "ddp"
+    assert {f["group"] for f in schema["fields"]} <= set(schema["groups"])
+
+
+def test_new_job_page_renders_one_input_per_field(client):
+    html = client.get("/jobs/new").text
+    for name in TrainConfig.model_fields:
+        if name not in ("model_family", "model_flavour"):
+            assert f'data-field="{name}"' in html, name
+
+
+def test_check_returns_errors_per_field(client):
+    bad = {
+        "model_family": "longcat_video",
+        "model_flavour": "tinyy",
+        "lora_rank": 0,
+        "validation_resolution": "480x830",
+        "validation_num_video_frames": 92,
+        "lora_rnak": 4,
+    }
+    result = client.post("/api/config/check", json={"config": bad}).json()
+    assert result["ok"] is False
+    errors = result["field_errors"]
+    assert "greater than or equal to 1" in errors["lora_rank"][0]
+    assert "multiples of 16" in errors["validation_resolution"][0] and "480x832" in errors["validation_resolution"][0]
+    assert "4k+1" in errors["validation_num_video_frames"][0]
+    unknown = [e for e in result["errors"] if e["field"] is None]
+    assert len(unknown) == 1 and "did you mean 'lora_rank'" in unknown[0]["message"]
+
+
+def test_whole_config_checks_land_on_the_field_they_name(client):
+    result = client.post("/api/config/check", json={"config": {"model_flavour": "huge"}}).json()
+    assert list(result["field_errors"]) == ["model_flavour"]
+    assert "available: final, tiny" in result["field_errors"]["model_flavour"][0]
+
+
+def test_check_flags_bad_dataset_json_on_the_dataset_field(client, demo_config):
+    result = client.post("/api/config/check", json={"config": demo_config, "dataset_config": "[{oops"}).json()
+    assert result["ok"] is False
+    assert result["field_errors"]["data_backend_config"][0].startswith("dataset config is not valid JSON")
+    result = client.post("/api/config/check", json={"config": demo_config, "dataset_config": '{"id": 1}'}).json()
+    assert "must be a JSON list" in result["field_errors"]["data_backend_config"][0]
+
+
+def test_check_ok_reports_resolved_defaults_and_warnings(client, demo_config):
+    result = client.post("/api/config/check", json={"config": demo_config | {"enable_group_offload": True}}).json()
+    assert result["ok"] is True, result["errors"]
+    assert result["resolved"]["lora_rank"] == 8 and result["resolved"]["adam_beta2"] == 0.999
+    assert any(w["field"] == "enable_group_offload" and "NOT IMPLEMENTED" in w["message"] for w in result["warnings"])
+
+
+def test_save_writes_config_that_load_config_accepts_unchanged(client, settings, demo_config):
+    dataset = '[{"id": "clips", "type": "local", "instance_data_dir": "/data/clips"}]'
+    response = client.post("/api/jobs", json={"config": demo_config, "dataset_config": dataset, "name": "demo"})
+    assert response.status_code == 201, response.text
+    job = response.json()["job"]
+    folder = settings.jobs_dir / job["id"]
+    config = load_config(folder / "config.json")  # exactly what `frametuner train --config` does
+    assert config.model_flavour == "tiny" and config.lora_rank == 8 and config.max_train_steps == 6
+    assert Path(config.output_dir) == folder / "output"
+    assert Path(config.data_backend_config) == folder / "datasets.json"
+    assert (folder / "datasets.json").read_text().strip() == dataset
+    assert job["status"] == "created" and job["actions"] == ["start"] and job["name"] == "demo"
+    # The job's own config view returns what was saved.
+    saved = client.get(f"/api/jobs/{job['id']}/config").json()
+    assert saved["config"]["lora_rank"] == 8 and saved["dataset_config"].strip() == dataset
+
+
+def test_output_dir_is_always_the_job_folder(client, settings, demo_config):
+    job = client.post("/api/jobs", json={"config": demo_config | {"output_dir": "/tmp/elsewhere"}}).json()["job"]
+    assert load_config(settings.jobs_dir / job["id"] / "config.json").output_dir == str(settings.jobs_dir / job["id"] / "output")
+
+
+def test_save_refuses_invalid_config_and_creates_nothing(client, settings, demo_config):
+    response = client.post("/api/jobs", json={"config": demo_config | {"learning_rate": -1}})
+    assert response.status_code == 422
+    assert "greater than 0" in response.json()["field_errors"]["learning_rate"][0]
+    assert client.get("/api/jobs").json() == []
+    assert list(settings.jobs_dir.iterdir()) == []
+
+
+def test_request_bodies_are_validated(client):
+    assert client.post("/api/jobs", json={"config": {}, "shell": "rm -rf /"}).status_code == 422  # unknown field
+    assert client.post("/api/jobs", json={"config": "lora_rank=4"}).status_code == 422
+    assert client.post("/api/config/check", content=b"not json", headers={"content-type": "application/json"}).status_code == 422
+
+
+def test_new_job_page_can_start_from_an_earlier_job(client, demo_config):
+    dataset = '[{"id": "from-job"}]'
+    job = client.post("/api/jobs", json={"config": demo_config, "dataset_config": dataset}).json()["job"]
+    html = client.get(f"/jobs/new?source={job['id']}").text
+    assert '"dataset_config": "[{\\"id\\": \\"from-job\\"}]' in html
+    assert '"lora_rank": 8' in html and "output_dir" not in html.split('id="page-data"')[1]
+
+
+def test_cli_messages_map_to_fields():
+    lines = [
+        "/x/config.json: 'lora_rank': input should be greater than or equal to 1, got 0",
+        "/x/config.json: 'distributed.strategy': 'zero' is not allowed; use one of 'ddp' or 'fsdp'",
+        "/x/config.json: '(top level)': validation_using_datasets is true but eval_dataset_id is not set",
+        "something without a key",
+    ]
+    problems = problems_from_messages(lines)
+    assert [p.field for p in problems] == ["lora_rank", "distributed", "validation_using_datasets", None]
+    assert problems[0].message == "input should be greater than or equal to 1, got 0"
+    assert problems[1].message.startswith("'distributed.strategy': ")
+
+
+def test_every_form_field_round_trips_its_default_through_the_schema():
+    defaults = {f["name"]: f["default"] for f in form_fields()}
+    assert TrainConfig.model_validate(defaults).model_dump(mode="json") | {"model_flavour": None} == defaults
