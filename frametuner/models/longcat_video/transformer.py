@@ -373,16 +373,29 @@ class LongCatVideoTransformer3DModel(ModelMixin, ConfigMixin):
     _activation_budget: int | None = None
 
     def _plan_checkpointing(self, x: torch.Tensor) -> int:
-        """``auto``: the number of blocks (the first ones) that keep their attention outputs.
+        """``auto``: how many blocks (the first ones) keep their attention outputs.
 
-        Reads the allocator's host-side counter only (no device sync). A block kept under
-        ``full`` holds its input (one activation, B x N x C); ``save_attention`` holds the
-        attention output too; one block's recompute + backward needs ~16 activations."""
+        Measured, not guessed: the first training step at a new shape runs with full
+        recomputation and records its peak GPU memory; from the next step on, the spare
+        room under the budget is filled with blocks that keep their attention output
+        (one activation, B x N x C, each). Reads the allocator's host-side counters only
+        (no device sync)."""
         if self._checkpoint_mode != "auto" or not torch.is_grad_enabled() or x.device.type != "cuda":
             return 0
-        activation = x.numel() * x.element_size()
-        free = self._activation_budget - torch.cuda.memory_allocated(x.device) - (len(self.blocks) + 16) * activation
-        saving = max(0, min(len(self.blocks), int(free // activation)))
+        plans = self.__dict__.setdefault("_checkpoint_plans", {})
+        key = tuple(x.shape)
+        plan = plans.get(key)
+        if plan is None:  # first step at this shape: measure the full-recompute peak
+            plans[key] = "measuring"
+            torch.cuda.reset_peak_memory_stats(x.device)
+            saving = 0
+        elif plan == "measuring":
+            peak = torch.cuda.max_memory_allocated(x.device)
+            per_block = x.numel() * x.element_size() * 1.1  # attention output + log-sum-exp + slack
+            saving = max(0, min(len(self.blocks), int((self._activation_budget - peak) // per_block)))
+            plans[key] = saving
+        else:
+            saving = plan
         for index, block in enumerate(self.blocks):
             block.checkpoint_policy = "save_attention" if index < saving else "full"
         return saving
