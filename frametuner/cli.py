@@ -233,6 +233,10 @@ def cmd_server(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    # Before torch initialises CUDA: bucketed video shapes fragment the default allocator.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     parser = build_parser()
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     setup_logging(args.verbose)

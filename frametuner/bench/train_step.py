@@ -213,6 +213,15 @@ def bench_sample(case: str, mode: str, warmup: int, iters: int, sdpa_kernel: str
     return {"times": times, "peak_gb": peak, "first_step_s": first}
 
 
+def release_compiled() -> None:
+    """Drop compiled graphs (they hold the previous variant's model alive) and cached memory."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 # ---------------------------------------------------------------------- output
 def git_commit() -> str:
     try:
@@ -258,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--results-dir", default=str(REPO / "bench"))
     args = parser.parse_args(argv)
+    import os
+
+    # Video shapes vary: expandable segments avoid stranding memory between sizes (must be
+    # set before CUDA initialises).
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     if not torch.cuda.is_available():
         print("frametuner bench needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -324,8 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as error:  # report and go on with the next case
                     traceback.print_exc()
                     print(f"!! {case} {kind} {mode} failed: {error}")
-                    gc.collect()
-                    torch.cuda.empty_cache()
+                    release_compiled()
                     continue
                 seconds = statistics.median(result["times"])
                 floor = floor_seconds(flops, **rates)
@@ -340,8 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 append_result(row, Path(args.results_dir))
                 print(f"{case} {kind:10s} {label:28s} {seconds:7.3f} s/step  floor {floor:6.3f}  ratio {seconds / floor:5.2f}  peak {result['peak_gb']:5.1f} GB  ({notes})", flush=True)
-                gc.collect()
-                torch.cuda.empty_cache()
+                release_compiled()
     print("\n| case | kind | mode | s/step | floor | ratio | peak GB |")
     for row in rows:
         print(f"| {row['case']} | {row['kind']} | {row['mode']} | {row['s_per_step']:.3f} | {row['floor_s']:.3f} | {row['s_per_step'] / row['floor_s']:.2f} | {row['peak_gb']:.1f} |")
