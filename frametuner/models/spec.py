@@ -63,3 +63,6 @@ class ModelSpec(ABC):
 
     def valid_frame_count(self, frames: int) -> bool:
         return frames >= 1 and (frames - 1) % self.geometry.vae_stride[0] == 0
+
+    def configure_attention(self, model: Any, config: Any) -> None:
+        """Apply ``attention_implementation`` and the family's attention keys (``bsa_*``) to a loaded denoiser."""

@@ -31,6 +31,7 @@ from frametuner.models.longcat_video.bsa import (
     to_chunk_order,
     token_chunk_index,
 )
+from frametuner.models.longcat_video.spec import LongCatVideoSpec
 from frametuner.models.longcat_video.tiny import build_tiny_transformer
 
 from ..conftest import assert_close
@@ -56,7 +57,9 @@ def random_qkv(grid_q, grid_k, seed=0):
 
 # ---------------------------------------------------------------------------- params
 def test_params_read_upstream_layout_and_reject_bad_values():
-    params = BSAParams.from_dict({"sparsity": 0.9375, "cdf_threshold": None, "chunk_3d_shape_q": [4, 4, 4], "chunk_3d_shape_k": [2, 4, 4]})
+    params = BSAParams.from_dict(
+        {"sparsity": 0.9375, "cdf_threshold": None, "chunk_3d_shape_q": [4, 4, 4], "chunk_3d_shape_k": [2, 4, 4]}
+    )
     assert params == BSAParams(0.9375, None, (4, 4, 4), (2, 4, 4))
     assert BSAParams.from_dict({"chunk_3d_shape": [1, 2, 2]}).chunk_3d_shape_k == (1, 2, 2)
     assert params.num_top_k(1320) == 82  # int(0.0625 * 1320), the 720p layer
@@ -216,7 +219,7 @@ def test_backend_choice_and_fallback():
     with pytest.raises(ValueError, match=r"q=\(23, 44, 80\).*divisible by the chunk shape"):
         resolve_backend(forced, cuda, (23, 44, 80), (24, 44, 80))
     with pytest.raises(ValueError, match="divisible"):
-        block_sparse_attention(*random_qkv(HALF, HALF), grid_q=(4, 8, 8), grid_k=(4, 8, 8), params={"chunk_3d_shape": [3, 4, 4]})
+        block_sparse_attention(*random_qkv(HALF, HALF), grid_q=HALF, grid_k=HALF, params={"chunk_3d_shape": [3, 4, 4]})
 
 
 # ---------------------------------------------------------------------------- through the DiT
@@ -277,7 +280,10 @@ def test_dit_with_bsa_forced_matches_reference_and_honours_i2v_split(tiny_dit, m
 
 # ---------------------------------------------------------------------------- configuration
 def test_merge_bsa_params():
-    released = {"enable_bsa": False, "bsa_params": {"sparsity": 0.9375, "chunk_3d_shape_q": [4, 4, 4], "chunk_3d_shape_k": [4, 4, 4]}}
+    released = {
+        "enable_bsa": False,
+        "bsa_params": {"sparsity": 0.9375, "chunk_3d_shape_q": [4, 4, 4], "chunk_3d_shape_k": [4, 4, 4]},
+    }
     assert merge_bsa_params(released) is None  # disabled in the checkpoint, no frametuner key
     assert merge_bsa_params(dict(released, enable_bsa=True)) == {
         "sparsity": 0.9375, "cdf_threshold": None, "chunk_3d_shape_q": [4, 4, 4], "chunk_3d_shape_k": [4, 4, 4]
@@ -294,11 +300,13 @@ def test_merge_bsa_params():
 
 def test_configure_attention_from_train_config(tiny_dit):
     try:
-        settings = configure_attention(tiny_dit, TrainConfig(bsa_sparsity=0.875, attention_implementation="bsa"))
-        assert settings is tiny_dit.attention_settings
+        LongCatVideoSpec().configure_attention(tiny_dit, TrainConfig(bsa_sparsity=0.875, attention_implementation="bsa"))
+        settings = tiny_dit.attention_settings
         assert all(block.attn.settings is settings for block in tiny_dit.blocks)
         assert settings.implementation == "bsa"
-        assert settings.bsa_params == {"sparsity": 0.875, "cdf_threshold": None, "chunk_3d_shape_q": [4, 4, 4], "chunk_3d_shape_k": [4, 4, 4]}
+        assert settings.bsa_params == {
+            "sparsity": 0.875, "cdf_threshold": None, "chunk_3d_shape_q": [4, 4, 4], "chunk_3d_shape_k": [4, 4, 4]
+        }
         settings = configure_attention(tiny_dit, TrainConfig())
         assert (settings.implementation, settings.bsa_params) == ("auto", None)
     finally:

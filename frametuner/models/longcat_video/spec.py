@@ -53,6 +53,12 @@ class LongCatVideoSpec(ModelSpec):
         )
         return model.to(device)
 
+    def configure_attention(self, model, config) -> None:
+        """``attention_implementation`` + ``bsa_*`` (merged with the checkpoint's ``bsa_params``) onto the DiT."""
+        from .bsa import configure_attention
+
+        configure_attention(model, config)
+
     def build_transformer(self, *, flavour: str = "final", device: str | torch.device = "meta", dtype: torch.dtype = torch.bfloat16):
         """Random-weight DiT built directly on ``device`` (``meta`` allocates nothing)."""
         config = TINY_DIT_CONFIG if flavour == "tiny" else FULL_DIT_CONFIG
