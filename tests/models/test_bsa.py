@@ -94,7 +94,8 @@ def test_regrouping_matches_explicit_chunk_walk_and_round_trips():
     assert torch.equal(from_chunk_order(chunked, grid, chunk), x)
 
     ids = token_chunk_index(grid, chunk).to(torch.float32)[None, None, :, None]
-    assert torch.equal(to_chunk_order(ids, grid, chunk).flatten().long(), torch.arange(12).repeat_interleave(32))  # 2x2x3 chunks of 32
+    chunk_ids = to_chunk_order(ids, grid, chunk).flatten().long()
+    assert torch.equal(chunk_ids, torch.arange(12).repeat_interleave(32))  # 2x2x3 chunks of 32 tokens
 
 
 def test_pooling_is_the_mean_of_each_chunk():
@@ -102,7 +103,7 @@ def test_pooling_is_the_mean_of_each_chunk():
     x = torch.randn(2, 3, math.prod(grid), 7, dtype=torch.bfloat16)
     ids = token_chunk_index(grid, chunk)
     sums = torch.zeros(2, 3, 4, 7).index_add_(2, ids, x.float())
-    pooled = pool_chunks(to_chunk_order(x, grid, chunk), 64)
+    pooled = pool_chunks(x, grid, chunk)
     assert pooled.dtype == torch.float32
     assert_close(pooled, sums / 64, atol=1e-6, rtol=1e-6)
 

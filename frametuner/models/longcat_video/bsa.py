@@ -174,11 +174,16 @@ def token_chunk_index(grid: Grid, chunk: Grid, device: torch.device | str | None
     return ((t[:, None, None] * nh + h[None, :, None]) * nw + w[None, None, :]).flatten()
 
 
-def pool_chunks(x_chunked: torch.Tensor, chunk_volume: int) -> torch.Tensor:
-    """Per-chunk mean of chunk-ordered tokens, in float32: ``[B, heads, S, D] -> [B, heads, S/V, D]``."""
-    batch, heads, tokens, dim = x_chunked.shape
-    # mean(dtype=) accumulates in float32 without a float32 copy of the input (6x faster at 720p).
-    return x_chunked.reshape(batch, heads, tokens // chunk_volume, chunk_volume, dim).mean(dim=3, dtype=torch.float32)
+def pool_chunks(x: torch.Tensor, grid: Grid, chunk: Grid) -> torch.Tensor:
+    """Per-chunk mean of (t, h, w)-ordered tokens, in float32: ``[B, heads, S, D] -> [B, heads, chunks, D]``.
+
+    Reads the token order directly (no regrouped copy); ``mean(dtype=)`` accumulates in
+    float32 without a float32 copy of the input.
+    """
+    batch, heads, _, dim = x.shape
+    (nt, nh, nw), (ct, ch, cw) = _chunk_counts(grid, chunk), chunk
+    x = x.reshape(batch, heads, nt, ct, nh, ch, nw, cw, dim)
+    return x.mean(dim=(3, 5, 7), dtype=torch.float32).reshape(batch, heads, nt * nh * nw, dim)
 
 
 # ---------------------------------------------------------------------------- selection
@@ -266,14 +271,15 @@ def selection_block_mask(selection: ChunkSelection, *, seq_lengths: tuple[int, i
     )
 
 
+@torch.no_grad()
 def select_key_chunks(
     q: torch.Tensor, k: torch.Tensor, *, grid_q: Grid, grid_k: Grid, params: BSAParams | Mapping[str, Any] | None
 ) -> ChunkSelection:
     """Key chunks kept for every query chunk, from q/k in (t, h, w) token order."""
     params = _params(params)
     require_bsa_eligible(grid_q, grid_k, params)
-    q_pool = pool_chunks(to_chunk_order(q, grid_q, params.chunk_3d_shape_q), math.prod(params.chunk_3d_shape_q))
-    k_pool = pool_chunks(to_chunk_order(k, grid_k, params.chunk_3d_shape_k), math.prod(params.chunk_3d_shape_k))
+    q_pool = pool_chunks(q, grid_q, params.chunk_3d_shape_q)
+    k_pool = pool_chunks(k, grid_k, params.chunk_3d_shape_k)
     return select_from_pooled(q_pool, k_pool, params)
 
 
@@ -417,17 +423,19 @@ def block_sparse_attention(
     if params.num_top_k(num_key_chunks) == num_key_chunks:  # sparsity 0: every chunk kept
         return F.scaled_dot_product_attention(q, k, v)
 
-    q_chunked = to_chunk_order(q, grid_q, chunk_q)
-    k_chunked = to_chunk_order(k, grid_k, chunk_k)
-    v_chunked = to_chunk_order(v, grid_k, chunk_k)
-    selection = select_from_pooled(pool_chunks(q_chunked, volume_q), pool_chunks(k_chunked, volume_k), params)
+    selection = select_key_chunks(q, k, grid_q=grid_q, grid_k=grid_k, params=params)
     block_mask = selection_block_mask(selection, seq_lengths=(q.shape[2], k.shape[2]), block_size=(volume_q, volume_k))
     kernel_options = _cuda_kernel_options(volume_q, volume_k) if q.is_cuda else None
     # Grad mode is part of dynamo's guards: without inputs that need grad, run (and compile) the inference graph.
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     with _compile_context(kernel_options), torch.set_grad_enabled(needs_grad):
         out = _compiled_flex()(
-            q_chunked, k_chunked, v_chunked, block_mask=block_mask, scale=q.shape[-1] ** -0.5, kernel_options=kernel_options
+            to_chunk_order(q, grid_q, chunk_q),
+            to_chunk_order(k, grid_k, chunk_k),
+            to_chunk_order(v, grid_k, chunk_k),
+            block_mask=block_mask,
+            scale=q.shape[-1] ** -0.5,
+            kernel_options=kernel_options,
         )
     return from_chunk_order(out, grid_q, chunk_q)
 
