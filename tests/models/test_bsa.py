@@ -329,3 +329,14 @@ def test_transposed_selection_equals_flex_attentions_own(params):
     used = torch.arange(6) < q_num_blocks[..., None]
     assert torch.equal(q_indices[used], theirs.q_indices[used])
     assert (q_indices[~used] == 0).all()
+
+
+def test_compiled_regrouping_used_on_cuda_equals_eager():
+    from frametuner.models.longcat_video.bsa import _regroupers
+
+    grid, chunk = (4, 8, 8), (4, 4, 4)
+    x = torch.randn(1, 2, math.prod(grid), 16)
+    regroup, ungroup = _regroupers(cuda=True)  # the compiled pair; device-agnostic
+    chunked = regroup(x, grid, chunk)
+    assert torch.equal(chunked, to_chunk_order(x, grid, chunk))
+    assert torch.equal(ungroup(chunked, grid, chunk), x)
