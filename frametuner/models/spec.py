@@ -108,3 +108,6 @@ class ModelSpec(ABC):
     @abstractmethod
     def vae_identity(self, root: str | Path, *, dtype: torch.dtype = torch.float32) -> str:
         """The VAE's ``identity`` without loading its weights (for cache keys)."""
+
+    def configure_attention(self, model: Any, config: Any) -> None:
+        """Apply ``attention_implementation`` and the family's attention keys (``bsa_*``) to a loaded denoiser."""

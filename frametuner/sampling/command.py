@@ -220,7 +220,7 @@ def run_sample(args: argparse.Namespace) -> int:
     kind = "image-to-video" if request.image else "text-to-video"
     log.info("%s %dx%d, %d frames, %d steps, guidance %g, seed %d on %s (%s)", kind, request.height, request.width, request.num_frames, request.steps, request.guidance, request.seed, device, str(dtype).removeprefix("torch."))
     started = time.perf_counter()
-    outputs = sample_video(request, spec=spec, root=root, device=device, dtype=dtype, attention=config.attention_implementation, shift=config.flow_schedule_shift)
+    outputs = sample_video(request, spec=spec, root=root, device=device, dtype=dtype, attention=config.attention_implementation, shift=config.flow_schedule_shift, config=config)
     log.info("done in %.1f s", time.perf_counter() - started)
     print(f"video: {outputs.video}")
     print(f"contact sheet: {outputs.contact_sheet}")

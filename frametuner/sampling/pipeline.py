@@ -122,6 +122,7 @@ def generate(
     attention: str = "auto",
     shift: float | None = None,
     progress: bool = True,
+    config=None,
 ) -> torch.Tensor:
     """Run text/image-to-video for ``request``; returns decoded frames uint8 ``[F, H, W, 3]``.
 
@@ -147,7 +148,9 @@ def generate(
 
     model = spec.load_transformer(root, dtype=dtype, device=device)
     model.eval()
-    if hasattr(model, "set_attention_implementation"):
+    if config is not None:  # attention_implementation + bsa_* keys of a TrainConfig
+        spec.configure_attention(model, config)
+    elif hasattr(model, "set_attention_implementation"):
         model.set_attention_implementation(attention)
     apply_loras(model, request.loras)
     latents = denoise(

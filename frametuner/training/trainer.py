@@ -96,8 +96,7 @@ class Trainer:
             dtype = torch.float32  # float32 master weights; compute follows mixed_precision
         log.info("loading %s transformer from %s as %s", config.model_family, root, dtype)
         model = self.spec.load_transformer(root, dtype=dtype, device="cpu")
-        if config.attention_implementation != "auto" or config.bsa_sparsity is not None:
-            model.set_attention_implementation(config.attention_implementation)
+        self.spec.configure_attention(model, config)
         return model
 
     def _prepare_trainable(self) -> dict[str, torch.nn.Parameter]:

@@ -104,16 +104,34 @@ def register_self_attention_backend(name: str, fn: Callable[..., torch.Tensor]) 
     SELF_ATTENTION_BACKENDS[name] = fn
 
 
+def _bsa_backend_available() -> bool:
+    """Import the block-sparse backend on first need: FlexAttention stays out of DiT import."""
+    if "bsa" not in SELF_ATTENTION_BACKENDS:
+        try:
+            from . import bsa  # noqa: F401  (registers itself)
+        except ImportError as error:  # pragma: no cover - torch without FlexAttention
+            logger.warning("block-sparse attention is unavailable (%s); using SDPA", error)
+            return False
+    return "bsa" in SELF_ATTENTION_BACKENDS
+
+
 def resolve_backend(settings: AttentionSettings, device: torch.device, grid_q, grid_k) -> str:
     """Pick the backend for one call. ``auto`` uses block-sparse attention only where it applies."""
     wanted = settings.implementation
     if wanted == "auto":
-        if device.type == "cuda" and settings.bsa_params and "bsa" in SELF_ATTENTION_BACKENDS:
-            from .bsa import bsa_eligible  # local import: optional backend
+        if device.type == "cuda" and settings.bsa_params and _bsa_backend_available():
+            from .bsa import bsa_eligible
 
             if bsa_eligible(grid_q, grid_k, settings.bsa_params):
                 return "bsa"
         return "sdpa"
+    if wanted == "bsa":
+        if not _bsa_backend_available():
+            raise RuntimeError("attention_implementation='bsa' needs torch.nn.attention.flex_attention (torch >= 2.5)")
+        from .bsa import require_bsa_eligible
+
+        require_bsa_eligible(grid_q, grid_k, settings.bsa_params)
+        return "bsa"
     if wanted not in SELF_ATTENTION_BACKENDS:
         raise RuntimeError(f"attention_implementation={wanted!r} is not available in this installation")
     return wanted

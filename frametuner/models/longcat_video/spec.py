@@ -59,6 +59,12 @@ class LongCatVideoSpec(ModelSpec):
         model.text_virtual_length = self.text_max_length  # the release was trained on 512-padded text
         return model.to(device)
 
+    def configure_attention(self, model, config) -> None:
+        """``attention_implementation`` + ``bsa_*`` (merged with the checkpoint's ``bsa_params``) onto the DiT."""
+        from .bsa import configure_attention
+
+        configure_attention(model, config)
+
     def build_transformer(self, *, flavour: str = "final", device: str | torch.device = "meta", dtype: torch.dtype = torch.bfloat16):
         """Random-weight DiT materialised directly on ``device`` in ``dtype``.
 
