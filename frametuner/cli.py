@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     cfg_sub.add_parser("docs", help="print the config reference table (markdown)")
 
     sub.add_parser("models", help="list model families and flavours")
+
+    data = sub.add_parser("data", help="look at the datasets before training")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    inspect = data_sub.add_parser("inspect", help="scan the datasets: counts, buckets, skipped files by reason, total frames")
+    _add_config_flag(inspect)
+    inspect.add_argument("--workers", type=int, default=None, help="files probed in parallel (default: min(8, CPUs))")
     return parser
 
 
@@ -117,6 +123,22 @@ def cmd_models(args: argparse.Namespace, extra: list[str]) -> int:
         for flavour in info.flavours.values():
             where = flavour.hub_id or "built locally"
             print(f"  {flavour.name:8s} {flavour.description} [{where}]")
+    return 0
+
+
+@command("data")
+def cmd_data(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.data_command != "inspect":
+        raise ConfigError(["usage: frametuner data inspect --config CONFIG"])
+    config = config_from_args(args, extra)
+    from .data import scan_datasets
+    from .data.report import print_inspection
+
+    result = scan_datasets(config, require_samples=False, summary=False, workers=args.workers)
+    print_inspection(result)
+    problems = result.empty_dataset_messages()
+    if problems:
+        raise ConfigError(problems)
     return 0
 
 
