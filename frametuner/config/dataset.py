@@ -114,10 +114,13 @@ class DatasetConfig(BaseModel):
             if value < 16:
                 raise ValueError(f"resolution {value} is below 16 pixels")
             return value * value
-        match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", value)
-        if not match or int(match.group(1)) < 16 or int(match.group(2)) < 16:
+        match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", value)
+        if not match:
             raise ValueError(f"resolution {value!r} is not a number or 'HxW' (for example 480 or '480x832')")
-        return int(match.group(1)) * int(match.group(2))
+        height, width = int(match.group(1)), int(match.group(2) or match.group(1))
+        if min(height, width) < 16:
+            raise ValueError(f"resolution {value!r} is below 16 pixels")
+        return height * width
 
     @property
     def shorter_edge(self) -> int | None:

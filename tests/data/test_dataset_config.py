@@ -46,6 +46,9 @@ def test_resolution_frames_min_frames_default_and_disabled_datasets(tmp_path):
     ]
     [config] = load(tmp_path, datasets)
     assert config.min_frames == 9
+    assert config.target_area() == 64 * 96
+    [edge] = load(tmp_path, [dataset("e", "clips", resolution="512")])
+    assert edge.target_area() == 512 * 512
 
 
 @pytest.mark.parametrize(
