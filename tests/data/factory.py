@@ -39,8 +39,10 @@ def write_clip(
     rotation: int = 0,
     faststart: bool = False,
     pattern: str = "index",
+    gop: int | None = None,
 ) -> Path:
-    """An H.264 clip; ``timestamps_ms`` gives variable frame times, ``rotation`` a display matrix.
+    """An H.264 clip; ``timestamps_ms`` gives variable frame times, ``rotation`` a display matrix,
+    ``gop`` a keyframe every ``gop`` frames with B-frames (so seeking and reordering matter).
 
     ``pattern``: "index" (grey level = frame index) or "left_half" (left half white).
     """
@@ -50,6 +52,9 @@ def write_clip(
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"preset": "ultrafast", "qp": "0"}
+        if gop is not None:
+            stream.codec_context.gop_size, stream.codec_context.max_b_frames = gop, 2
+            stream.options = {"preset": "fast", "crf": "4", "keyint_min": str(gop), "sc_threshold": "0"}
         if timestamps_ms is not None:
             stream.codec_context.time_base = Fraction(1, 1000)
         if rotation:

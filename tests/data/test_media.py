@@ -3,6 +3,7 @@ frame rate, rotation and EXIF orientation, crops; images as 1-frame clips."""
 
 from __future__ import annotations
 
+import av
 import numpy as np
 import pytest
 
@@ -52,6 +53,17 @@ def test_frame_windows_offsets_and_fps_read_back_from_pixels(clip40):
         assert clip.dtype.__str__() == "torch.uint8" and clip.shape == (len(indices), 64, 96, 3)
         assert (sample.bucket.frames - 1) % 4 == 0
         assert indices_from_pixels(clip.numpy()) == indices, dataset_id
+
+
+def test_seeking_into_a_clip_with_b_frames_returns_exactly_the_requested_frames(tmp_path):
+    probe = probe_video(write_clip(tmp_path / "gop.mp4", 40, gop=8))
+    with av.open(str(probe.info.path)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.has_b_frames  # decode order differs from presentation order
+        assert [i for i, entry in enumerate(stream.index_entries) if entry.is_keyframe] == [0, 8, 16, 24, 32]
+    crop = CropBox((64, 96), 0, 0, (64, 96))
+    for wanted in ([33, 34, 35], [17], [8, 9, 10], [39], [23, 24, 26]):
+        assert indices_from_pixels(decode_frames(probe.info, wanted, crop)) == wanted
 
 
 def test_variable_frame_rate_selects_frames_by_time(tmp_path):
