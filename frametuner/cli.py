@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--data-dir", default=None, help="jobs and the SQLite state (default $FRAMETUNER_DATA_DIR or ~/.local/share/frametuner)")
     server.add_argument("--token", default=None, help="access token (default: generated when --host is not loopback)")
     server.add_argument("--gpus", default=None, help="comma-separated GPU ids to run jobs on (default: all visible; CPU-only = one job at a time)")
+
+
+    data = sub.add_parser("data", help="look at the datasets before training")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    inspect = data_sub.add_parser("inspect", help="scan the datasets: counts, buckets, skipped files by reason, total frames")
+    _add_config_flag(inspect)
+    inspect.add_argument("--workers", type=int, default=None, help="files probed in parallel (default: min(8, CPUs))")
     return parser
 
 
@@ -211,9 +218,6 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     return bench_main(extra)
 
 
-# Subcommands whose unknown flags are reported by the config loader (with did-you-mean),
-# or passed through (bench).
-CONFIG_COMMANDS: set[str] = {"train", "cache", "bench"}
 
 @command("server")
 def cmd_server(args: argparse.Namespace, extra: list[str]) -> int:
@@ -230,6 +234,26 @@ def cmd_server(args: argparse.Namespace, extra: list[str]) -> int:
     serve(settings, token_generated=generated)
     return 0
 
+
+@command("data")
+def cmd_data(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.data_command != "inspect":
+        raise ConfigError(["usage: frametuner data inspect --config CONFIG"])
+    config = config_from_args(args, extra)
+    from .data import scan_datasets
+    from .data.report import print_inspection
+
+    result = scan_datasets(config, require_samples=False, summary=False, workers=args.workers)
+    print_inspection(result)
+    problems = result.empty_dataset_messages()
+    if problems:
+        raise ConfigError(problems)
+    return 0
+
+
+# Subcommands whose extra flags are config keys (checked by the config loader, with
+# did-you-mean) or passed through (bench).
+CONFIG_COMMANDS: set[str] = {"train", "cache", "data", "bench"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,6 @@
 """Configuration: JSONC loading, the typed ``TrainConfig`` schema, CLI flags and errors."""
 
+from .dataset import DatasetConfig, VideoOptions, load_dataset_configs
 from .errors import ConfigError
 from .jsonc import load_jsonc, loads_jsonc
 from .loader import (
@@ -21,6 +22,7 @@ from .schema import (
 
 __all__ = [
     "ConfigError",
+    "DatasetConfig",
     "GROUPS",
     "TrainConfig",
     "add_config_arguments",
@@ -28,6 +30,7 @@ __all__ = [
     "config_to_json",
     "field_group",
     "load_config",
+    "load_dataset_configs",
     "load_jsonc",
     "loads_jsonc",
     "overrides_from_args",
@@ -35,4 +38,5 @@ __all__ = [
     "reject_unknown_flags",
     "resolve_input_path",
     "unimplemented_settings",
+    "VideoOptions",
 ]
