@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     docs.add_argument("--update", metavar="README", help="rewrite the generated table inside this file instead")
 
     sub.add_parser("models", help="list model families and flavours")
+    demo = sub.add_parser("demo", help="train a LoRA on the tiny model with synthetic clips (CPU, a minute or two)", allow_abbrev=False)
+    demo.add_argument("--dir", default="frametuner-demo", help="folder for the demo's clips, config and outputs (default ./frametuner-demo)")
     sub.add_parser("bench", help="GPU benchmark of the 13.6B training/sampling step (bench/train_step.py; --help for options)", add_help=False)
 
     from .sampling.command import add_decode_arguments, add_sample_arguments
@@ -131,16 +133,27 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 @command("cache")
 def cmd_cache(args: argparse.Namespace, extra: list[str]) -> int:
     config = config_from_args(args, extra)
-    from .cache.run import DataRoomMissing, run_cache
+    from .cache.run import run_cache
 
-    try:
-        report = run_cache(config)
-    except DataRoomMissing as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    report = run_cache(config)
     for source, message in report.failed:
         print(f"error: {source}: {message}", file=sys.stderr)
     return 1 if report.failed else 0
+
+
+@command("demo")
+def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
+    from pathlib import Path
+
+    from .demo import prepare_demo
+
+    config_path = prepare_demo(args.dir)
+    reject_unknown_flags(extra)
+    config = load_config(config_path, {"output_dir": str(Path(args.dir) / "output"), **overrides_from_args(args)})
+    log.info("demo: clips, config and datasets in %s", args.dir)
+    from .training import train
+
+    return train(config)
 
 
 @command("config")
@@ -253,7 +266,7 @@ def cmd_data(args: argparse.Namespace, extra: list[str]) -> int:
 
 # Subcommands whose extra flags are config keys (checked by the config loader, with
 # did-you-mean) or passed through (bench).
-CONFIG_COMMANDS: set[str] = {"train", "cache", "data", "bench"}
+CONFIG_COMMANDS: set[str] = {"train", "cache", "data", "demo", "bench"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,3 +25,14 @@ def test_ci_runs_the_readme_commands():
     ]
     assert "pip install torch==2.13.0" in commands[0] and "frametuner" in commands[0]
     assert "pytest" in commands[1]
+
+
+def test_demo_config_shipped_in_the_package_equals_the_example():
+    import json
+
+    from frametuner.config import loads_jsonc
+    from frametuner.demo import DEMO_CONFIG, DEMO_DATASETS
+
+    assert DEMO_CONFIG.read_text() == (ROOT / "examples" / "demo" / "config.json").read_text()
+    assert json.loads((ROOT / "examples" / "demo" / "datasets.json").read_text()) == DEMO_DATASETS
+    assert loads_jsonc(DEMO_CONFIG.read_text())["model_flavour"] == "tiny"

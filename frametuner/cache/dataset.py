@@ -23,7 +23,7 @@ class CachedDataset(Dataset):
     gives the grouping key for a batch sampler, and :meth:`collate` enforces it.
     """
 
-    def __init__(self, samples: Sequence[Sample], *, text_cache: TextCache, latent_cache: LatentCache, pad_to: int = 512):
+    def __init__(self, samples: Sequence[Sample], *, text_cache: TextCache, latent_cache: LatentCache, pad_to: int | None = 512):
         self.samples = list(samples)
         self.text_cache = text_cache
         self.latent_cache = latent_cache
@@ -58,8 +58,11 @@ class CachedDataset(Dataset):
         return collate_cached(items, pad_to=self.pad_to)
 
 
-def collate_cached(items: list[dict[str, Any]], *, pad_to: int = 512) -> dict[str, Any]:
+def collate_cached(items: list[dict[str, Any]], *, pad_to: int | None = 512) -> dict[str, Any]:
     """Stack items of one group into a batch; text zero-padded to ``pad_to`` with an int64 mask.
+
+    ``pad_to=None`` pads only to the longest caption of the batch: the DiT's
+    ``text_virtual_length`` then stands in for the remaining padding exactly.
 
     For image-to-video items with an explicit conditioning image, its latent is written
     into latent frame 0 (the clean condition frame); otherwise frame 0 is the clip's own.
@@ -72,7 +75,8 @@ def collate_cached(items: list[dict[str, Any]], *, pad_to: int = 512) -> dict[st
     for row, item in enumerate(items):
         if item.get("cond_latent") is not None:
             latents[row, :, :1] = item["cond_latent"]
-    texts, masks = zip(*(pad_text(item["text"], pad_to) for item in items))
+    length = pad_to if pad_to is not None else max(item["text"].shape[0] for item in items)
+    texts, masks = zip(*(pad_text(item["text"], length) for item in items))
     return {
         "latents": latents,
         "text": torch.stack(texts),

@@ -15,10 +15,6 @@ log = logging.getLogger(__name__)
 STORAGE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}
 
 
-class DataRoomMissing(RuntimeError):
-    """``frametuner.data`` does not provide the scanning/decoding functions caching needs (yet)."""
-
-
 def cache_dir_for(config) -> Path:
     return Path(config.cache_dir) if config.cache_dir else Path(config.output_dir) / "cache"
 
@@ -49,25 +45,17 @@ def open_config_caches(config):
     return open_caches(spec, root, cache_dir_for(config), **cache_settings(config, spec))
 
 
-def _data_room():
-    try:
-        from ..data import load_clip, load_conditioning_image, scan_datasets
-    except ImportError as error:
-        raise DataRoomMissing(
-            f"caching needs frametuner.data.scan_datasets / load_clip / load_conditioning_image, which this build lacks ({error}); "
-            "the dataset scanner has not landed yet"
-        ) from None
-    return scan_datasets, load_clip, load_conditioning_image
-
-
-def run_cache(config, *, progress: bool = True) -> CacheReport:
-    """Scan the datasets of ``config`` and cache every sample, caption and validation prompt."""
+def run_cache(config, *, scan=None, progress: bool = True) -> CacheReport:
+    """Cache every sample (training and evaluation datasets), caption and validation prompt
+    of ``config``; ``scan`` reuses a scan already made (else the datasets are scanned)."""
+    from .. import data
     from ..models.registry import load_spec
 
-    scan_datasets, load_clip, load_conditioning_image = _data_room()
     spec = load_spec(config.model_family)
     root = spec.checkpoint_root(config.model_flavour, config.pretrained_model_name_or_path)
-    samples = list(scan_datasets(config))
+    if scan is None:
+        scan = data.scan_datasets(config)
+    samples = list(scan.all_samples)
     cache_dir = cache_dir_for(config)
     log.info("caching %d samples from %s into %s", len(samples), config.data_backend_config, cache_dir)
     return cache_samples(
@@ -75,8 +63,8 @@ def run_cache(config, *, progress: bool = True) -> CacheReport:
         spec=spec,
         model_root=root,
         cache_dir=cache_dir,
-        load_pixels=load_clip,
-        load_conditioning_image=load_conditioning_image,
+        load_pixels=data.load_clip,
+        load_conditioning_image=data.load_conditioning_image,
         prompts=validation_prompts(config),
         progress=progress,
         **cache_settings(config, spec),

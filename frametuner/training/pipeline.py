@@ -1,0 +1,229 @@
+"""``frametuner train``: scan the datasets, fill the caches, train from them, validate.
+
+The encoders run only inside :func:`frametuner.cache.run.run_cache` and are freed before
+the DiT is built; training then reads cached latents and text embeddings only.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from ..config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class CachedTrainingData:
+    """:class:`~frametuner.training.data.TrainingData` over the on-disk caches.
+
+    Batch order comes from the data room's resumable bucket sampler (never mixing buckets
+    or i2v with t2v); text is padded to the batch's longest caption only, and the DiT's
+    ``text_virtual_length`` restores upstream's 512-token semantics exactly.
+    """
+
+    def __init__(self, dataset, sampler):
+        self.dataset = dataset
+        self.sampler = sampler
+
+    @classmethod
+    def from_scan(cls, scan, config, *, num_replicas: int = 1, rank: int = 0) -> "CachedTrainingData":
+        from ..cache import CachedDataset
+        from ..cache.run import open_config_caches
+        from ..data.sampler import BucketBatchSampler
+
+        text_cache, latent_cache = open_config_caches(config)
+        dataset = CachedDataset(scan.samples, text_cache=text_cache, latent_cache=latent_cache, pad_to=None)
+        sampler = BucketBatchSampler.from_scan(scan, config, num_replicas=num_replicas, rank=rank)
+        return cls(dataset, sampler)
+
+    def batches_per_epoch(self) -> int:
+        return len(self.sampler)
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
+        if self.sampler.epoch != epoch:
+            self.sampler.set_epoch(epoch)
+        for indices in self.sampler:
+            yield self.dataset.collate([self.dataset[i] for i in indices])
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
+
+    def empty_text(self) -> tuple[torch.Tensor, torch.Tensor]:
+        text = self.dataset.text_cache.load("")
+        return text, torch.ones(text.shape[0], dtype=torch.int64)
+
+
+@dataclass
+class ValidationPrompt:
+    prompt: str
+    cond_latents: torch.Tensor | None = None  # [C, 1, h, w] for image-to-video
+
+
+class Validator:
+    """Renders validation videos from cached prompt embeddings with the model being trained.
+
+    Decoding needs the VAE: it is loaded for each validation only where memory allows
+    (always on the CPU; on a GPU when enough memory is free), otherwise the latents are
+    saved and decoded after training (or with ``frametuner decode``) — never an OOM.
+    """
+
+    def __init__(self, config, spec, prompts: list[ValidationPrompt], text_cache):
+        self.config, self.spec, self.prompts, self.text_cache = config, spec, prompts, text_cache
+        self.root = spec.checkpoint_root(config.model_flavour, config.pretrained_model_name_or_path)
+        self.output_dir = Path(config.output_dir)
+        self.folder = self.output_dir / "validation"
+        self.deferred = False
+
+    @classmethod
+    def from_config(cls, config, spec, scan) -> "Validator | None":
+        from ..cache.run import open_config_caches, validation_prompts
+
+        text_cache, latent_cache = open_config_caches(config)
+        prompts: list[ValidationPrompt] = []
+        if config.validation_using_datasets:
+            for sample in scan.dataset_samples(config.eval_dataset_id):
+                cond = None
+                if sample.is_i2v:
+                    entry = latent_cache.load(sample)
+                    cond = entry.get("cond_latent")
+                    cond = cond if cond is not None else entry["latents"][:, :1]
+                prompts.append(ValidationPrompt(sample.caption, cond))
+        else:
+            prompts = [ValidationPrompt(p) for p in validation_prompts(config)[:-1]]  # last one is the negative prompt
+        if not prompts:
+            return None
+        return cls(config, spec, prompts, text_cache)
+
+    def _vae_fits(self, device: torch.device) -> bool:
+        if device.type != "cuda":
+            return True
+        free, _ = torch.cuda.mem_get_info(device)
+        height, width = self.config.validation_size
+        # Tiled Wan VAE decoding of a 480p clip peaks near 5 GB; keep a margin.
+        needed = 6 * 2**30 * max(1.0, height * width / (480 * 832))
+        return free > needed
+
+    def __call__(self, trainer, step: int) -> None:
+        from ..sampling import render_validation
+
+        config = self.config
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        device = trainer.accelerator.device
+        height, width = config.validation_size
+        vae = None
+        if self._vae_fits(device):
+            vae = self.spec.load_vae(self.root, device=device, dtype=self.spec.encoder_dtype(config.mixed_precision))
+        else:
+            self.deferred = True
+        try:
+            for index, item in enumerate(self.prompts):
+                # Both prompts padded to the longer one (the CFG batch needs one length); the
+                # DiT's text_virtual_length makes this exactly upstream's 512-token padding.
+                length = max(self._tokens(item.prompt), self._tokens(config.validation_negative_prompt))
+                embeds, mask = self.text_cache.padded(item.prompt, length)
+                negative, negative_mask = self.text_cache.padded(config.validation_negative_prompt, length)
+                outputs = render_validation(
+                    model, vae, spec=self.spec, validation_dir=self.folder, step=step, prompt_index=index,
+                    prompt=item.prompt, prompt_embeds=embeds[None], prompt_mask=mask[None],
+                    negative_embeds=negative[None], negative_mask=negative_mask[None],
+                    height=height, width=width, num_frames=config.validation_num_video_frames,
+                    steps=config.validation_num_inference_steps, guidance=config.validation_guidance,
+                    seed=config.validation_seed if config.validation_seed is not None else (config.seed or 0),
+                    fps=config.validation_fps, crf=config.validation_video_crf, cond_latents=item.cond_latents,
+                    device=device,
+                )
+                self._report(trainer, step, index, item.prompt, outputs)
+        finally:
+            if vae is not None:
+                del vae
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+    def _tokens(self, prompt: str) -> int:
+        return self.text_cache.load(prompt).shape[0]
+
+    def _report(self, trainer, step: int, index: int, prompt: str, outputs) -> None:
+        relative = lambda p: str(Path(p).resolve().relative_to(self.output_dir.resolve())) if p is not None else None  # noqa: E731
+        trainer.events.emit(
+            "validation", step=step, prompt_index=index, prompt=prompt,
+            video=relative(outputs.video), contact_sheet=relative(outputs.contact_sheet), latents=relative(outputs.latents),
+        )
+        if outputs.contact_sheet is not None and self.config.report_to == "tensorboard" and trainer.accelerator.is_main_process:
+            import numpy as np
+            from PIL import Image
+
+            tracker = trainer.accelerator.get_tracker("tensorboard", unwrap=True)
+            sheet = np.asarray(Image.open(outputs.contact_sheet).convert("RGB"))
+            tracker.add_image(f"validation/prompt{index:02d}", sheet, global_step=step, dataformats="HWC")
+
+    def finish(self) -> None:
+        """Decode validations that were deferred for lack of memory (the DiT is gone by now)."""
+        if not self.deferred:
+            return
+        from ..sampling import decode_pending_validations
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        vae = self.spec.load_vae(self.root, device=device, dtype=self.spec.encoder_dtype(self.config.mixed_precision))
+        decoded = decode_pending_validations(self.folder, vae)
+        log.info("decoded %d deferred validation videos into %s", len(decoded), self.folder)
+
+
+def train(config) -> int:
+    """Entry point of ``frametuner train``."""
+    from ..cache.run import run_cache
+    from ..data import scan_datasets
+    from ..models.registry import load_spec
+    from .trainer import Trainer
+
+    if not config.data_backend_config:
+        raise ConfigError(["'data_backend_config' is not set: point it at your dataset list (JSON), e.g. \"config/datasets.json\""])
+    spec = load_spec(config.model_family)
+    scan = scan_datasets(config)
+    report = run_cache(config, scan=scan)
+    if report.failed:
+        for source, message in report.failed:
+            log.warning("not cached, left out of training: %s: %s", source, message)
+        failed = {str(source) for source, _ in report.failed}
+        for dataset in scan.datasets.values():
+            dataset.samples = [s for s in dataset.samples if str(s.source.path) not in failed]
+    data = CachedTrainingData.from_scan(scan, config)
+    validator = Validator.from_config(config, spec, scan)
+    trainer = Trainer(config, data, validator=validator)
+    result = trainer.train()
+    del trainer
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if validator is not None and "stopped" not in result:
+        validator.finish()
+    print_summary(config, result)
+    return 0
+
+
+def print_summary(config, result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    output = Path(config.output_dir)
+    table = Table(title="frametuner: " + ("stopped" if "stopped" in result else "training finished"), show_header=False)
+    table.add_row("steps", str(result["step"]))
+    if "seconds" in result:
+        table.add_row("time", f"{result['seconds']:.1f} s")
+    table.add_row("checkpoint", str(result["checkpoint"]))
+    for fmt, path in (result.get("lora") or {}).items():
+        table.add_row(f"LoRA ({fmt})", str(path))
+    validation = output / "validation" / "index.html"
+    if validation.exists():
+        table.add_row("validation", str(validation))
+    table.add_row("events", str(output / "events.jsonl"))
+    Console(stderr=True).print(table)
