@@ -1,8 +1,9 @@
 """Server test fixtures.
 
-Jobs run ``tests/server/fake_trainer.py`` (the events contract, no torch) through the
-``trainer_command`` fixture. To run the same tests against the real CLI and the tiny
-demo model, make that fixture return ``default_cli_command()``; nothing else changes.
+The acceptance tests run real jobs: ``frametuner train`` on the tiny model with the demo's
+synthetic clips (``real_client``, ``real_demo_config``). Tests of the job machinery that
+need to slow a run down or make it fail (queueing, restarts, reattaching) use
+``tests/server/fake_trainer.py``, which follows the same events contract without torch.
 """
 
 from __future__ import annotations
@@ -24,6 +25,38 @@ from frametuner.server.settings import package_root
 FAKE_TRAINER = Path(__file__).resolve().parent / "fake_trainer.py"
 DEMO_EXAMPLE = package_root() / "examples" / "demo" / "config.json"
 LOCAL_URL = "http://127.0.0.1:8001"
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory) -> Path:
+    """The demo's synthetic clips and dataset list, written once per test session."""
+    import json
+
+    from frametuner.demo import DEMO_DATASETS, write_demo_clips
+
+    folder = tmp_path_factory.mktemp("demo-data")
+    write_demo_clips(folder / "clips")
+    (folder / "datasets.json").write_text(json.dumps(DEMO_DATASETS))
+    return folder / "datasets.json"
+
+
+@pytest.fixture
+def real_demo_config(demo_dataset) -> dict:
+    """The demo config run by the real trainer: 6 steps, checkpoints and videos at 3 and 6."""
+    config = load_example(DEMO_EXAMPLE)
+    config.update(
+        max_train_steps=6, checkpointing_steps=3, validation_steps=3, data_backend_config=str(demo_dataset),
+        validation_num_inference_steps=2, report_to="none",
+    )
+    return config
+
+
+@pytest.fixture
+def real_client(make_settings):
+    from frametuner.server.settings import default_cli_command
+
+    with TestClient(create_app(make_settings(cli_command=default_cli_command())), base_url=LOCAL_URL) as test_client:
+        yield test_client
 
 
 @pytest.fixture

@@ -46,10 +46,15 @@ def _free_port() -> int:
 
 @pytest.fixture
 def server_url(make_settings):
-    """The real server (uvicorn) in a thread, on a free loopback port."""
+    """The real server (uvicorn) in a thread, on a free loopback port, running the real trainer."""
     import uvicorn
 
-    settings = make_settings(port=_free_port())
+    from frametuner.demo import write_demo_clips
+    from frametuner.server.settings import default_cli_command
+
+    # The demo example reads examples/demo/datasets.json -> examples/demo/clips (git-ignored).
+    write_demo_clips(Path(__file__).resolve().parents[2] / "examples" / "demo" / "clips")
+    settings = make_settings(port=_free_port(), cli_command=default_cli_command())
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -71,15 +76,14 @@ def page():
         browser.close()
 
 
-def test_configure_start_and_watch_the_demo_job(server_url, page, monkeypatch):
-    monkeypatch.setenv("FAKE_TRAINER_STEP_SECONDS", "0.15")  # slow enough to watch it run live
+def test_configure_start_and_watch_the_demo_job(server_url, page):
     expect = sync_api.expect
     page.goto(f"{server_url}/jobs/new")
     page.select_option("#example", "demo")
     expect(page.locator("#check-status")).to_contain_text("loaded example 'demo'")
     page.select_option("#family", "longcat_video")
     page.select_option("#flavour", "tiny")
-    for name, value in (("max_train_steps", "12"), ("validation_steps", "6"), ("checkpointing_steps", "6")):
+    for name, value in (("max_train_steps", "12"), ("validation_steps", "6"), ("checkpointing_steps", "6"), ("validation_num_inference_steps", "2")):
         page.fill(f"#f-{name}", value)
     config_json = page.locator("#config-json")
     expect(config_json).to_have_value(re.compile(r'"model_flavour": "tiny"'))
@@ -95,8 +99,8 @@ def test_configure_start_and_watch_the_demo_job(server_url, page, monkeypatch):
 
     page.click("#start")
     page.wait_for_url(re.compile(r".*/jobs/[0-9]{8}-"))
-    expect(page.locator("#status")).to_have_text("running", timeout=30_000)
-    expect(page.locator("#status")).to_have_text("finished", timeout=60_000)
+    expect(page.locator("#status")).to_have_text("running", timeout=60_000)
+    expect(page.locator("#status")).to_have_text("finished", timeout=300_000)
 
     chart = page.locator("#loss-chart")
     expect(chart).to_have_attribute("data-points", "12")
@@ -107,8 +111,8 @@ def test_configure_start_and_watch_the_demo_job(server_url, page, monkeypatch):
     response = page.request.get(f"{server_url}{source}")
     assert response.status == 200 and response.headers["content-type"] == "video/mp4"
     page.wait_for_function("() => document.querySelector('#validations video').readyState >= 1", timeout=15_000)
-    assert page.locator("#checkpoints a", has_text="upstream").count() == 3  # steps 6, 12 and final
-    expect(page.locator("#log")).to_contain_text("done")
+    assert page.locator("#checkpoints a", has_text="upstream").count() >= 2  # checkpoints at steps 6 and 12
+    expect(page.locator("#log")).to_contain_text("training finished")
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web-ui-job.png"), full_page=True)

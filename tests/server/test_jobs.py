@@ -75,6 +75,37 @@ def test_demo_job_runs_to_the_end_with_videos_and_lora_files(client, settings, d
     assert {lora["format"] for lora in client.get("/api/loras").json()} == {"peft", "upstream"}
 
 
+def test_real_demo_job_runs_to_the_end_with_videos_and_lora_files(real_client, real_demo_config):
+    """The real `frametuner train` on the tiny model, through the server."""
+    client = real_client
+    job = _create(client, real_demo_config)
+    detail = wait_status(client, job["id"], "finished", "failed", timeout=300)
+    assert detail["status"] == "finished", client.get(f"/api/jobs/{job['id']}/log", params={"tail": 20000}).text
+    progress = detail["progress"]
+    assert progress["step"] == progress["max_steps"] == 6 and progress["terminal"] == "done"
+    assert [c["step"] for c in progress["checkpoints"]] == [3, 6]
+    assert sorted(progress["final_lora"]) == ["comfyui", "peft", "upstream"]
+    assert [v["step"] for v in progress["validations"]] == [0, 3, 6]
+    video = client.get(f"/api/jobs/{job['id']}/files/{progress['validations'][-1]['video']}")
+    assert video.status_code == 200 and video.headers["content-type"] == "video/mp4" and video.content[4:8] == b"ftyp"
+    upstream = client.get(f"/api/jobs/{job['id']}/files/{progress['final_lora']['upstream']}", params={"download": 1})
+    assert "lora___lorahyphen___blocks___lorahyphen___0___lorahyphen___attn___lorahyphen___qkv.lora_down.weight" in _safetensors_header(upstream.content)
+
+
+def test_real_trainer_stop_saves_a_checkpoint_and_resume_finishes(real_client, real_demo_config, tmp_path):
+    client = real_client
+    job = _create(client, real_demo_config | {"max_train_steps": 5000, "checkpointing_steps": 5000, "validation_prompt": None})
+    wait_for(client, job["id"], lambda d: (d["progress"]["step"] or 0) >= 3, timeout=300)
+    client.post(f"/api/jobs/{job['id']}/stop")
+    detail = wait_status(client, job["id"], "stopped", "failed", "finished", timeout=300)
+    assert detail["status"] == "stopped" and detail["exit_code"] == 0, client.get(f"/api/jobs/{job['id']}/log", params={"tail": 20000}).text
+    events = read_events(tmp_path / "data" / "jobs" / job["id"] / "output" / "events.jsonl")[0]
+    stopped = [e for e in events if e["event"] == "stopped"][0]
+    checkpoint = tmp_path / "data" / "jobs" / job["id"] / "output" / stopped["checkpoint"]
+    assert stopped["reason"] == "SIGTERM" and (checkpoint / "trainer_state.json").is_file()
+    assert (checkpoint / "lora" / "lora_upstream.safetensors").is_file()
+
+
 def test_event_stream_replays_every_event_then_ends(client, settings, demo_config):
     job = _create(client, demo_config)
     messages = _stream(client, job["id"])  # follows the live run until it is over
