@@ -224,6 +224,11 @@ def release_compiled() -> None:
 
 # ---------------------------------------------------------------------- output
 def git_commit() -> str:
+    """The commit benchmarked; FRAMETUNER_GIT_COMMIT where the tree travelled without .git."""
+    import os
+
+    if os.environ.get("FRAMETUNER_GIT_COMMIT"):
+        return os.environ["FRAMETUNER_GIT_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
     except Exception:
