@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -78,8 +78,14 @@ class ModelSpec(ABC):
         """Local folder (or hub id) holding the family's checkpoint layout."""
 
     @abstractmethod
-    def load_transformer(self, root: str | Path, *, dtype: torch.dtype, device: str | torch.device = "cpu") -> Any:
-        """The denoiser, loaded shard by shard and cast while loading."""
+    def load_transformer(
+        self, root: str | Path, *, dtype: torch.dtype, device: str | torch.device = "cpu", prepare_block: Callable[[Any], None] | None = None
+    ) -> Any:
+        """The denoiser, loaded shard by shard and cast while loading.
+
+        ``prepare_block`` (optional): called on each block right after its weights are read
+        (quantisation while loading); it places the block. See ``models/loading.py``.
+        """
 
     @abstractmethod
     def build_transformer(self, *, flavour: str = "final", device: str | torch.device = "meta", dtype: torch.dtype = torch.bfloat16) -> Any:

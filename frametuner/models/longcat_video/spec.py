@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from ..components import resolve_component
+from ..loading import load_blockwise, local_model_folder
 from ..registry import family_info
 from ..spec import LatentGeometry, ModelSpec
 from .lora_layout import LORA_LAYOUT
@@ -51,8 +53,24 @@ class LongCatVideoSpec(ModelSpec):
             return ensure_tiny_checkpoint()
         return info.hub_id
 
-    def load_transformer(self, root: str | Path, *, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu"):
-        """Load ``<root>/dit`` (single file or shards), cast to ``dtype`` shard by shard."""
+    def load_transformer(
+        self,
+        root: str | Path,
+        *,
+        dtype: torch.dtype = torch.bfloat16,
+        device: str | torch.device = "cpu",
+        prepare_block: Callable[[torch.nn.Module], None] | None = None,
+    ):
+        """Load ``<root>/dit`` (single file or shards), cast to ``dtype`` shard by shard.
+
+        With ``prepare_block`` (quantisation), blocks are streamed in one at a time and each
+        is handed to it (which places it), so the full model never exists in ``dtype``.
+        """
+        if prepare_block is not None:
+            folder = local_model_folder(root, self.subfolders["transformer"])
+            model = load_blockwise(LongCatVideoTransformer3DModel, folder, dtype=dtype, device=device, prepare_block=prepare_block)
+            model.text_virtual_length = self.text_max_length
+            return model
         model = LongCatVideoTransformer3DModel.from_pretrained(
             root, subfolder=self.subfolders["transformer"], torch_dtype=dtype, low_cpu_mem_usage=True
         )
