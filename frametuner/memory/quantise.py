@@ -1,0 +1,149 @@
+"""Quantised frozen base weights: int8/int4 through optimum-quanto, float8 through torchao.
+
+What is quantised: the plain ``nn.Linear`` layers inside the DiT blocks (attention,
+cross-attention, FFN: 95% of the weights). Layers that compute in float32 on purpose
+(``FP32Linear`` subclasses: adaLN modulation, timestep MLP, final projection), norms and
+the embedders keep their dtype. Quantisation runs block by block, so a model that was
+materialised in bf16 never needs a second full copy, and a checkpoint streamed in block
+by block (:func:`frametuner.models.loading.load_blockwise`) never exists in bf16 at all.
+
+LoRA goes on top afterwards: PEFT wraps a quanto ``QLinear`` (an ``nn.Linear``) with its
+default LoRA layer and a torchao-quantised Linear with ``TorchaoLoraLinear``; both call
+the quantised base layer and add the low-rank path in the LoRA weights' dtype.
+
+Compute: quanto and torchao's weight-only float8 dequantise inside the matmul and compute
+in the activation dtype (bf16). For sampling on GPUs with float8 tensor cores (sm89+),
+``fp8-torchao`` quantises activations too and runs float8 matmuls (``torch._scaled_mm``);
+training keeps weight-only float8, because float8 matmuls have no backward.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from .errors import MemoryOptionError
+
+log = logging.getLogger(__name__)
+
+QUANTO_WEIGHTS = {"int8-quanto": "qint8", "int4-quanto": "qint4"}
+QUANTISED_PRECISIONS = ("int8-quanto", "int4-quanto", "fp8-torchao")
+FP8_MIN_CAPABILITY = (8, 9)  # Ada / Hopper: float8 tensor cores and torchao's float8 kernels
+
+
+def is_quantisable(module: nn.Module, name: str = "") -> bool:
+    """Plain Linear layers of the base only: subclasses (FP32Linear) compute in float32 on
+    purpose, and LoRA layers (``lora_A``/``lora_B``, present when sampling) stay as they are."""
+    return type(module) is nn.Linear and not any(part.startswith("lora_") for part in name.split("."))
+
+
+def check_quantisation_supported(precision: str, device: torch.device | str) -> None:
+    """Raise :class:`MemoryOptionError` with the fix when ``precision`` cannot run on ``device``."""
+    device = torch.device(device)
+    if precision not in QUANTISED_PRECISIONS:
+        raise MemoryOptionError(f"base_model_precision {precision!r} is not a quantised precision ({', '.join(QUANTISED_PRECISIONS)})")
+    if precision in QUANTO_WEIGHTS:
+        if importlib.util.find_spec("optimum.quanto") is None:
+            raise MemoryOptionError(f"base_model_precision {precision!r} needs optimum-quanto: pip install optimum-quanto")
+        if device.type == "mps" and precision == "int4-quanto":
+            raise MemoryOptionError("base_model_precision 'int4-quanto' has no Apple MPS kernels; use 'int8-quanto' on a Mac")
+        if device.type == "cuda" and precision == "int4-quanto" and torch.cuda.get_device_capability(device) < (8, 0):
+            name = torch.cuda.get_device_name(device)
+            raise MemoryOptionError(f"base_model_precision 'int4-quanto' needs an Ampere or newer GPU (sm80+); {name} is not; use 'int8-quanto'")
+        return
+    # fp8-torchao
+    if device.type != "cuda":
+        raise MemoryOptionError(
+            f"base_model_precision 'fp8-torchao' needs a CUDA GPU with float8 support (sm89+: RTX 40xx, L4, H100); "
+            f"the model runs on {device}; use 'int8-quanto'"
+        )
+    capability = torch.cuda.get_device_capability(device)
+    if capability < FP8_MIN_CAPABILITY:
+        name = torch.cuda.get_device_name(device)
+        raise MemoryOptionError(
+            f"base_model_precision 'fp8-torchao' needs float8 support (sm89+: RTX 40xx, L4, H100); "
+            f"{name} is sm{capability[0]}{capability[1]}; use 'int8-quanto'"
+        )
+    if importlib.util.find_spec("torchao") is None:
+        raise MemoryOptionError("base_model_precision 'fp8-torchao' needs torchao: pip install torchao")
+
+
+def is_quantised(model: nn.Module) -> bool:
+    """Whether any block Linear already holds quantised weights."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    return any(is_traceable_wrapper_subclass(p) for p in model.blocks.parameters())
+
+
+def block_quantiser(precision: str, *, training: bool = True) -> Callable[[nn.Module], None]:
+    """A function that quantises one block's plain Linear layers in place."""
+    if precision in QUANTO_WEIGHTS:
+        from optimum.quanto import freeze, qint4, qint8, quantize
+
+        weights = {"qint8": qint8, "qint4": qint4}[QUANTO_WEIGHTS[precision]]
+
+        def quantise_quanto(block: nn.Module) -> None:
+            names = [name for name, module in block.named_modules() if is_quantisable(module, name)]
+            if names:
+                quantize(block, weights=weights, include=names)
+                freeze(block)
+
+        return quantise_quanto
+
+    if precision == "fp8-torchao":
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, Float8WeightOnlyConfig, PerRow, quantize_
+
+        # Training differentiates through the frozen layer: weight-only (bf16 matmul).
+        config = Float8WeightOnlyConfig() if training else Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+
+        def quantise_torchao(block: nn.Module) -> None:
+            quantize_(block, config, filter_fn=is_quantisable)
+
+        return quantise_torchao
+    raise MemoryOptionError(f"base_model_precision {precision!r} is not a quantised precision ({', '.join(QUANTISED_PRECISIONS)})")
+
+
+def quantise_transformer(
+    model: nn.Module,
+    precision: str,
+    *,
+    device: torch.device | str | None = None,
+    offload_to: torch.device | str | None = None,
+    training: bool = True,
+) -> nn.Module:
+    """Quantise the DiT's block Linears in place, one block at a time; returns the model.
+
+    ``device`` (default: where the blocks are) is where quantisation runs and where the
+    quantised blocks stay, unless ``offload_to`` (host memory, when block swap or group
+    offload will place them) is given. A no-op for non-quantised precisions and for a
+    model that is quantised already. Only frozen weights can be quantised: call it before
+    adding LoRA.
+    """
+    if precision not in QUANTISED_PRECISIONS or is_quantised(model):
+        return model
+    device = torch.device(device) if device is not None else next(model.blocks.parameters()).device
+    check_quantisation_supported(precision, device)
+    quantise = block_quantiser(precision, training=training)
+    before = _block_bytes(model)
+    for block in model.blocks:
+        if any(p.requires_grad for p in block.parameters()):
+            raise MemoryOptionError(
+                f"base_model_precision {precision!r} quantises frozen weights; quantise before adding LoRA, "
+                "and use model_type 'lora' (a quantised base cannot be fully fine-tuned)"
+            )
+        block.to(device)
+        quantise(block)
+        if offload_to is not None:
+            block.to(offload_to)
+    log.info("quantised the DiT blocks to %s: %.2f -> %.2f GB", precision, before / 2**30, _block_bytes(model) / 2**30)
+    return model
+
+
+def _block_bytes(model: nn.Module) -> int:
+    from .block_swap import storage_views
+
+    return sum(view.numel() * view.element_size() for p in model.blocks.parameters() for view in storage_views(p))

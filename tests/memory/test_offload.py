@@ -1,0 +1,112 @@
+"""Group offload (diffusers hooks) and activation offload: identical loss and LoRA gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from frametuner.memory import MemoryOptionError, enable_activation_offload, enable_group_offload
+
+from .helpers import add_test_lora, loss_and_grads, make_batch, small_dit, twin
+
+DEPTH = 4
+
+
+@pytest.fixture(scope="module")
+def lora_model():
+    model = small_dit(depth=DEPTH)
+    add_test_lora(model)
+    model.enable_gradient_checkpointing("full")
+    return model
+
+
+def assert_same(result, reference):
+    loss, grads = result
+    ref_loss, ref_grads = reference
+    assert torch.equal(loss, ref_loss), (loss, ref_loss)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        assert torch.equal(grads[name], ref_grads[name]), name
+
+
+def sgd_steps(model, steps: int = 2) -> list[torch.Tensor]:
+    """Losses of a few plain SGD steps on the LoRA weights (each step must see the last update)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.5)
+    losses = []
+    for _ in range(steps):
+        loss, grads = loss_and_grads(model, make_batch())
+        for param in params:
+            param.grad = grads[next(n for n, p in model.named_parameters() if p is param)]
+        optimizer.step()
+        losses.append(loss)
+    return losses
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(offload_type="block_level", blocks_per_group=1),
+        dict(offload_type="block_level", blocks_per_group=3),  # a last group shorter than the others
+        dict(offload_type="leaf_level"),
+    ],
+)
+def test_group_offload_training_is_exact(lora_model, options):
+    model = twin(lora_model)
+    offload = enable_group_offload(model, "cpu", **options)
+    assert offload is not None and offload.groups
+    grouped = {id(p) for group in offload.groups for p in group.parameters}
+    assert not any(id(p) in grouped for p in model.parameters() if p.requires_grad)  # LoRA is never offloaded
+    assert_same(loss_and_grads(model, make_batch()), loss_and_grads(lora_model, make_batch()))
+    # Training moves the LoRA weights; the offloaded model must follow them exactly.
+    assert [l.item() for l in sgd_steps(model)] == [l.item() for l in sgd_steps(twin(lora_model))]
+
+
+def test_group_offload_sampling_uses_diffusers_path(lora_model):
+    frozen = twin(lora_model)
+    frozen.requires_grad_(False)
+    model = twin(frozen)
+    assert enable_group_offload(model, "cpu", training=False) is None
+    assert getattr(model.blocks[0], "_diffusers_hook").get_hook("group_offloading") is not None
+    batch = {k: v for k, v in make_batch().items() if k != "target"}
+    with torch.no_grad():
+        assert torch.equal(model(**batch), frozen(**batch))
+
+
+def test_group_offload_rejects_bad_settings(lora_model):
+    with pytest.raises(MemoryOptionError, match="group_offload_use_stream needs a CUDA device"):
+        enable_group_offload(twin(lora_model), "cpu", use_stream=True)
+    with pytest.raises(MemoryOptionError, match="group_offload_type 'sideways'"):
+        enable_group_offload(twin(lora_model), "cpu", offload_type="sideways")
+    with pytest.raises(MemoryOptionError, match="group_offload_blocks_per_group = 0"):
+        enable_group_offload(twin(lora_model), "cpu", blocks_per_group=0)
+    full = small_dit(depth=DEPTH)
+    full.enable_gradient_checkpointing("full")
+    with pytest.raises(MemoryOptionError, match="model_type 'lora'"):
+        enable_group_offload(full, "cpu")
+
+
+def test_activation_offload_is_exact_and_offloads_only_block_inputs(lora_model):
+    model = twin(lora_model)
+    offload = enable_activation_offload(model, "cpu")
+    reference = loss_and_grads(lora_model, make_batch())
+    for step in range(2):
+        assert_same(loss_and_grads(model, make_batch()), reference)
+        assert offload.packed == DEPTH * (step + 1)  # one hidden-states tensor per block, nothing else
+        assert offload.prefetched == (DEPTH - 1) * (step + 1)  # each restore started the previous block's copy
+
+
+def test_activation_offload_composes_with_full_finetuning_and_save_attention():
+    plain = small_dit(depth=DEPTH)
+    plain.enable_gradient_checkpointing("save_attention")
+    plain.train()
+    model = twin(plain)
+    enable_activation_offload(model, "cpu")
+    assert_same(loss_and_grads(model, make_batch()), loss_and_grads(plain, make_batch()))
+
+
+def test_activation_offload_needs_checkpointing(lora_model):
+    model = twin(lora_model)
+    model.disable_gradient_checkpointing()
+    with pytest.raises(MemoryOptionError, match="needs gradient_checkpointing"):
+        enable_activation_offload(model, "cpu")
