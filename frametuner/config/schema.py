@@ -158,8 +158,10 @@ class TrainConfig(BaseModel):
     group_offload_blocks_per_group: int = _field(1, "memory", "Blocks per offload group (block_level)", ge=1)
     group_offload_use_stream: bool = _field(False, "memory", "Overlap offload transfers on a CUDA stream")
     musubi_blocks_to_swap: int = _field(0, "memory", "Keep the last N DiT blocks in host memory, streamed in one block ahead", ge=0)
-    musubi_block_swap_device: str = _field("cpu", "memory", "Where swapped blocks live")
-    gradient_checkpointing_cpu_offload: bool = _field(False, "memory", "Keep checkpointed block inputs in pinned host memory")
+    musubi_block_swap_device: Literal["cpu"] = _field("cpu", "memory", "Where swapped blocks live (pinned host memory)")
+    gradient_checkpointing_cpu_offload: bool = _field(
+        False, "memory", "Keep checkpointed block inputs in pinned host memory until the backward (needs gradient_checkpointing)"
+    )
 
     # ------------------------------------------------------------------ logging
     output_dir: str = _field("output", "logging", "Checkpoints, LoRA files, validation videos and logs go here")
@@ -217,6 +219,17 @@ class TrainConfig(BaseModel):
                 f"model_type 'full' cannot train a quantised base ({self.base_model_precision}); "
                 "use base_model_precision 'bf16' for full fine-tuning, or model_type 'lora'"
             )
+        if self.enable_group_offload and self.musubi_blocks_to_swap:
+            raise ValueError("enable_group_offload and musubi_blocks_to_swap both move the base weights to host memory; choose one")
+        moves_weights = [key for key, used in (("enable_group_offload", self.enable_group_offload), ("musubi_blocks_to_swap", self.musubi_blocks_to_swap)) if used]
+        if moves_weights and self.model_type == "full":
+            raise ValueError(
+                f"{moves_weights[0]} moves frozen base weights, but model_type 'full' trains them all; "
+                "use model_type 'lora', or gradient_checkpointing_cpu_offload to save memory in full fine-tuning"
+            )
+        needs_checkpointing = moves_weights + (["gradient_checkpointing_cpu_offload"] if self.gradient_checkpointing_cpu_offload else [])
+        if needs_checkpointing and not self.gradient_checkpointing:
+            raise ValueError(f"{needs_checkpointing[0]} needs gradient_checkpointing: true (it relies on blocks being recomputed in the backward)")
         if self.validation_using_datasets and not self.eval_dataset_id:
             raise ValueError("validation_using_datasets is true but eval_dataset_id is not set; name the dataset id to validate with")
         return self
@@ -243,10 +256,6 @@ def field_group(key: str) -> str:
 # config uses one, which prints a loud warning (never silently ignored). Shrinks as
 # features land.
 NOT_YET_IMPLEMENTED: dict[str, tuple[Any, str]] = {
-    "enable_group_offload": (lambda c: c.enable_group_offload, "group offload"),
-    "musubi_blocks_to_swap": (lambda c: c.musubi_blocks_to_swap > 0, "block swap"),
-    "gradient_checkpointing_cpu_offload": (lambda c: c.gradient_checkpointing_cpu_offload, "activation offload"),
-    "base_model_precision": (lambda c: c.base_model_precision in QUANTISED_PRECISIONS, "quantised base weights"),
     "num_processes": (lambda c: c.num_processes > 1, "multi-GPU training"),
 }
 

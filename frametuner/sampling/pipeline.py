@@ -127,7 +127,9 @@ def generate(
     """Run text/image-to-video for ``request``; returns decoded frames uint8 ``[F, H, W, 3]``.
 
     ``attention`` picks the DiT's self-attention kernel (``auto``, ``sdpa``, ``xformers``, ``bsa``);
-    ``shift`` defaults to the family's (12 for LongCat-Video).
+    ``shift`` defaults to the family's (12 for LongCat-Video). ``config`` (a ``TrainConfig``,
+    optional): its attention settings and its memory settings (quantised base, group offload,
+    block swap) apply to the DiT.
     """
     device = torch.device(device)
     use_cfg = request.guidance > 1.0
@@ -146,13 +148,23 @@ def generate(
         num_cond_latents = cond.shape[1]
         latents[0, :, :num_cond_latents] = cond.to(latents)
 
-    model = spec.load_transformer(root, dtype=dtype, device=device)
+    if config is None:
+        model = spec.load_transformer(root, dtype=dtype, device=device)
+    else:  # quantised base / block swap / group offload of the config
+        from ..memory import load_transformer
+
+        model = load_transformer(spec, root, config, device=device, dtype=dtype, training=False)
     model.eval()
     if config is not None:  # attention_implementation + bsa_* keys of a TrainConfig
         spec.configure_attention(model, config)
     elif hasattr(model, "set_attention_implementation"):
         model.set_attention_implementation(attention)
-    apply_loras(model, request.loras)
+    apply_loras(model, request.loras)  # on the quantised layers; before offload places them
+    if config is not None:
+        from ..memory import apply_memory_options
+
+        if not apply_memory_options(model, config, device, training=False).places_model:
+            model.to(device)
     latents = denoise(
         model,
         latents.to(device),

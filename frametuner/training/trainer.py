@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..memory import MemoryPlan, apply_memory_options, load_transformer, memory_mode, offloads_weights, quantise_transformer
 from ..models.registry import load_spec
 from .checkpoint import cleanup_stale_staging, list_checkpoints, load_checkpoint, resolve_resume, restore_rng_state, rng_state, save_checkpoint
 from .data import TrainingData
@@ -29,12 +30,11 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, 
 
 
 def base_weight_dtype(config) -> torch.dtype:
-    """Storage dtype of the frozen base weights."""
+    """Storage dtype of the frozen base weights (of a quantised base: of the layers that
+    stay unquantised, the compute dtype)."""
     if config.base_model_precision in DTYPES:
         return DTYPES[config.base_model_precision]
-    if config.base_model_precision == "no_change":
-        return DTYPES[config.mixed_precision]
-    return torch.bfloat16  # quantised bases compute in bf16
+    return DTYPES[config.mixed_precision]
 
 
 class Trainer:
@@ -81,11 +81,16 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(seed + 7919 * self.accelerator.process_index)
 
         self.model = model if model is not None else self._load_model()
+        self.memory: MemoryPlan | None = None
         self.trainable = self._prepare_trainable()
         self.optimizer = build_optimizer(config, list(self.trainable.values()), self.accelerator.device)
         self.max_steps = self._total_steps()
         self.lr_scheduler = build_lr_scheduler(config, self.optimizer, self.max_steps)
-        self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(self.model, self.optimizer, self.lr_scheduler)
+        # Block swap / group offload placed the model themselves (part of it in host memory).
+        place_model = not (self.memory is not None and self.memory.places_model)
+        self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
+            self.model, self.optimizer, self.lr_scheduler, device_placement=[place_model, True, True]
+        )
 
     # ------------------------------------------------------------------ setup
     def _load_model(self) -> torch.nn.Module:
@@ -94,8 +99,8 @@ class Trainer:
         dtype = base_weight_dtype(config)
         if config.model_type == "full" and config.base_model_precision == "no_change":
             dtype = torch.float32  # float32 master weights; compute follows mixed_precision
-        log.info("loading %s transformer from %s as %s", config.model_family, root, dtype)
-        model = self.spec.load_transformer(root, dtype=dtype, device="cpu")
+        log.info("loading %s transformer from %s as %s (%s)", config.model_family, root, dtype, memory_mode(config))
+        model = load_transformer(self.spec, root, config, device=self.accelerator.device, dtype=dtype, training=True)
         self.spec.configure_attention(model, config)
         return model
 
@@ -105,6 +110,11 @@ class Trainer:
             from ..lora import add_lora, add_lora_from_file
 
             model.requires_grad_(False)
+            # A model handed in unquantised (the benchmark's) is quantised here, before LoRA wraps it.
+            quantise_transformer(
+                model, config.base_model_precision, device=self.accelerator.device,
+                offload_to="cpu" if offloads_weights(config) else None,
+            )
             if config.init_lora:  # continue from a LoRA file of any format (its rank and targets)
                 from ..config import resolve_input_path
 
@@ -125,7 +135,8 @@ class Trainer:
         return trainable
 
     def _configure_speed(self, model: torch.nn.Module) -> None:
-        """Checkpointing policy and regional compilation (see bench/NOTES.md for the numbers)."""
+        """Checkpointing policy, memory options (offload, swap) and regional compilation
+        (see bench/NOTES.md for the numbers)."""
         config, device = self.config, self.accelerator.device
         if config.gradient_checkpointing:
             policy = config.gradient_checkpointing_policy
@@ -138,6 +149,7 @@ class Trainer:
                 else:
                     policy = "full"
             model.enable_gradient_checkpointing(policy, budget_bytes=budget)
+        self.memory = apply_memory_options(model, config, device, training=True)
         compile_blocks = config.compile_transformer if config.compile_transformer is not None else device.type == "cuda"
         if compile_blocks:
             model.compile_blocks()
