@@ -1,0 +1,268 @@
+"""Memory presets of the full 13.6B LoRA training step: peak GPU memory and step time.
+
+Each preset is a set of config keys (base precision, block swap, group offload,
+activation offload, activation budget) measured with the trainer's own ``Trainer.step``
+on the full-size DiT (random bf16 weights built on the GPU, quantised in place), LoRA
+rank 16, batch 1. Every preset runs in its own process (a fresh CUDA context: one that
+runs out of memory or crashes costs only its row); rows are appended to
+``bench/RESULTS.md`` and ``bench/results.jsonl`` as they finish, and a summary table
+(with the step time relative to the ``bf16`` row) is printed at the end. Presets that
+would not finish within ``--budget-s`` are skipped and listed.
+
+    python bench/memory.py                                  # bf16, int8, fp8, the 24 GB combination
+    python bench/memory.py --preset int4 --preset 24gb-int8 --case 720x1280x93
+    python bench/memory.py --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_CASE = "480x832x93"
+
+# name -> TrainConfig keys. The activation budget lets the auto checkpointing policy keep
+# attention outputs up to the preset's memory target, as it does up to 50 GB for bf16.
+PRESETS: dict[str, dict] = {
+    "bf16": dict(base_model_precision="bf16"),
+    "int8": dict(base_model_precision="int8-quanto", activation_memory_budget_gb=34),
+    "fp8": dict(base_model_precision="fp8-torchao", activation_memory_budget_gb=34),
+    "int4": dict(base_model_precision="int4-quanto", activation_memory_budget_gb=34),
+    "24gb-int8": dict(base_model_precision="int8-quanto", musubi_blocks_to_swap=24, gradient_checkpointing_cpu_offload=True, activation_memory_budget_gb=21),
+    "24gb-fp8": dict(base_model_precision="fp8-torchao", musubi_blocks_to_swap=24, gradient_checkpointing_cpu_offload=True, activation_memory_budget_gb=21),
+    "24gb-int4": dict(base_model_precision="int4-quanto", gradient_checkpointing_cpu_offload=True, activation_memory_budget_gb=21),
+    "32gb-int8": dict(base_model_precision="int8-quanto", gradient_checkpointing_cpu_offload=True, activation_memory_budget_gb=29),
+    "48gb-bf16": dict(base_model_precision="bf16", gradient_checkpointing_cpu_offload=True, activation_memory_budget_gb=44),
+    "bf16-swap24": dict(base_model_precision="bf16", musubi_blocks_to_swap=24, gradient_checkpointing_cpu_offload=True, activation_memory_budget_gb=21),
+    "bf16-groupoffload": dict(base_model_precision="bf16", enable_group_offload=True, group_offload_use_stream=True, gradient_checkpointing_cpu_offload=True, activation_memory_budget_gb=21),
+}
+DEFAULT_PRESETS = ["bf16", "int8", "fp8", "24gb-int8"]
+
+
+# ---------------------------------------------------------------------- one preset (worker process)
+def run_preset(name: str, case: str, warmup: int, iters: int, compile_blocks: bool) -> dict:
+    import torch
+
+    from ..config import TrainConfig
+    from ..memory import memory_mode
+    from ..training.trainer import Trainer
+    from .train_step import OneBatch, build_model, cuda_time, latent_grid, parse_case, text_inputs
+
+    height, width, frames = parse_case(case)
+    t, h, w = latent_grid(height, width, frames)
+    started = time.perf_counter()
+    _, model = build_model()  # bf16 on the GPU; the trainer quantises / places it
+    text, mask = text_inputs(1, compact=True, channels=4096, device="cuda")
+    batch = {"latents": torch.randn(1, 16, t, h, w, device="cuda"), "text": text, "text_mask": mask, "num_cond_latents": 0}
+    config = TrainConfig(
+        model_flavour="final",
+        model_type="lora",
+        lora_rank=16,
+        mixed_precision="bf16",
+        report_to="none",
+        max_train_steps=10**6,
+        output_dir="/tmp/frametuner-bench-memory",
+        gradient_checkpointing=True,
+        gradient_checkpointing_policy="auto",
+        compile_transformer=compile_blocks,
+        max_grad_norm=1.0,
+        **PRESETS[name],
+    )
+    trainer = Trainer(config, OneBatch(batch), model=model)
+    setup_s = time.perf_counter() - started
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    first = time.perf_counter()
+    loss, _ = trainer.step(batch)
+    torch.cuda.synchronize()
+    first_step_s = time.perf_counter() - first
+    first_peak = torch.cuda.max_memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    times = cuda_time(lambda: trainer.step(batch), warmup, iters)
+    steady_peak = torch.cuda.max_memory_allocated()
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    saved = sum(block.checkpoint_policy == "save_attention" for block in unwrapped.blocks)
+    plan = trainer.memory
+    return {
+        "preset": name,
+        "mode": memory_mode(config),
+        "times": times,
+        "s_per_step": statistics.median(times),
+        "peak_gb": max(first_peak, steady_peak) / 2**30,
+        "steady_peak_gb": steady_peak / 2**30,
+        "first_step_s": first_step_s,
+        "setup_s": setup_s,
+        "loss": float(loss),
+        "saved_attention_blocks": saved,
+        "swap_loads": plan.block_swap.loads if plan and plan.block_swap else None,
+        "activations_offloaded": plan.activation_offload.packed if plan and plan.activation_offload else None,
+        "host_rss_gb": _rss_gb(),
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "tokens": t * (h // 2) * (w // 2),
+        "config": {k: v for k, v in PRESETS[name].items()},
+    }
+
+
+def _rss_gb() -> float:
+    try:
+        line = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 2**20
+    except (OSError, StopIteration):
+        return float("nan")
+
+
+def worker(args) -> int:
+    try:
+        result = run_preset(args.worker, args.case[0], args.warmup, args.iters, not args.no_compile)
+    except BaseException as error:  # noqa: BLE001 - reported to the parent as a row
+        traceback.print_exc()
+        result = {"preset": args.worker, "error": f"{type(error).__name__}: {str(error)[:300]}"}
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------- output
+def append_rows(rows: list[dict], results_dir: Path, command: str, *, header: bool) -> None:
+    """Append rows to results.jsonl and RESULTS.md (with the section header on the first call)."""
+    from .train_step import git_commit
+
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with open(results_dir / "results.jsonl", "a") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    md = results_dir / "RESULTS.md"
+    new = not md.exists()
+    with open(md, "a") as handle:
+        if new:
+            handle.write("# Benchmark results\n\nAppended by `bench/*.py`; never edited by hand.\n")
+        if header:
+            first = rows[0]
+            handle.write(f"\n## {first['date']} — {first.get('device', '?')}, torch {first.get('torch', '?')}, commit {git_commit()} (memory presets)\n\n")
+            handle.write(f"Command: `{command}`\n\n")
+            handle.write("| case | kind | mode | s/step | x bf16 | peak GB | steady peak GB | host peak GB | notes |\n|---|---|---|---|---|---|---|---|---|\n")
+        for row in rows:
+            if "error" in row:
+                handle.write(f"| {row['case']} | train | {row['mode']} | failed | | | | | {row['error']} |\n")
+                continue
+            ratio = f"{row['x_bf16']:.2f}" if row.get("x_bf16") else ""
+            handle.write(
+                f"| {row['case']} | train | {row['mode']} | {row['s_per_step']:.3f} | {ratio} | {row['peak_gb']:.1f} | "
+                f"{row['steady_peak_gb']:.1f} | {row['host_rss_gb']:.1f} | {row['notes']} |\n"
+            )
+
+
+def bf16_reference(rows: list[dict], results_dir: Path, case: str, device: str | None) -> float | None:
+    """s/step of the bf16 preset: from this run, else the latest recorded one on the same device."""
+    for row in reversed(rows):
+        if row.get("preset") == "bf16" and row["case"] == case and "error" not in row:
+            return row["s_per_step"]
+    path = results_dir / "results.jsonl"
+    if device is None or not path.exists():
+        return None
+    best = None
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if row.get("preset") == "bf16" and row.get("case") == case and row.get("device") == device and "s_per_step" in row:
+            best = row["s_per_step"]
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", action="append", choices=sorted(PRESETS), help=f"default: {' '.join(DEFAULT_PRESETS)}")
+    parser.add_argument("--case", action="append", help=f"HxWxF pixel shape (default {DEFAULT_CASE})")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--no-compile", action="store_true", help="eager blocks (default: regional compile, as training on CUDA)")
+    parser.add_argument("--budget-s", type=float, default=570, help="skip presets that would start after this many seconds")
+    parser.add_argument("--timeout-s", type=float, default=420, help="kill one preset after this long")
+    parser.add_argument("--results-dir", default=str(REPO / "bench"))
+    parser.add_argument("--list", action="store_true", help="print the presets and exit")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.case = args.case or [DEFAULT_CASE]
+    if args.list:
+        for name, keys in PRESETS.items():
+            print(f"{name:18s} {json.dumps(keys)}")
+        return 0
+    if args.worker:
+        return worker(args)
+
+    presets = args.preset or DEFAULT_PRESETS
+    command = "python bench/memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    started = time.perf_counter()
+    rows, skipped = [], []
+    longest = 0.0
+    env = dict(os.environ)
+    for case in args.case:
+        for name in presets:
+            elapsed = time.perf_counter() - started
+            if elapsed + max(longest, 60) > args.budget_s:
+                skipped.append(f"{case} {name}")
+                continue
+            timeout = max(60.0, min(args.timeout_s, args.budget_s - elapsed))
+            worker_argv = [sys.executable, "-m", "frametuner.bench.memory", "--worker", name, "--case", case, "--warmup", str(args.warmup), "--iters", str(args.iters)]
+            if args.no_compile:
+                worker_argv.append("--no-compile")
+            print(f"== {case} {name}: {json.dumps(PRESETS[name])}", flush=True)
+            preset_started = time.perf_counter()
+            try:
+                out = subprocess.run(worker_argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+                lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+                result = json.loads(lines[-1][len("RESULT ") :]) if lines else {"preset": name, "error": f"exit {out.returncode}: {out.stderr.strip()[-300:]}"}
+                if "error" in result:
+                    print(out.stderr[-3000:], flush=True)
+            except subprocess.TimeoutExpired:
+                result = {"preset": name, "error": f"timed out after {timeout:.0f} s"}
+            longest = max(longest, time.perf_counter() - preset_started)
+            result.update(date=date, case=case, kind="train", git_commit=_commit())
+            result.setdefault("mode", name)
+            if "error" not in result:
+                result["tokens_per_s"] = result["tokens"] / result["s_per_step"]
+                result["notes"] = (
+                    f"preset {name}; attention saved in {result['saved_attention_blocks']}/48 blocks; "
+                    f"first step {result['first_step_s']:.0f} s; setup {result['setup_s']:.0f} s"
+                )
+                print(f"   {result['s_per_step']:.2f} s/step, peak {result['peak_gb']:.1f} GB (steady {result['steady_peak_gb']:.1f}), host {result['host_rss_gb']:.1f} GB", flush=True)
+            else:
+                print(f"   FAILED: {result['error']}", flush=True)
+            reference = bf16_reference(rows, Path(args.results_dir), case, result.get("device"))
+            if reference and "error" not in result:
+                result["x_bf16"] = result["s_per_step"] / reference
+            append_rows([result], Path(args.results_dir), command, header=not rows)
+            rows.append(result)
+
+    print("\n| case | mode | s/step | x bf16 | peak GB | steady GB | host GB |\n|---|---|---|---|---|---|---|")
+    for row in rows:
+        if "error" in row:
+            print(f"| {row['case']} | {row['mode']} | FAILED: {row['error'][:80]} | | | | |")
+        else:
+            ratio = f"{row['x_bf16']:.2f}" if row.get("x_bf16") else "-"
+            print(f"| {row['case']} | {row['mode']} | {row['s_per_step']:.2f} | {ratio} | {row['peak_gb']:.1f} | {row['steady_peak_gb']:.1f} | {row['host_rss_gb']:.1f} |")
+    if skipped:
+        print(f"skipped (time budget): {', '.join(skipped)}")
+    return 0
+
+
+def _commit() -> str:
+    from .train_step import git_commit
+
+    return git_commit()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
