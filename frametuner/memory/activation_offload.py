@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,7 @@ import torch.nn as nn
 
 from .blocks import BlockHook, BlockRunner
 from .errors import MemoryOptionError
-from .streams import TransferStream, host_buffer_like
+from .streams import PinnedPool, TransferStream
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class ActivationOffload(BlockHook):
 
     def __init__(self, device: torch.device):
         self.transfer = TransferStream(device)
+        self.pool = PinnedPool()
         self._entries: list[_Offloaded | None] = []  # this forward's inputs, in block order
         self.packed = 0  # counters for tests and logs
         self.prefetched = 0
@@ -64,9 +66,12 @@ class ActivationOffload(BlockHook):
         return torch.autograd.graph.saved_tensors_hooks(pack, self._restore)
 
     def _offload(self, tensor: torch.Tensor) -> _Offloaded:
-        host = host_buffer_like(tensor)
+        host, buffer = self.pool.take(tensor.shape, tensor.dtype)
         event = self.transfer.copy([(host, tensor.detach())])
         entry = _Offloaded(order=len(self._entries), host=host, device=tensor.device, to_host=event)
+        # Back to the pool when autograd drops the saved tensor: every copy from the buffer
+        # was issued on the side stream by then, so the next copy into it waits for them.
+        weakref.finalize(entry, self.pool.give_back, buffer)
         self._entries.append(entry)
         self.packed += 1
         return entry

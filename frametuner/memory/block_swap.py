@@ -25,7 +25,7 @@ from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from .blocks import BlockHook, BlockRunner, frozen_parameters, place_outside_blocks, place_trainable
 from .errors import MemoryOptionError
-from .streams import TransferStream
+from .streams import TransferStream, pinned_bytes
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ def _byte_view(storage: torch.UntypedStorage, device: torch.device) -> torch.Ten
 @dataclass
 class _SwappedBlock:
     device_bytes: list[torch.Tensor] = field(default_factory=list)  # uint8 views of device storages
-    host_bytes: list[torch.Tensor] = field(default_factory=list)  # pinned copies
+    host_bytes: list[torch.Tensor] = field(default_factory=list)  # pinned copies (views of host_memory)
+    host_memory: torch.Tensor | None = None
     resident: bool = True
     event: torch.cuda.Event | None = None  # copy in flight
 
@@ -68,12 +69,13 @@ class BlockSwap(BlockHook):
         self.transfer = TransferStream(self.device)
         self.swapped: dict[int, _SwappedBlock] = {}
         self.loads = 0  # host -> device block copies, for tests and logs
-        for index in range(self.first_swapped, depth):
-            self.swapped[index] = self._stage(model.blocks[index])
+        for index in range(self.first_swapped, depth):  # one block on the device at a time
+            self.swapped[index] = entry = self._stage(model.blocks[index])
+            self._copy_to_host(entry)
             self._release(index)
 
     def _stage(self, block: nn.Module) -> _SwappedBlock:
-        """Put ``block`` on the device (one block at a time) and copy its frozen bytes to host."""
+        """Put ``block`` on the device (one block at a time) and find its frozen storages."""
         block.to(self.device)
         entry = _SwappedBlock()
         seen: set[int] = set()
@@ -87,12 +89,18 @@ class BlockSwap(BlockHook):
             if storage.data_ptr() in seen or storage.nbytes() == 0:
                 continue
             seen.add(storage.data_ptr())
-            device_bytes = _byte_view(storage, self.device)
-            host = torch.empty(device_bytes.shape, dtype=torch.uint8, pin_memory=self.device.type == "cuda")
-            host.copy_(device_bytes)
-            entry.device_bytes.append(device_bytes)
-            entry.host_bytes.append(host)
+            entry.device_bytes.append(_byte_view(storage, self.device))
         return entry
+
+    def _copy_to_host(self, entry: _SwappedBlock) -> None:
+        """One exact-size pinned allocation per block, filled from the device."""
+        entry.host_memory = pinned_bytes(sum(view.numel() for view in entry.device_bytes))
+        offset = 0
+        for view in entry.device_bytes:
+            host = entry.host_memory[offset : offset + view.numel()]
+            host.copy_(view)
+            entry.host_bytes.append(host)
+            offset += view.numel()
 
     # ------------------------------------------------------------------ residency
     def _load(self, index: int, *, wait: bool) -> None:

@@ -10,6 +10,10 @@ every copy is synchronous, which keeps the same bookkeeping testable on a CPU.
 
 from __future__ import annotations
 
+import math
+import weakref
+from collections import defaultdict
+
 import torch
 
 
@@ -50,6 +54,35 @@ class TransferStream:
             torch.cuda.current_stream(self.device).wait_event(event)
 
 
-def host_buffer_like(tensor: torch.Tensor) -> torch.Tensor:
-    """An empty host tensor shaped like ``tensor``, pinned when CUDA is there to copy from it."""
-    return torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=torch.cuda.is_available())
+def pinned_bytes(nbytes: int) -> torch.Tensor:
+    """``nbytes`` of page-locked host memory as a uint8 tensor (plain memory without CUDA).
+
+    PyTorch's pinned allocator rounds every allocation up to a power of two (a 0.3 GB block
+    would take 0.5 GB); registering an exact-size allocation with CUDA does not. Views of
+    the returned tensor must not outlive it: it is unregistered when it is collected.
+    """
+    buffer = torch.empty(nbytes, dtype=torch.uint8)
+    if not torch.cuda.is_available() or nbytes == 0:
+        return buffer
+    cudart = torch.cuda.cudart()
+    if int(cudart.cudaHostRegister(buffer.data_ptr(), nbytes, 0)) != 0:
+        return buffer.pin_memory()  # registration refused (limits): the rounding allocator
+    weakref.finalize(buffer, cudart.cudaHostUnregister, buffer.data_ptr())
+    return buffer
+
+
+class PinnedPool:
+    """Reusable exact-size pinned buffers (activation offload: the same shapes every step)."""
+
+    def __init__(self):
+        self._free: dict[int, list[torch.Tensor]] = defaultdict(list)
+
+    def take(self, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        nbytes = math.prod(shape) * dtype.itemsize
+        free = self._free[nbytes]
+        buffer = free.pop() if free else pinned_bytes(nbytes)
+        return buffer.view(dtype).view(shape), buffer
+
+    def give_back(self, buffer: torch.Tensor) -> None:
+        """Return ``buffer``; reuse is safe once every copy from it was issued on the side stream."""
+        self._free[buffer.numel()].append(buffer)
