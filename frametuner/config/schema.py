@@ -221,6 +221,11 @@ class TrainConfig(BaseModel):
             )
         if self.enable_group_offload and self.musubi_blocks_to_swap:
             raise ValueError("enable_group_offload and musubi_blocks_to_swap both move the base weights to host memory; choose one")
+        if self.enable_group_offload and self.base_model_precision in ("int8-quanto", "int4-quanto"):
+            raise ValueError(
+                f"enable_group_offload cannot move {self.base_model_precision} weights (diffusers' hooks move plain "
+                "and torchao tensors only); use musubi_blocks_to_swap with a quanto base, or fp8-torchao"
+            )
         moves_weights = [key for key, used in (("enable_group_offload", self.enable_group_offload), ("musubi_blocks_to_swap", self.musubi_blocks_to_swap)) if used]
         if moves_weights and self.model_type == "full":
             raise ValueError(

@@ -175,6 +175,12 @@ def enable_group_offload(
         raise MemoryOptionError(f"group_offload_blocks_per_group = {blocks_per_group}: must be at least 1")
     if use_stream and device.type != "cuda":
         raise MemoryOptionError(f"group_offload_use_stream needs a CUDA device (the model runs on {device}); set it to false")
+    if any(type(p).__module__.startswith("optimum.quanto") for p in model.blocks.parameters()):
+        raise MemoryOptionError(
+            "enable_group_offload cannot move optimum-quanto weights (diffusers' hooks reassign .data, which "
+            "leaves a quanto tensor's int8 data behind); use musubi_blocks_to_swap with int8/int4-quanto, "
+            "or fp8-torchao with group offload"
+        )
     trains = training and any(p.requires_grad for p in model.parameters())
     if not trains:
         from diffusers.hooks import apply_group_offloading

@@ -150,7 +150,11 @@ class Trainer:
                     policy = "full"
             model.enable_gradient_checkpointing(policy, budget_bytes=budget)
         self.memory = apply_memory_options(model, config, device, training=True)
-        compile_blocks = config.compile_transformer if config.compile_transformer is not None else device.type == "cuda"
+        # Default: compile on CUDA, except under group offload, whose diffusers hooks run inside
+        # each block's call (block swap and activation offload sit outside it).
+        compile_blocks = config.compile_transformer
+        if compile_blocks is None:
+            compile_blocks = device.type == "cuda" and not config.enable_group_offload
         if compile_blocks:
             model.compile_blocks()
 

@@ -154,7 +154,7 @@ def test_quantised_base_trains_and_swaps_exactly_on_gpu(precision):
     cosines = [torch.nn.functional.cosine_similarity(result[1][n].flatten().float(), reference[1][n].flatten().float(), dim=0).item() for n in reference[1]]
     assert min(cosines) > 0.9, min(cosines)
     assert_matches(swapped_result, result, exact=True)
-    if precision == "int8-quanto":  # diffusers' group offload moving quanto tensors
+    if precision == "fp8-torchao":  # diffusers' group offload moves torchao tensors (swap_tensors)
         offloaded = build()
         enable_group_offload(offloaded, "cuda", use_stream=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):

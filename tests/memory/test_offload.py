@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from frametuner.memory import MemoryOptionError, enable_activation_offload, enable_group_offload
+from frametuner.memory import MemoryOptionError, enable_activation_offload, enable_group_offload, quantise_transformer
 
 from .helpers import add_test_lora, loss_and_grads, make_batch, small_dit, twin
 
@@ -84,6 +84,11 @@ def test_group_offload_rejects_bad_settings(lora_model):
     full.enable_gradient_checkpointing("full")
     with pytest.raises(MemoryOptionError, match="model_type 'lora'"):
         enable_group_offload(full, "cpu")
+    quantised = small_dit(depth=DEPTH)
+    quantised.requires_grad_(False)
+    quantise_transformer(quantised, "int8-quanto")
+    with pytest.raises(MemoryOptionError, match="cannot move optimum-quanto weights.*musubi_blocks_to_swap"):
+        enable_group_offload(quantised, "cpu")
 
 
 def test_activation_offload_is_exact_and_offloads_only_block_inputs(lora_model):

@@ -87,6 +87,7 @@ def test_full_finetuning_with_activation_offload(tmp_path):
         (dict(model_type="full", musubi_blocks_to_swap=4), "musubi_blocks_to_swap moves frozen base weights"),
         (dict(gradient_checkpointing=False, gradient_checkpointing_cpu_offload=True), "needs gradient_checkpointing: true"),
         (dict(musubi_block_swap_device="cuda"), "musubi_block_swap_device"),
+        (dict(enable_group_offload=True, base_model_precision="int4-quanto"), "use musubi_blocks_to_swap with a quanto base"),
     ],
 )
 def test_config_rejects_impossible_combinations(overrides, message):
