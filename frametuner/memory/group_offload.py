@@ -1,21 +1,25 @@
-"""Group offload through diffusers' group-offloading hooks, for sampling and for training.
+"""Group offload through diffusers' group-offloading hooks, for training and sampling.
 
-Sampling (nothing trains) is diffusers' own path: ``apply_group_offloading`` on the DiT.
+The groups are built here from diffusers' own ``ModuleGroup`` and ``GroupOffloadingHook``
+(``apply_group_offloading`` would build them over whole modules), because:
 
-Training needs three things diffusers' inference hooks do not do, so the groups are
-built here from diffusers' own ``ModuleGroup`` and ``GroupOffloadingHook``:
-
-* only frozen weights are offloaded. A diffusers group moves every parameter of its
+* only frozen weights may be offloaded. A diffusers group moves every parameter of its
   modules, and with streams restores them from a pinned snapshot taken when the hook
   was applied, which would silently undo every LoRA update; here each group lists its
   frozen parameters explicitly and trainable ones stay on the device;
-* the backward reloads groups. Checkpointed blocks are recomputed by calling the block's
-  inner function, not its (hooked) ``forward``, so block-level groups are onloaded,
-  prefetched (one group ahead, in reverse) and offloaded again by a :class:`BlockHook`.
-  Leaf-level groups hook the Linear/norm layers themselves, which the recomputation
-  calls, so they reload on their own;
+* the backward must reload groups. Checkpointed blocks are recomputed by calling the
+  block's inner function, not its (hooked) ``forward``, so block-level groups are
+  onloaded, prefetched (one group ahead, in reverse) and offloaded again by a
+  :class:`BlockHook`. Leaf-level groups hook the Linear/norm layers themselves, which the
+  recomputation calls, so they reload on their own;
 * everything outside ``model.blocks`` (embedders, final layer; ~0.1 GB) stays on the
-  device, because the non-checkpointed backward of those layers reads their weights.
+  device: the non-checkpointed backward of those layers reads their weights. So do
+  inference LoRA branches attached under a leaf layer (they run in a forward hook, after
+  a leaf group has been offloaded again).
+
+The prefetch chain (with ``use_stream``) is set explicitly in block order instead of
+diffusers' lazy first-pass tracing; the first group is onloaded synchronously by
+diffusers' own fallback.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ OFFLOAD_TYPES = ("block_level", "leaf_level")
 
 
 class GroupOffload(BlockHook):
-    """Frozen-weight groups over ``model.blocks`` (training). See the module docstring."""
+    """Frozen-weight groups over ``model.blocks``. See the module docstring."""
 
     def __init__(self, model: nn.Module, device: torch.device, offload_type: str, blocks_per_group: int, use_stream: bool):
         from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS
@@ -161,11 +165,9 @@ def enable_group_offload(
     blocks_per_group: int = 1,
     use_stream: bool = False,
     training: bool = True,
-) -> GroupOffload | None:
-    """Offload the DiT's weights to host memory in groups, onloading each before use.
-
-    Returns the training hook, or None on the sampling path (plain diffusers hooks).
-    """
+) -> GroupOffload:
+    """Offload the DiT's frozen weights to host memory in groups, onloading each before use
+    (``training=False``: every weight is frozen). Returns the hook."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -173,6 +175,11 @@ def enable_group_offload(
         raise MemoryOptionError(f"group_offload_type {offload_type!r} is not one of {', '.join(OFFLOAD_TYPES)}")
     if blocks_per_group < 1:
         raise MemoryOptionError(f"group_offload_blocks_per_group = {blocks_per_group}: must be at least 1")
+    if offload_type == "leaf_level" and use_stream:
+        raise MemoryOptionError(
+            "group_offload_type 'leaf_level' moves each layer on its own and cannot prefetch through the "
+            "recomputed backward; use 'block_level' with group_offload_use_stream, or set it false"
+        )
     if use_stream and device.type != "cuda":
         raise MemoryOptionError(f"group_offload_use_stream needs a CUDA device (the model runs on {device}); set it to false")
     if any(type(p).__module__.startswith("optimum.quanto") for p in model.blocks.parameters()):
@@ -181,33 +188,15 @@ def enable_group_offload(
             "leaves a quanto tensor's int8 data behind); use musubi_blocks_to_swap with int8/int4-quanto, "
             "or fp8-torchao with group offload"
         )
-    trains = training and any(p.requires_grad for p in model.parameters())
-    if not trains:
-        from diffusers.hooks import apply_group_offloading
-
-        apply_group_offloading(
-            model,
-            onload_device=device,
-            offload_device=torch.device("cpu"),
-            offload_type=offload_type,
-            num_blocks_per_group=blocks_per_group,
-            use_stream=use_stream,
-            record_stream=use_stream,
-        )
-        log.info("group offload (%s, %d per group, stream %s) for sampling", offload_type, blocks_per_group, use_stream)
-        return None
-
-    if not getattr(model, "gradient_checkpointing", False):
+    if not training:
+        model.requires_grad_(False)  # sampling: every weight is frozen, so every weight may move
+    trains = any(p.requires_grad for p in model.parameters())
+    if trains and not getattr(model, "gradient_checkpointing", False):
         raise MemoryOptionError("enable_group_offload needs gradient_checkpointing: true while training")
-    if not any(frozen_parameters(block) for block in model.blocks):
+    if trains and not any(frozen_parameters(block) for block in model.blocks):
         raise MemoryOptionError(
             "enable_group_offload moves frozen base weights, but every weight trains (model_type 'full'); "
             "use model_type 'lora', or gradient_checkpointing_cpu_offload to save memory"
-        )
-    if offload_type == "leaf_level" and use_stream:
-        raise MemoryOptionError(
-            "group_offload_type 'leaf_level' with group_offload_use_stream is for sampling only; for training "
-            "use 'block_level' (overlapped) or set group_offload_use_stream false"
         )
     offload = GroupOffload(model, device, offload_type, blocks_per_group, use_stream)
     group_bytes = max(sum(v.numel() * v.element_size() for p in group.parameters for v in storage_views(p)) for group in offload.groups)
@@ -215,10 +204,14 @@ def enable_group_offload(
     # Everything not in a group lives on the device: trainable weights, the layers outside
     # the blocks and (leaf level) parameters of non-leaf modules such as RMSNorm scales.
     place_outside_blocks(model, device)
-    grouped = {id(p) for group in offload.groups for p in group.parameters}
-    for param in model.blocks.parameters():
-        if id(param) not in grouped and param.device != device:
-            param.data = param.data.to(device)
+    grouped = {id(t) for group in offload.groups for t in [*group.parameters, *group.buffers]}
+    for module in model.blocks.modules():
+        for param in module.parameters(recurse=False):
+            if id(param) not in grouped and param.device != device:
+                param.data = param.data.to(device)
+        for name, buffer in module.named_buffers(recurse=False):
+            if id(buffer) not in grouped and buffer.device != device:
+                module._buffers[name] = buffer.to(device)
     BlockRunner.of(model).add(offload)
     log.info("group offload (%s, %d per group, stream %s): %d groups of frozen weights in host memory", offload_type, blocks_per_group, use_stream, len(offload.groups))
     return offload

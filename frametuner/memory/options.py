@@ -33,13 +33,13 @@ class MemoryPlan:
 
     mode: str
     block_swap: BlockSwap | None = None
-    group_offload: GroupOffload | bool = False  # the training hook, or True on the sampling path
+    group_offload: GroupOffload | None = None
     activation_offload: ActivationOffload | None = None
 
     @property
     def places_model(self) -> bool:
         """The model is already where it must be: callers must not ``.to(device)`` it."""
-        return self.block_swap is not None or bool(self.group_offload)
+        return self.block_swap is not None or self.group_offload is not None
 
 
 def memory_mode(config) -> str:
@@ -114,7 +114,7 @@ def apply_memory_options(model: nn.Module, config, device: torch.device | str, *
             model, config.base_model_precision, device=device, offload_to="cpu" if offloads_weights(config) else None, training=training
         )
     if config.enable_group_offload:
-        hook = enable_group_offload(
+        plan.group_offload = enable_group_offload(
             model,
             device,
             offload_type=config.group_offload_type,
@@ -122,7 +122,6 @@ def apply_memory_options(model: nn.Module, config, device: torch.device | str, *
             use_stream=config.group_offload_use_stream,
             training=training,
         )
-        plan.group_offload = hook if hook is not None else True
     elif config.musubi_blocks_to_swap:
         plan.block_swap = enable_block_swap(model, config.musubi_blocks_to_swap, device, training=training)
     if config.gradient_checkpointing_cpu_offload and training:

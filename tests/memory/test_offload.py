@@ -62,12 +62,17 @@ def test_group_offload_training_is_exact(lora_model, options):
     assert [l.item() for l in sgd_steps(model)] == [l.item() for l in sgd_steps(twin(lora_model))]
 
 
-def test_group_offload_sampling_uses_diffusers_path(lora_model):
+@pytest.mark.parametrize("offload_type", ["block_level", "leaf_level"])
+def test_group_offload_sampling(lora_model, offload_type):
     frozen = twin(lora_model)
     frozen.requires_grad_(False)
-    model = twin(frozen)
-    assert enable_group_offload(model, "cpu", training=False) is None
-    assert getattr(model.blocks[0], "_diffusers_hook").get_hook("group_offloading") is not None
+    model = twin(lora_model)
+    offload = enable_group_offload(model, "cpu", offload_type=offload_type, training=False)
+    assert not any(p.requires_grad for p in model.parameters())  # sampling: LoRA weights are offloaded too
+    grouped = {id(p) for group in offload.groups for p in group.parameters}
+    assert any(id(p) in grouped for n, p in model.named_parameters() if "lora_" in n)
+    hooked = model.blocks[0] if offload_type == "block_level" else model.blocks[0].attn.qkv.base_layer
+    assert hooked._diffusers_hook.get_hook("group_offloading") is not None
     batch = {k: v for k, v in make_batch().items() if k != "target"}
     with torch.no_grad():
         assert torch.equal(model(**batch), frozen(**batch))
@@ -80,6 +85,8 @@ def test_group_offload_rejects_bad_settings(lora_model):
         enable_group_offload(twin(lora_model), "cpu", offload_type="sideways")
     with pytest.raises(MemoryOptionError, match="group_offload_blocks_per_group = 0"):
         enable_group_offload(twin(lora_model), "cpu", blocks_per_group=0)
+    with pytest.raises(MemoryOptionError, match="'leaf_level' moves each layer on its own"):
+        enable_group_offload(twin(lora_model), "cpu", offload_type="leaf_level", use_stream=True)
     full = small_dit(depth=DEPTH)
     full.enable_gradient_checkpointing("full")
     with pytest.raises(MemoryOptionError, match="model_type 'lora'"):
