@@ -48,7 +48,7 @@ def check_quantisation_supported(precision: str, device: torch.device | str) -> 
         raise MemoryOptionError(f"base_model_precision {precision!r} is not a quantised precision ({', '.join(QUANTISED_PRECISIONS)})")
     if precision in QUANTO_WEIGHTS:
         if importlib.util.find_spec("optimum.quanto") is None:
-            raise MemoryOptionError(f"base_model_precision {precision!r} needs optimum-quanto: pip install optimum-quanto")
+            raise MemoryOptionError(f"base_model_precision {precision!r} needs optimum-quanto: pip install optimum-quanto (or frametuner[quant])")
         if device.type == "mps" and precision == "int4-quanto":
             raise MemoryOptionError("base_model_precision 'int4-quanto' has no Apple MPS kernels; use 'int8-quanto' on a Mac")
         if device.type == "cuda" and precision == "int4-quanto" and torch.cuda.get_device_capability(device) < (8, 0):
@@ -69,7 +69,7 @@ def check_quantisation_supported(precision: str, device: torch.device | str) -> 
             f"{name} is sm{capability[0]}{capability[1]}; use 'int8-quanto'"
         )
     if importlib.util.find_spec("torchao") is None:
-        raise MemoryOptionError("base_model_precision 'fp8-torchao' needs torchao: pip install torchao")
+        raise MemoryOptionError("base_model_precision 'fp8-torchao' needs torchao: pip install torchao (or frametuner[fp8])")
 
 
 def is_quantised(model: nn.Module) -> bool:

@@ -8,7 +8,7 @@ import torch
 from frametuner.memory import MemoryOptionError, enable_block_swap, quantise_transformer
 from frametuner.memory.block_swap import storage_views
 
-from .helpers import add_test_lora, loss_and_grads, make_batch, small_dit, twin
+from .helpers import add_test_lora, loss_and_grads, make_batch, requires_quanto, small_dit, twin
 
 DEPTH = 4
 
@@ -89,6 +89,7 @@ def test_swap_with_save_attention_policy(lora_model):
     assert_same(loss_and_grads(model, make_batch()), loss_and_grads(plain, make_batch()))
 
 
+@requires_quanto
 def test_swap_of_a_quantised_base_is_exact():
     def build():
         model = small_dit(depth=DEPTH)

@@ -7,7 +7,7 @@ import torch
 
 from frametuner.memory import MemoryOptionError, enable_activation_offload, enable_group_offload, quantise_transformer
 
-from .helpers import add_test_lora, loss_and_grads, make_batch, small_dit, twin
+from .helpers import add_test_lora, loss_and_grads, make_batch, requires_quanto, small_dit, twin
 
 DEPTH = 4
 
@@ -78,6 +78,7 @@ def test_group_offload_sampling(lora_model, offload_type):
         assert torch.equal(model(**batch), frozen(**batch))
 
 
+@requires_quanto
 def test_group_offload_rejects_bad_settings(lora_model):
     with pytest.raises(MemoryOptionError, match="group_offload_use_stream needs a CUDA device"):
         enable_group_offload(twin(lora_model), "cpu", use_stream=True)

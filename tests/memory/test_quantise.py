@@ -17,7 +17,7 @@ from frametuner.memory import MemoryOptionError, check_quantisation_supported, i
 from frametuner.models.loading import load_blockwise
 from frametuner.models.longcat_video.transformer import FP32Linear, LongCatVideoTransformer3DModel
 
-from .helpers import add_test_lora, loss_and_grads, make_batch, small_dit, twin
+from .helpers import add_test_lora, loss_and_grads, make_batch, requires_quanto, small_dit, twin
 
 # Stated tolerances (tiny model, fp32 compute): int8 per-channel absmax keeps each weight
 # within 1/254 of its row's largest magnitude; int4 (groups of 128) within 1/30.
@@ -42,6 +42,7 @@ def reference():
     return loss_and_grads(model, make_batch())
 
 
+@requires_quanto
 def test_int8_quantises_block_linears_only_within_the_absmax_bound():
     original = small_dit(depth=3)
     model = twin(original)
@@ -72,6 +73,7 @@ def relative_errors(result, reference):
     return loss_error, grad_errors, cosines
 
 
+@requires_quanto
 def test_int8_lora_loss_and_gradients_within_tolerance(reference):
     model = quantised_lora_model("int8-quanto")
     assert type(model.blocks[0].attn.qkv.base_layer).__name__ == "QLinear"  # PEFT wrapped the quantised layer
@@ -80,6 +82,7 @@ def test_int8_lora_loss_and_gradients_within_tolerance(reference):
     assert max(grad_errors.values()) < INT8_GRAD_RTOL, max(grad_errors.items(), key=lambda kv: kv[1])
 
 
+@requires_quanto
 def test_int4_lora_loss_and_gradients_within_tolerance(reference):
     model = quantised_lora_model("int4-quanto")
     loss_error, _, cosines = relative_errors(loss_and_grads(model, make_batch()), reference)
@@ -87,6 +90,7 @@ def test_int4_lora_loss_and_gradients_within_tolerance(reference):
     assert min(cosines.values()) > INT4_GRAD_COSINE
 
 
+@requires_quanto
 def test_quantising_trainable_weights_is_rejected():
     model = small_dit(depth=2)  # every weight trains
     with pytest.raises(MemoryOptionError, match="model_type 'lora'"):
@@ -158,6 +162,7 @@ PEAK_RSS_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+@requires_quanto
 def test_quantising_while_loading_keeps_host_memory_near_the_quantised_size(tmp_path):
     """A 150M-parameter DiT (bf16: 300 MB) loads and quantises to int8 with a peak of the
     int8 model plus about one bf16 block, never the bf16 model."""

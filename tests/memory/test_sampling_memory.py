@@ -13,6 +13,7 @@ from frametuner.models.registry import load_spec
 from frametuner.sampling.pipeline import SampleRequest, generate
 
 from ..sampling.fakes import FakeComponents
+from .helpers import requires_quanto
 
 SMALL = dict(height=32, width=48, num_frames=9, steps=2)
 
@@ -48,6 +49,7 @@ def test_swap_and_offload_sample_the_same_video(monkeypatch, tiny_root, lora_fil
     assert torch.equal(video(monkeypatch, tiny_root, lora_file, **memory), video(monkeypatch, tiny_root, lora_file))
 
 
+@requires_quanto
 def test_lora_on_a_quantised_base(monkeypatch, tiny_root, lora_file):
     plain = video(monkeypatch, tiny_root)
     with_lora = video(monkeypatch, tiny_root, lora_file)

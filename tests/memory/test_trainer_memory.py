@@ -15,6 +15,7 @@ from frametuner.models.longcat_video.tiny import ensure_tiny_checkpoint
 from frametuner.training.trainer import Trainer
 
 from ..training.helpers import synthetic_data, tiny_config
+from .helpers import requires_quanto
 
 
 @pytest.fixture(autouse=True)
@@ -63,6 +64,7 @@ def test_lora_training_losses_are_unchanged(tmp_path, plain_lora, options):
     assert trainer.memory.places_model == bool(options.get("musubi_blocks_to_swap") or options.get("enable_group_offload"))
 
 
+@requires_quanto
 def test_quantised_lora_training(tmp_path, plain_lora):
     """int8: within the quantisation tolerance of bf16/fp32; with swap + activation offload on
     top, exactly the int8 run (and the base streamed in and was quantised while loading)."""
