@@ -27,6 +27,7 @@ from .quantise import QUANTISED_PRECISIONS, block_quantiser, check_quantisation_
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class MemoryPlan:
     """What :func:`apply_memory_options` did to a model."""

@@ -88,6 +88,14 @@ def block_quantiser(precision: str, *, training: bool = True) -> Callable[[nn.Mo
 
         def quantise_quanto(block: nn.Module) -> None:
             names = [name for name, module in block.named_modules() if is_quantisable(module, name)]
+            modules = dict(block.named_modules())
+            attached = [name for name in names if modules[name]._forward_hooks or len(modules[name]._modules)]
+            if attached:
+                # quanto replaces each Linear with a new QLinear, dropping what hangs on the old one
+                raise MemoryOptionError(
+                    f"{attached[0]} carries hooks or sub-modules (an applied LoRA?) that {precision} quantisation "
+                    "would drop; quantise the base first (memory.load_transformer does), then apply LoRAs"
+                )
             if names:
                 quantize(block, weights=weights, include=names)
                 freeze(block)

@@ -59,3 +59,14 @@ def test_lora_on_a_quantised_base(monkeypatch, tiny_root, lora_file):
     assert (int8_with_lora.float() - with_lora.float()).abs().mean() < 0.1 * (with_lora.float() - plain.float()).abs().mean()
     swapped = video(monkeypatch, tiny_root, lora_file, base_model_precision="int8-quanto", musubi_blocks_to_swap=1)
     assert torch.equal(swapped, int8_with_lora)
+
+
+@requires_quanto
+def test_quantising_after_a_lora_was_applied_is_refused(tiny_root, lora_file):
+    from frametuner.lora import apply_lora
+    from frametuner.memory import MemoryOptionError, quantise_transformer
+
+    model = load_spec("longcat_video").load_transformer(tiny_root, dtype=torch.float32).requires_grad_(False)
+    apply_lora(model, lora_file)
+    with pytest.raises(MemoryOptionError, match="apply LoRAs"):
+        quantise_transformer(model, "int8-quanto")
