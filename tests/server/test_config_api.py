@@ -68,10 +68,10 @@ def test_check_flags_bad_dataset_json_on_the_dataset_field(client, demo_config):
 
 
 def test_check_ok_reports_resolved_defaults_and_warnings(client, demo_config):
-    result = client.post("/api/config/check", json={"config": demo_config | {"enable_group_offload": True}}).json()
+    result = client.post("/api/config/check", json={"config": demo_config | {"num_processes": 2}}).json()
     assert result["ok"] is True, result["errors"]
     assert result["resolved"]["lora_rank"] == 8 and result["resolved"]["adam_beta2"] == 0.999
-    assert any(w["field"] == "enable_group_offload" and "NOT IMPLEMENTED" in w["message"] for w in result["warnings"])
+    assert any(w["field"] == "num_processes" and "NOT IMPLEMENTED" in w["message"] for w in result["warnings"])
 
 
 def test_save_writes_config_that_load_config_accepts_unchanged(client, settings, demo_config):
