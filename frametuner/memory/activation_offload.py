@@ -115,6 +115,5 @@ def enable_activation_offload(model: nn.Module, device: torch.device | str) -> A
         )
     hook = ActivationOffload(torch.device(device))
     BlockRunner.of(model).add(hook)
-    model.block_inputs_offloaded = True  # the auto checkpointing policy may use that memory
     log.info("activation offload: checkpointed block inputs go to %s host memory", "pinned" if hook.transfer.asynchronous else "plain")
     return hook

@@ -196,6 +196,5 @@ def enable_block_swap(model: nn.Module, blocks_to_swap: int, device: torch.devic
     swap = BlockSwap(model, blocks_to_swap, device, training=training)
     BlockRunner.of(model).add(swap)
     staged = sum(entry.nbytes for entry in swap.swapped.values())
-    model.streamed_weight_bytes = 2 * staged // blocks_to_swap  # the block computing + the one streaming in
     log.info("block swap: blocks %d-%d (%.2f GB of frozen weights) live in host memory", depth - blocks_to_swap, depth - 1, staged / 2**30)
     return swap

@@ -29,7 +29,6 @@ import logging
 import torch
 import torch.nn as nn
 
-from .block_swap import storage_views
 from .blocks import BlockHook, BlockRunner, frozen_parameters, place_outside_blocks
 from .errors import MemoryOptionError
 
@@ -199,8 +198,6 @@ def enable_group_offload(
             "use model_type 'lora', or gradient_checkpointing_cpu_offload to save memory"
         )
     offload = GroupOffload(model, device, offload_type, blocks_per_group, use_stream)
-    group_bytes = max(sum(v.numel() * v.element_size() for p in group.parameters for v in storage_views(p)) for group in offload.groups)
-    model.streamed_weight_bytes = 2 * group_bytes  # the group computing + the one streaming in
     # Everything not in a group lives on the device: trainable weights, the layers outside
     # the blocks and (leaf level) parameters of non-leaf modules such as RMSNorm scales.
     place_outside_blocks(model, device)
