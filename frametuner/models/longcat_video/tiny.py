@@ -90,9 +90,12 @@ def _write_component(root: Path, name: str, writer) -> None:
 def ensure_tiny_checkpoint(root: str | Path | None = None) -> Path:
     """Create (once) and return the tiny checkpoint folder in the upstream layout."""
     root = Path(root) if root is not None else default_tiny_root()
-    _write_component(root, "dit", lambda folder: build_tiny_transformer().save_pretrained(folder))
-    for name, writer in TINY_COMPONENT_WRITERS.items():
-        _write_component(root, name, writer)
+    # Module construction draws from the global RNG: writing the checkpoint on a first run
+    # must not change what a seeded run draws next (LoRA initialisation, noise).
+    with torch.random.fork_rng(devices=[]):
+        _write_component(root, "dit", lambda folder: build_tiny_transformer().save_pretrained(folder))
+        for name, writer in TINY_COMPONENT_WRITERS.items():
+            _write_component(root, name, writer)
     return root
 
 
