@@ -38,6 +38,7 @@ class _Offloaded:
     to_host: torch.cuda.Event | None = None
     back: torch.Tensor | None = None  # device copy started by a prefetch
     back_event: torch.cuda.Event | None = None
+    stride: tuple[int, ...] | None = None
 
 
 class ActivationOffload(BlockHook):
@@ -68,7 +69,7 @@ class ActivationOffload(BlockHook):
     def _offload(self, tensor: torch.Tensor) -> _Offloaded:
         host, buffer = self.pool.take(tensor.shape, tensor.dtype)
         event = self.transfer.copy([(host, tensor.detach())])
-        entry = _Offloaded(order=len(self._entries), host=host, device=tensor.device, to_host=event)
+        entry = _Offloaded(order=len(self._entries), host=host, device=tensor.device, to_host=event, stride=tensor.stride())
         # Back to the pool when autograd drops the saved tensor: every copy from the buffer
         # was issued on the side stream by then, so the next copy into it waits for them.
         weakref.finalize(entry, self.pool.give_back, buffer)
@@ -95,7 +96,8 @@ class ActivationOffload(BlockHook):
     def _bring_back(self, entry: _Offloaded) -> None:
         if entry.back is not None:
             return
-        entry.back = torch.empty(entry.host.shape, dtype=entry.host.dtype, device=entry.device)
+        # The same strides as the saved tensor: compiled backward graphs assert them.
+        entry.back = torch.empty_strided(entry.host.shape, entry.stride, dtype=entry.host.dtype, device=entry.device)
         entry.back_event = self.transfer.copy([(entry.back, entry.host)])
 
 

@@ -123,3 +123,36 @@ def test_activation_offload_needs_checkpointing(lora_model):
     model.disable_gradient_checkpointing()
     with pytest.raises(MemoryOptionError, match="needs gradient_checkpointing"):
         enable_activation_offload(model, "cpu")
+
+
+def test_activation_offload_releases_the_device_copies_of_block_inputs(lora_model):
+    """The point of offloading: after the forward, no block's input is still held on the
+    device side (only its host copy). Checkpointing that keeps its inputs in a recompute
+    closure defeats this; block outputs are the next blocks' inputs."""
+    import gc
+    import weakref
+
+    model = twin(lora_model)
+    enable_activation_offload(model, "cpu")
+    outputs = []
+    hooks = [block.register_forward_hook(lambda m, i, o: outputs.append(weakref.ref(o))) for block in model.blocks]
+    batch = make_batch()
+    inputs = {key: value for key, value in batch.items() if key != "target"}
+    prediction = model(**inputs)
+    for hook in hooks:
+        hook.remove()
+    gc.collect()
+    alive = [index for index, ref in enumerate(outputs[:-1]) if ref() is not None]
+    assert alive == [], f"inputs of blocks {[i + 1 for i in alive]} are still referenced after the forward"
+    (prediction.float() - batch["target"]).pow(2).mean().backward()  # and the backward still works
+
+
+def test_activation_offload_restores_the_saved_layout():
+    """A compiled backward asserts the strides of what it saved: the host round trip keeps them."""
+    model = small_dit(depth=2).train()
+    model.enable_gradient_checkpointing()
+    offload = enable_activation_offload(model, "cpu")
+    hidden = torch.randn(1, 6, 4).transpose(1, 2).contiguous().transpose(1, 2)  # [1, 6, 4], strides (24, 1, 6)
+    offload.forward_pre(0)
+    restored = offload._restore(offload._offload(hidden))
+    assert restored.stride() == hidden.stride() and torch.equal(restored, hidden)

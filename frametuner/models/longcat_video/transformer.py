@@ -89,7 +89,9 @@ class PatchEmbed3D(nn.Module):
         self.proj = nn.Conv3d(in_channels, hidden_size, kernel_size=tuple(patch_size), stride=tuple(patch_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)  # [B, N, C], tokens in (t, h, w) order
+        # [B, N, C], tokens in (t, h, w) order; contiguous so that every block input has the
+        # same layout (compiled blocks specialise on strides; offloaded inputs keep them).
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()
 
 
 class TimestepEmbedder(nn.Module):
