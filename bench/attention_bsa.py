@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
-import subprocess
 import sys
 import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+
 
 import torch
 import torch.nn.functional as F
@@ -36,32 +34,11 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from frametuner.bench.results import append_row, cuda_time, git_commit, start_section  # noqa: E402
+
 CASE = "720p-layer"
 GRID = (24, 44, 80)  # 704x1280x93
 HEADS, HEAD_DIM = 32, 128
-
-
-def cuda_times(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]:
-    """Seconds per call, CUDA events around each call, after warm-up."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000.0)
-    return times
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 def sdpa_flash(q, k, v):
@@ -101,9 +78,9 @@ def run_mode(mode: str, sparsity: float, warmup: int, iters: int) -> dict:
     torch.cuda.synchronize()
     first_call_s = time.perf_counter() - started
     torch.cuda.reset_peak_memory_stats()
-    times = cuda_times(step, warmup, iters)
+    times = cuda_time(step, warmup, iters)
     with torch.no_grad():
-        forward_s = statistics.median(cuda_times(lambda: attention(q, k, v), 2, iters))
+        forward_s = statistics.median(cuda_time(lambda: attention(q, k, v), 2, iters))
     return {
         "times": times,
         "forward_s": forward_s,
@@ -114,24 +91,17 @@ def run_mode(mode: str, sparsity: float, warmup: int, iters: int) -> dict:
     }
 
 
+COLUMNS = ("case", "kind", "mode", "s/step", "tokens/s", "peak GB", "floor s", "s/floor", "notes")
+
+
 def append_results(rows: list[dict], results_dir: Path, command: str) -> None:
-    results_dir.mkdir(parents=True, exist_ok=True)
-    with open(results_dir / "results.jsonl", "a") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-    md = results_dir / "RESULTS.md"
-    new = not md.exists()
-    with open(md, "a") as handle:
-        if new:
-            handle.write("# Benchmark results\n\nAppended by `bench/*.py`; never edited by hand.\n")
-        handle.write(f"\n## {rows[0]['date']} — {rows[0]['device']}, torch {torch.__version__}, commit {rows[0]['git_commit']}\n\n")
-        handle.write(f"Command: `{command}`\n\n")
-        handle.write("| case | kind | mode | s/step | tokens/s | peak GB | floor s | s/floor | notes |\n|---|---|---|---|---|---|---|---|---|\n")
-        for row in rows:
-            handle.write(
-                f"| {row['case']} | {row['kind']} | {row['mode']} | {row['s_per_step']:.4f} | {row['tokens_per_s']:.0f} | "
-                f"{row['peak_gb']:.1f} | {row['floor_s']:.4f} | {row['s_per_step'] / row['floor_s']:.2f} | {row['notes']} |\n"
-            )
+    if not rows:
+        return
+    start_section(results_dir, rows[0]["date"], rows[0]["device"], command, COLUMNS)
+    for row in rows:
+        cells = [row["case"], row["kind"], row["mode"], f"{row['s_per_step']:.4f}", f"{row['tokens_per_s']:.0f}", f"{row['peak_gb']:.1f}",
+                 f"{row['floor_s']:.4f}", f"{row['s_per_step'] / row['floor_s']:.2f}", row.get("notes", "")]
+        append_row(row, cells, results_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

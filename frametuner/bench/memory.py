@@ -27,7 +27,8 @@ import time
 import traceback
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from .results import REPO, append_row, git_commit, start_section
+
 DEFAULT_CASE = "480x832x93"
 
 # name -> TrainConfig keys. The activation budget lets the auto checkpointing policy keep
@@ -56,7 +57,8 @@ def run_preset(name: str, case: str, warmup: int, iters: int, compile_blocks: bo
     from ..config import TrainConfig
     from ..memory import memory_mode
     from ..training.trainer import Trainer
-    from .train_step import OneBatch, build_model, cuda_time, latent_grid, parse_case, text_inputs
+    from .results import cuda_time
+    from .train_step import OneBatch, build_model, latent_grid, parse_case, text_inputs
 
     height, width, frames = parse_case(case)
     t, h, w = latent_grid(height, width, frames)
@@ -136,33 +138,21 @@ def worker(args) -> int:
 
 
 # ---------------------------------------------------------------------- output
+COLUMNS = ("case", "kind", "mode", "s/step", "x bf16", "peak GB", "steady peak GB", "host peak GB", "notes")
+
+
 def append_rows(rows: list[dict], results_dir: Path, command: str, *, header: bool) -> None:
     """Append rows to results.jsonl and RESULTS.md (with the section header on the first call)."""
-    from .train_step import git_commit
-
-    results_dir.mkdir(parents=True, exist_ok=True)
-    with open(results_dir / "results.jsonl", "a") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-    md = results_dir / "RESULTS.md"
-    new = not md.exists()
-    with open(md, "a") as handle:
-        if new:
-            handle.write("# Benchmark results\n\nAppended by `bench/*.py`; never edited by hand.\n")
-        if header:
-            first = rows[0]
-            handle.write(f"\n## {first['date']} — {first.get('device', '?')}, torch {first.get('torch', '?')}, commit {git_commit()} (memory presets)\n\n")
-            handle.write(f"Command: `{command}`\n\n")
-            handle.write("| case | kind | mode | s/step | x bf16 | peak GB | steady peak GB | host peak GB | notes |\n|---|---|---|---|---|---|---|---|---|\n")
-        for row in rows:
-            if "error" in row:
-                handle.write(f"| {row['case']} | train | {row['mode']} | failed | | | | | {row['error']} |\n")
-                continue
+    if header and rows:
+        start_section(results_dir, rows[0]["date"], rows[0].get("device", "?"), command + "  (memory presets)", COLUMNS)
+    for row in rows:
+        if "error" in row:
+            cells = [row["case"], "train", row["mode"], "failed", "", "", "", "", row["error"]]
+        else:
             ratio = f"{row['x_bf16']:.2f}" if row.get("x_bf16") else ""
-            handle.write(
-                f"| {row['case']} | train | {row['mode']} | {row['s_per_step']:.3f} | {ratio} | {row['peak_gb']:.1f} | "
-                f"{row['steady_peak_gb']:.1f} | {row['host_rss_gb']:.1f} | {row['notes']} |\n"
-            )
+            cells = [row["case"], "train", row["mode"], f"{row['s_per_step']:.3f}", ratio, f"{row['peak_gb']:.1f}",
+                     f"{row['steady_peak_gb']:.1f}", f"{row['host_rss_gb']:.1f}", row["notes"]]
+        append_row(row, cells, results_dir)
 
 
 def bf16_reference(rows: list[dict], results_dir: Path, case: str, device: str | None) -> float | None:
@@ -234,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                 if "mode" in result:
                     result["mode"] += "+eager"
             longest = max(longest, time.perf_counter() - preset_started)
-            result.update(date=date, case=case, kind="train", git_commit=_commit())
+            result.update(date=date, case=case, kind="train", git_commit=git_commit())
             result.setdefault("mode", name)
             if "error" not in result:
                 result["tokens_per_s"] = result["tokens"] / result["s_per_step"]
@@ -275,11 +265,6 @@ def run_worker(worker_argv: list[str], env: dict, timeout: float, name: str) -> 
         print(out.stderr[-3000:], flush=True)
     return result
 
-
-def _commit() -> str:
-    from .train_step import git_commit
-
-    return git_commit()
 
 
 if __name__ == "__main__":

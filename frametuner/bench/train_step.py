@@ -17,40 +17,22 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
-import json
 import statistics
-import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
 
 from .flops import DiTShape, floor_seconds, sampling_step_flops, training_step_flops
+from .results import append_row, cuda_time, git_commit, start_section
 
-REPO = Path(__file__).resolve().parents[2]
+from .results import REPO
 TEXT_LENGTH, VALID_TOKENS = 512, 120
 
 
 # ---------------------------------------------------------------------- timing
-def cuda_time(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]:
-    """Seconds per call, CUDA events around each call, after warm-up."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000.0)
-    return times
-
-
 def measure_gemm_flops_per_s(size: int = 8192, iters: int = 20) -> float:
     """bf16 GEMM ceiling on random data (several input sets so the cache does not flatter it)."""
     mats = [torch.randn(size, size, device="cuda", dtype=torch.bfloat16) for _ in range(4)]
@@ -223,40 +205,14 @@ def release_compiled() -> None:
 
 
 # ---------------------------------------------------------------------- output
-def git_commit() -> str:
-    """The commit benchmarked; FRAMETUNER_GIT_COMMIT where the tree travelled without .git."""
-    import os
-
-    if os.environ.get("FRAMETUNER_GIT_COMMIT"):
-        return os.environ["FRAMETUNER_GIT_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    except Exception:
-        return "unknown"
+COLUMNS = ("case", "kind", "mode", "s/step", "tokens/s", "peak GB", "floor s", "s/floor", "notes")
 
 
-def start_results_section(results_dir: Path, date: str, device: str, command: str) -> None:
-    """Header of this run's table in RESULTS.md; rows follow as they are measured."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    md = results_dir / "RESULTS.md"
-    new = not md.exists()
-    with open(md, "a") as handle:
-        if new:
-            handle.write("# Benchmark results\n\nAppended by `bench/*.py`; never edited by hand.\n")
-        handle.write(f"\n## {date} — {device}, torch {torch.__version__}, commit {git_commit()}\n\n")
-        handle.write(f"Command: `{command}`\n\n")
-        handle.write("| case | kind | mode | s/step | tokens/s | peak GB | floor s | s/floor | notes |\n|---|---|---|---|---|---|---|---|---|\n")
-
-
-def append_result(row: dict, results_dir: Path) -> None:
-    """One row to results.jsonl and RESULTS.md, written as soon as it is measured."""
-    with open(results_dir / "results.jsonl", "a") as handle:
-        handle.write(json.dumps(row) + "\n")
-    with open(results_dir / "RESULTS.md", "a") as handle:
-        handle.write(
-            f"| {row['case']} | {row['kind']} | {row['mode']} | {row['s_per_step']:.3f} | {row['tokens_per_s']:.0f} | "
-            f"{row['peak_gb']:.1f} | {row['floor_s']:.3f} | {row['s_per_step'] / row['floor_s']:.2f} | {row.get('notes', '')} |\n"
-        )
+def row_cells(row: dict) -> list[str]:
+    return [
+        row["case"], row["kind"], row["mode"], f"{row['s_per_step']:.3f}", f"{row['tokens_per_s']:.0f}",
+        f"{row['peak_gb']:.1f}", f"{row['floor_s']:.3f}", f"{row['s_per_step'] / row['floor_s']:.2f}", row.get("notes", ""),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     output_dir = Path("/tmp/frametuner-bench")
-    start_results_section(Path(args.results_dir), date, device_name, command)
+    start_section(Path(args.results_dir), date, device_name, command, COLUMNS)
     for case in cases:
         height, width, frames = parse_case(case)
         t, h, w = latent_grid(height, width, frames)
@@ -356,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                     "cudnn_fwd_bwd_tflops": cudnn_both / 1e12, "sdpa_kernel": args.sdpa_kernel if mode == "optimized" else "auto", "notes": notes,
                 }
                 rows.append(row)
-                append_result(row, Path(args.results_dir))
+                append_row(row, row_cells(row), Path(args.results_dir))
                 print(f"{case} {kind:10s} {label:28s} {seconds:7.3f} s/step  floor {floor:6.3f}  ratio {seconds / floor:5.2f}  peak {result['peak_gb']:5.1f} GB  ({notes})", flush=True)
                 release_compiled()
     print("\n| case | kind | mode | s/step | floor | ratio | peak GB |")

@@ -18,7 +18,7 @@ import torch
 
 from ..memory import MemoryPlan, apply_memory_options, load_transformer, memory_mode, offloads_weights, quantise_transformer
 from ..models.registry import load_spec
-from .checkpoint import cleanup_stale_staging, list_checkpoints, load_checkpoint, resolve_resume, restore_rng_state, rng_state, save_checkpoint
+from .checkpoint import cleanup_stale_staging, load_checkpoint, resolve_resume, restore_rng_state, rng_state, save_checkpoint
 from .data import TrainingData
 from .events import EventLog
 from .flow_matching import flow_matching_loss, make_inputs, sample_sigmas
@@ -58,7 +58,7 @@ class Trainer:
         log_with = None if config.report_to == "none" else config.report_to
         if log_with == "wandb":
             try:
-                import wandb  # noqa: F401
+                import wandb  # noqa: F401  (only to fail early with a clear message)
             except ImportError as error:
                 raise RuntimeError("report_to 'wandb' needs the wandb package: pip install wandb (or report_to 'tensorboard')") from error
         self.accelerator = Accelerator(

@@ -7,7 +7,6 @@ import sys
 import types
 
 import pytest
-import torch
 
 from frametuner.config import TrainConfig
 from frametuner.memory import memory_mode
