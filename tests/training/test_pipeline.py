@@ -59,3 +59,17 @@ def test_train_requires_a_dataset_list(tmp_path):
 
     with pytest.raises(ConfigError, match="data_backend_config"):
         train(TrainConfig(model_flavour="tiny", output_dir=str(tmp_path)))
+
+
+def test_demo_command_accepts_config_flags(tmp_path, monkeypatch):
+    """`frametuner demo --max_train_steps 2` overrides the demo config like `train` does."""
+    import frametuner.training as training
+    from frametuner.cli import main
+
+    seen = {}
+    monkeypatch.setattr(training, "train", lambda config: seen.setdefault("config", config) and 0)
+    assert main(["demo", "--dir", str(tmp_path / "demo"), "--max_train_steps", "2", "--lora_rank", "4"]) == 0
+    config = seen["config"]
+    assert config.max_train_steps == 2 and config.lora_rank == 4 and config.model_flavour == "tiny"
+    assert config.output_dir == str(tmp_path / "demo" / "output")
+    assert sorted(p.suffix for p in (tmp_path / "demo" / "clips").iterdir()) == [".mp4"] * 4 + [".txt"] * 4
