@@ -217,6 +217,11 @@ class TrainConfig(BaseModel):
                 f"model_type 'full' cannot train a quantised base ({self.base_model_precision}); "
                 "use base_model_precision 'bf16' for full fine-tuning, or model_type 'lora'"
             )
+        if self.num_processes > 1 and self.distributed.strategy == "fsdp" and self.optimizer == "adamw8bit":
+            raise ValueError(
+                "optimizer 'adamw8bit' cannot step FSDP-sharded weights; use optimizer 'adamw' "
+                "(optimizer_state_dtype 'bf16' halves its memory for full fine-tuning) or distributed.strategy 'ddp'"
+            )
         if self.validation_using_datasets and not self.eval_dataset_id:
             raise ValueError("validation_using_datasets is true but eval_dataset_id is not set; name the dataset id to validate with")
         return self
@@ -247,7 +252,6 @@ NOT_YET_IMPLEMENTED: dict[str, tuple[Any, str]] = {
     "musubi_blocks_to_swap": (lambda c: c.musubi_blocks_to_swap > 0, "block swap"),
     "gradient_checkpointing_cpu_offload": (lambda c: c.gradient_checkpointing_cpu_offload, "activation offload"),
     "base_model_precision": (lambda c: c.base_model_precision in QUANTISED_PRECISIONS, "quantised base weights"),
-    "num_processes": (lambda c: c.num_processes > 1, "multi-GPU training"),
 }
 
 
