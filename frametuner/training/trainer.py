@@ -94,6 +94,12 @@ class Trainer:
         # FSDP2 swaps every parameter for a sharded one: clip through the live ones.
         self.trainable = self._trainable_parameters()
         self.sharded = self.accelerator.is_fsdp2
+        if self.sharded and config.init_lora and self.accelerator.is_main_process:
+            log.warning(
+                "init_lora under FSDP: gradient hooks do not survive sharding, so the block-diagonal fused layers of "
+                "an upstream-format LoRA lose that structure (and are exported upstream at a multiple of the rank); "
+                "distributed.strategy 'ddp' keeps it"
+            )
 
     # ------------------------------------------------------------------ setup
     def _load_model(self) -> torch.nn.Module:

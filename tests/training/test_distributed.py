@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,9 +44,9 @@ def checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
         return load_file(path / WEIGHTS_FILE)
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-    whole = path.parent / f"{path.name}-whole.pt"
-    dcp_to_torch_save(path / SHARDED_DIR, whole)
-    return torch.load(whole, weights_only=False)["model"]
+    with tempfile.TemporaryDirectory() as folder:
+        dcp_to_torch_save(path / SHARDED_DIR, Path(folder) / "whole.pt")
+        return torch.load(Path(folder) / "whole.pt", weights_only=False)["model"]
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
