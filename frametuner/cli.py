@@ -32,11 +32,16 @@ def command(name: str):
 
 
 def setup_logging(verbose: bool = False) -> None:
+    import os
+
     from rich.console import Console
     from rich.logging import RichHandler
 
+    level = logging.DEBUG if verbose else logging.INFO
+    if int(os.environ.get("RANK", "0")) > 0:
+        level = logging.WARNING  # in a multi-GPU run, rank 0 reports; the others only warn
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=level,
         format="%(message)s",
         datefmt="[%X]",
         handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False)],
@@ -126,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
 @command("train")
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     config = config_from_args(args, extra)
+    from .training.distributed import needs_launch, relaunch
+
+    if needs_launch(config):  # num_processes > 1: this same command on N ranks (accelerate launch)
+        return relaunch(config, args.argv)
     from .training import train
 
     return train(config)
@@ -276,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     # Before torch initialises CUDA: bucketed video shapes fragment the default allocator.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     parser = build_parser()
-    args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(argv)
+    args.argv = argv  # `train --num_processes N` relaunches the very same command on N ranks
     setup_logging(args.verbose)
     if args.command is None:
         parser.print_help()

@@ -174,12 +174,19 @@ def cache_samples(
     device: torch.device | str | None = None,
     text_batch_size: int = 8,
     progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> CacheReport:
     """Make sure every caption (plus ``prompts`` and the empty prompt) and every sample is cached.
 
     ``load_pixels(sample)`` returns the sample's uint8 ``[frames, H, W, 3]`` clip at its
     bucket size; ``load_conditioning_image(sample)`` its uint8 ``[H, W, 3]`` image (only
     for image-to-video samples with an explicit image). Returns what was encoded/reused.
+
+    With ``world_size`` > 1 (the ranks of a multi-GPU run, each calling with the same
+    samples) this process takes every ``world_size``-th unique caption and unique clip
+    from ``rank`` on: the ranks share the work and never encode the same entry twice.
+    The report covers this rank's share; wait for all ranks before reading the caches.
     """
     start = time.perf_counter()
     device = torch.device(device) if device is not None else default_device()
@@ -188,8 +195,12 @@ def cache_samples(
     text_cache, latent_cache = open_caches(
         spec, model_root, cache_dir, text_dtype=text_dtype, text_encoder_dtype=text_encoder_dtype, vae_dtype=vae_dtype
     )
+    texts = _unique([sample.caption for sample in samples] + list(prompts) + [""])
+    clips = list({latent_cache.path(sample): sample for sample in samples}.values())  # identical pixels once
+    if world_size > 1:
+        texts, clips = texts[rank::world_size], clips[rank::world_size]
     cache_texts(
-        [sample.caption for sample in samples] + list(prompts) + [""],
+        texts,
         text_cache=text_cache,
         load_text_encoder=lambda: spec.load_text_encoder(model_root, device="cpu", dtype=text_encoder_dtype),
         device=device,
@@ -198,7 +209,7 @@ def cache_samples(
         progress=progress,
     )
     cache_latents(
-        samples,
+        clips,
         latent_cache=latent_cache,
         load_vae=lambda: spec.load_vae(model_root, device="cpu", dtype=vae_dtype),
         load_pixels=load_pixels,

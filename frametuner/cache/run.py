@@ -45,9 +45,10 @@ def open_config_caches(config):
     return open_caches(spec, root, cache_dir_for(config), **cache_settings(config, spec))
 
 
-def run_cache(config, *, scan=None, progress: bool = True) -> CacheReport:
+def run_cache(config, *, scan=None, progress: bool = True, rank: int = 0, world_size: int = 1, device=None) -> CacheReport:
     """Cache every sample (training and evaluation datasets), caption and validation prompt
-    of ``config``; ``scan`` reuses a scan already made (else the datasets are scanned)."""
+    of ``config``; ``scan`` reuses a scan already made (else the datasets are scanned).
+    ``rank``/``world_size``: this process's share of a multi-GPU run (see :func:`cache_samples`)."""
     from .. import data
     from ..models.registry import load_spec
 
@@ -67,5 +68,8 @@ def run_cache(config, *, scan=None, progress: bool = True) -> CacheReport:
         load_conditioning_image=data.load_conditioning_image,
         prompts=validation_prompts(config),
         progress=progress,
+        rank=rank,
+        world_size=world_size,
+        device=device,
         **cache_settings(config, spec),
     )

@@ -235,6 +235,11 @@ class TrainConfig(BaseModel):
         needs_checkpointing = moves_weights + (["gradient_checkpointing_cpu_offload"] if self.gradient_checkpointing_cpu_offload else [])
         if needs_checkpointing and not self.gradient_checkpointing:
             raise ValueError(f"{needs_checkpointing[0]} needs gradient_checkpointing: true (it relies on blocks being recomputed in the backward)")
+        if self.num_processes > 1 and self.distributed.strategy == "fsdp" and self.optimizer == "adamw8bit":
+            raise ValueError(
+                "optimizer 'adamw8bit' cannot step FSDP-sharded weights; use optimizer 'adamw' "
+                "(optimizer_state_dtype 'bf16' halves its memory for full fine-tuning) or distributed.strategy 'ddp'"
+            )
         if self.validation_using_datasets and not self.eval_dataset_id:
             raise ValueError("validation_using_datasets is true but eval_dataset_id is not set; name the dataset id to validate with")
         return self
@@ -261,7 +266,6 @@ def field_group(key: str) -> str:
 # config uses one, which prints a loud warning (never silently ignored). Shrinks as
 # features land.
 NOT_YET_IMPLEMENTED: dict[str, tuple[Any, str]] = {
-    "num_processes": (lambda c: c.num_processes > 1, "multi-GPU training"),
 }
 
 

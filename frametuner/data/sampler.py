@@ -68,7 +68,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         self._groups: dict[str, dict[tuple[str, bool], list[int]]] = defaultdict(lambda: defaultdict(list))
         for index, sample in enumerate(self.samples):
             self._groups[sample.dataset_id][(sample.bucket.key, sample.is_i2v)].append(index)
-        self._digest = self._fingerprint()
+        self._digest = self._fingerprint(num_replicas)
 
     @classmethod
     def from_scan(cls, scan, config, *, num_replicas: int = 1, rank: int = 0, drop_last: bool = False) -> "BucketBatchSampler":
@@ -90,12 +90,12 @@ class BucketBatchSampler(Sampler[list[int]]):
     def global_batch_size(self) -> int:
         return self.batch_size * self.num_replicas
 
-    def _fingerprint(self) -> str:
+    def _fingerprint(self, num_replicas: int) -> str:
         """Identifies the sample list and batching, so a resume on changed data is caught."""
         digest = hashlib.sha256()
         for sample in self.samples:
             digest.update(f"{sample.dataset_id}|{sample.source.path}|{sample.bucket.key}|{sample.is_i2v}\n".encode())
-        digest.update(f"{self.batch_size}|{self.num_replicas}|{self.drop_last}|{sorted(self.repeats.items())}|{sorted(self.probability.items())}".encode())
+        digest.update(f"{self.batch_size}|{num_replicas}|{self.drop_last}|{sorted(self.repeats.items())}|{sorted(self.probability.items())}".encode())
         return digest.hexdigest()[:16]
 
     def _group_batches(self, indices: list[int], copies: int, rng: random.Random) -> list[list[int]]:
@@ -167,14 +167,22 @@ class BucketBatchSampler(Sampler[list[int]]):
         With DataLoader workers prefetching, the sampler runs ahead of training by the
         prefetched batches; save the count of consumed batches as ``position`` then.
         """
-        return {"seed": self.seed, "epoch": self.epoch, "position": self.position, "fingerprint": self._digest}
+        return {
+            "seed": self.seed, "epoch": self.epoch, "position": self.position,
+            "fingerprint": self._digest, "num_replicas": self.num_replicas,
+        }
 
     def load_state_dict(self, state: Mapping) -> None:
-        if state.get("fingerprint") != self._digest:
+        """Continue where ``state`` was saved. Saved with another number of ranks (same data,
+        same batch size per rank), the position is carried over in samples: the run goes on
+        from the same point of the epoch, though the batches of the rest of the epoch differ."""
+        saved_replicas = int(state.get("num_replicas", self.num_replicas))
+        if state.get("fingerprint") != self._fingerprint(saved_replicas):
             raise ValueError(
-                "the sampler state was saved for different data or batching (samples, buckets, batch size, GPUs, repeats); "
+                "the sampler state was saved for different data or batching (samples, buckets, batch size, repeats); "
                 "the saved order cannot be restored: start a new epoch with set_epoch() or restore the original data"
             )
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
+        # Rounded down: a few samples are seen twice rather than skipped.
+        self.position = int(state["position"]) * saved_replicas // self.num_replicas

@@ -204,15 +204,21 @@ def export_lora(
     adapter_name: str = ADAPTER_NAME,
     metadata: dict[str, str] | None = None,
     dtype: torch.dtype | None = None,
+    weights: LoraWeights | None = None,
 ) -> dict[str, Path]:
     """Write the model's LoRA in each format under ``output_dir`` (names: :data:`EXPORT_NAMES`).
 
     ``metadata`` (e.g. ``{"base_model": ...}``) goes into every file's header; ``dtype``
     casts the written tensors (None keeps the training dtype). Call it on the main
-    process; under FSDP2 every rank must call :func:`lora_weights_from_model` (it gathers).
+    process; under FSDP2 every rank must call :func:`lora_weights_from_model` (it gathers)
+    and the main process passes the result as ``weights``.
     """
     meta = {"software": _software(), **(metadata or {})}
-    weights = lora_weights_from_model(model, adapter_name, meta).to(dtype)
+    if weights is None:
+        weights = lora_weights_from_model(model, adapter_name, meta)
+    else:
+        weights = LoraWeights(weights.deltas, {**weights.metadata, **meta})
+    weights = weights.to(dtype)
     family = family_for_model(model)
     output_dir = Path(output_dir)
     written = {}

@@ -242,7 +242,8 @@ def render_validation(
     distill: bool = False,
     device: torch.device | str | None = None,
     progress: bool = False,
-) -> ValidationOutputs:
+    write: bool = True,
+) -> ValidationOutputs | None:
     """One validation video from an already loaded DiT and cached prompt embeddings.
 
     Writes ``<validation_dir>/step{step:06d}_prompt{i:02d}.mp4`` + ``.png`` + ``.json`` and
@@ -252,6 +253,8 @@ def render_validation(
     :func:`decode_pending_validations` turns them into videos later (no VAE in memory
     during training). The model is put in eval mode and restored; the global RNG
     states are untouched, so training continues exactly as without validation.
+    ``write=False`` only runs the denoising forwards and returns None: the other ranks of
+    an FSDP-sharded model, whose every forward needs all ranks, while rank 0 writes.
     """
     folder = Path(validation_dir)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -273,6 +276,8 @@ def render_validation(
             )
     finally:
         model.train(was_training)
+    if not write:
+        return None
 
     settings = dict(height=height, width=width, num_frames=num_frames, steps=steps, guidance=guidance, seed=seed, fps=fps, crf=crf, distill=distill, image_to_video=num_cond_latents > 0)
     record = ValidationRecord(step, prompt_index, prompt, settings=settings)

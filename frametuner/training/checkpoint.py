@@ -1,9 +1,12 @@
-"""Resumable checkpoints, written atomically.
+"""Resumable checkpoints, written atomically, by one process or by every rank of a run.
 
-A checkpoint is a folder ``checkpoint-<step>`` holding the trainable weights
-(safetensors), optimizer and LR-scheduler state, every RNG the run draws from, the
-data sampler position and the global step. It is assembled in a hidden temporary
-folder and renamed into place, so a kill during a save leaves the previous
+A checkpoint is a folder ``checkpoint-<step>`` holding the trainable weights and the
+optimizer state (``trainable.safetensors`` + ``optimizer.pt``, or for a sharded FSDP run
+``sharded/``, written by every rank with torch.distributed.checkpoint), the LR-scheduler
+state, each rank's RNG states (``rng_rank<r>.pt``), and in ``trainer_state.json`` the
+global step, the data sampler position and the number of ranks. It is assembled in a
+hidden staging folder and renamed into place (:func:`begin_checkpoint`, the ranks'
+writers, :func:`commit_checkpoint`), so a kill during a save leaves the previous
 checkpoints intact and never a half-written one under a real name.
 """
 
@@ -14,7 +17,7 @@ import os
 import random
 import re
 import shutil
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,14 @@ from safetensors.torch import load_file, save_file
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
+WEIGHTS_FILE = "trainable.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+SCHEDULER_FILE = "scheduler.pt"
+SHARDED_DIR = "sharded"  # FSDP: torch.distributed.checkpoint shards of weights + optimizer
+
+
+def rng_file(rank: int) -> str:
+    return f"rng_rank{rank}.pt"
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:
@@ -55,7 +66,7 @@ def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
         "generators": {name: g.get_state() for name, g in generators.items()},
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # this process's GPU (one per rank)
     return state
 
 
@@ -66,36 +77,72 @@ def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generat
     for name, generator in generators.items():
         generator.set_state(state["generators"][name])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
-def save_checkpoint(
-    folder: str | Path,
-    step: int,
-    *,
-    weights: dict[str, torch.Tensor],
-    optimizer: Any,
-    scheduler: Any,
-    rng: dict[str, Any],
-    trainer_state: dict[str, Any],
-    extra_writer=None,
-    keep: int | None = None,
-) -> Path:
-    """Write ``checkpoint-<step>`` atomically; ``extra_writer(tmp_folder)`` adds files (LoRA exports).
+def staging_folder(folder: str | Path, step: int) -> Path:
+    """Where ``checkpoint-<step>`` is assembled: one name every rank can compute."""
+    return Path(folder) / f".checkpoint-{step:06d}.partial"
 
-    Older checkpoints beyond ``keep`` are removed only after the new one is in place.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+
+def begin_checkpoint(folder: str | Path, step: int) -> Path:
+    """Create an empty staging folder for ``step`` (main process; the ranks write into it after a barrier)."""
+    staging = staging_folder(folder, step)
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def write_plain_state(staging: Path, *, weights: dict[str, torch.Tensor], optimizer: Any) -> None:
+    """Trainable weights and optimizer state of a model every rank holds whole (one process, DDP)."""
+    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, staging / WEIGHTS_FILE)
+    torch.save(optimizer.state_dict(), staging / OPTIMIZER_FILE)
+
+
+def write_sharded_state(staging: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Trainable weights and optimizer state of a sharded (FSDP2) model: every rank writes its
+    own shards with torch.distributed.checkpoint (collective; frozen base weights are left out)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer, options=_sharded_options())
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=staging / SHARDED_DIR)
+
+
+def load_sharded_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Load :func:`write_sharded_state`'s files into ``model``/``optimizer`` in place, resharding
+    to however many ranks (or a single unsharded process) load it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer, options=_sharded_options())
+    state = {"model": model_state, "optimizer": optimizer_state}
+    with warnings.catch_warnings():  # one unsharded process reading every shard is intended
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=Path(path) / SHARDED_DIR)  # raises if a trainable weight is missing
+    # Not strict: the frozen base weights are not in the checkpoint (they come from the model).
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"], options=_sharded_options(strict=False))
+
+
+def _sharded_options(strict: bool = True):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=True, strict=strict)
+
+
+def write_rank_state(staging: Path, rank: int, rng: dict[str, Any]) -> None:
+    """What differs between ranks: their RNG states (one file per rank)."""
+    torch.save(rng, staging / rng_file(rank))
+
+
+def commit_checkpoint(staging: Path, step: int, *, scheduler: Any, trainer_state: dict[str, Any], keep: int | None = None) -> Path:
+    """Finish the staging folder and rename it into ``checkpoint-<step>`` (main process, after
+    every rank wrote its part). Older checkpoints beyond ``keep`` go only after the new one is in place."""
+    folder = staging.parent
     final = folder / f"checkpoint-{step:06d}"
-    staging = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step:06d}-", dir=folder))
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, staging / "trainable.safetensors")
-        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-        torch.save(scheduler.state_dict(), staging / "scheduler.pt")
-        torch.save(rng, staging / "rng.pt")
-        if extra_writer is not None:
-            extra_writer(staging)
+        torch.save(scheduler.state_dict(), staging / SCHEDULER_FILE)
         # The state file is written last: its presence marks a complete checkpoint.
         (staging / STATE_FILE).write_text(json.dumps({"step": step, **trainer_state}, indent=2))
         _fsync_tree(staging)
@@ -118,16 +165,27 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(handle.fileno())
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Everything :func:`save_checkpoint` wrote, on the CPU."""
+def load_checkpoint(path: str | Path, rank: int = 0) -> dict[str, Any]:
+    """What a checkpoint holds, on the CPU, for ``rank``.
+
+    ``weights``/``optimizer`` are there for a plain checkpoint; ``sharded`` is True for an
+    FSDP one (load it with :func:`load_sharded_state`). ``rng`` is ``rank``'s, or rank 0's
+    when the run had fewer ranks (``rng_rank`` says whose).
+    """
     path = Path(path)
-    return {
-        "weights": load_file(path / "trainable.safetensors"),
-        "optimizer": torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False),
-        "scheduler": torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False),
-        "rng": torch.load(path / "rng.pt", map_location="cpu", weights_only=False),
+    saved = path / rng_file(rank)
+    rng_rank = rank if saved.exists() else 0
+    state: dict[str, Any] = {
         "state": json.loads((path / STATE_FILE).read_text()),
+        "scheduler": torch.load(path / SCHEDULER_FILE, map_location="cpu", weights_only=False),
+        "rng": torch.load(path / rng_file(rng_rank), map_location="cpu", weights_only=False),
+        "rng_rank": rng_rank,
+        "sharded": (path / SHARDED_DIR).is_dir(),
     }
+    if (path / WEIGHTS_FILE).exists():
+        state["weights"] = load_file(path / WEIGHTS_FILE)
+        state["optimizer"] = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
+    return state
 
 
 def cleanup_stale_staging(folder: str | Path) -> None:

@@ -28,7 +28,11 @@ class TrainingData(Protocol):
 
 
 class InMemoryData:
-    """Latents and text held in memory, one bucket; seeded shuffling per epoch."""
+    """Latents and text held in memory, one bucket; seeded shuffling per epoch.
+
+    Like the bucket sampler, with ``num_replicas`` > 1 it forms global batches of
+    ``batch_size * num_replicas`` and hands rank ``rank`` its slice.
+    """
 
     def __init__(
         self,
@@ -40,9 +44,12 @@ class InMemoryData:
         seed: int = 0,
         num_cond_latents: int = 0,
         empty: tuple[torch.Tensor, torch.Tensor] | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
     ):
         self.latents, self.texts, self.masks = latents, texts, masks
         self.batch_size = batch_size
+        self.num_replicas, self.rank = num_replicas, rank
         self.seed = seed
         self.num_cond_latents = num_cond_latents
         self._empty = empty
@@ -50,14 +57,16 @@ class InMemoryData:
         self._epoch = 0
 
     def batches_per_epoch(self) -> int:
-        return len(self.latents) // self.batch_size
+        return len(self.latents) // (self.batch_size * self.num_replicas)
 
     def epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
         if epoch != self._epoch:
             self._epoch, self._position = epoch, 0
         order = torch.randperm(len(self.latents), generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        size = self.batch_size * self.num_replicas
         while self._position < self.batches_per_epoch():
-            index = order[self._position * self.batch_size : (self._position + 1) * self.batch_size]
+            start = self._position * size + self.rank * self.batch_size
+            index = order[start : start + self.batch_size]
             self._position += 1
             yield {
                 "latents": torch.stack([self.latents[i] for i in index]),

@@ -4,7 +4,8 @@ The web UI (and anything else) follows a run by tailing this file; it never impo
 trainer. Every event has ``event`` and ``time`` (unix seconds). Events:
 
 - ``start``: ``max_steps``, ``config`` (the resolved config as JSON), ``pid``
-- ``step``: ``step``, ``loss``, ``loss_smoothed``, ``lr``, ``s_per_step``, ``eta_s``, ``grad_norm``, ``peak_gb``
+- ``step``: ``step``, ``loss``, ``loss_smoothed``, ``lr``, ``s_per_step``, ``samples_per_s`` (all GPUs),
+  ``eta_s``, ``grad_norm``, ``peak_gb`` (rank 0's GPU)
 - ``validation``: ``step``, ``prompt_index``, ``prompt``, ``video`` and ``contact_sheet`` (paths relative to output_dir)
 - ``checkpoint``: ``step``, ``path`` (relative), ``lora`` ({format: relative path})
 - ``done``: ``step``, ``seconds``, ``lora`` ({format: relative path})

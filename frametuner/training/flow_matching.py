@@ -40,6 +40,25 @@ def sample_sigmas(
     return shift_sigmas(sigmas, shift)
 
 
+def sample_seeds(batch_size: int, *, generator: torch.Generator) -> torch.Tensor:
+    """One noise seed per sample ``[B]`` int64 (see :func:`sample_noise`)."""
+    return torch.randint(0, 2**63 - 1, (batch_size,), generator=generator, device=generator.device)
+
+
+def sample_noise(shape: tuple[int, ...], seeds: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Gaussian noise ``[len(seeds), *shape]`` float32, drawn on ``device``, each sample from its own seed.
+
+    Per-sample seeds make a sample's noise independent of which rank draws it: a batch split
+    over N GPUs gets exactly the noise one GPU would draw for the whole batch, at the cost of
+    its own share only.
+    """
+    device = torch.device(device)
+    return torch.stack([
+        torch.randn(shape, generator=torch.Generator(device).manual_seed(int(seed)), device=device, dtype=torch.float32)
+        for seed in seeds.tolist()
+    ])
+
+
 @dataclass
 class FlowMatchingInputs:
     noisy_latents: torch.Tensor  # [B, C, T, H, W]

@@ -113,16 +113,19 @@ class Validator:
         return free > needed
 
     def __call__(self, trainer, step: int) -> None:
+        """Render every prompt (main process). Under FSDP the trainer calls this on every
+        rank: the others run the same forwards, which the sharded model needs, and write nothing."""
         from ..sampling import render_validation
 
         config = self.config
         model = trainer.accelerator.unwrap_model(trainer.model)
         device = trainer.accelerator.device
+        writer = trainer.accelerator.is_main_process
         height, width = config.validation_size
         vae = None
-        if self._vae_fits(device):
+        if writer and self._vae_fits(device):
             vae = self.spec.load_vae(self.root, device=device, dtype=self.spec.encoder_dtype(config.mixed_precision))
-        else:
+        elif writer:
             self.deferred = True
         try:
             for index, item in enumerate(self.prompts):
@@ -139,9 +142,10 @@ class Validator:
                     steps=config.validation_num_inference_steps, guidance=config.validation_guidance,
                     seed=config.validation_seed if config.validation_seed is not None else (config.seed or 0),
                     fps=config.validation_fps, crf=config.validation_video_crf, cond_latents=item.cond_latents,
-                    device=device,
+                    device=device, write=writer,
                 )
-                self._report(trainer, step, index, item.prompt, outputs)
+                if writer:
+                    self._report(trainer, step, index, item.prompt, outputs)
         finally:
             if vae is not None:
                 del vae
@@ -178,25 +182,50 @@ class Validator:
         log.info("decoded %d deferred validation videos into %s", len(decoded), self.folder)
 
 
-def train(config) -> int:
-    """Entry point of ``frametuner train``."""
+def scan_and_cache(config, state):
+    """Scan the datasets and fill the caches, the work split over the run's ranks.
+
+    Rank 0 scans and sends the result to the others, so every rank batches the very same
+    sample list. Each rank then encodes its share of the captions and clips (no encode is
+    done twice), and all learn which samples failed; that exchange is the barrier after
+    which every cache entry exists.
+    """
+    from accelerate.utils import broadcast_object_list, gather_object
+
     from ..cache.run import run_cache
     from ..data import scan_datasets
+
+    distributed = state.num_processes > 1
+    scan = scan_datasets(config) if state.is_main_process else None
+    if distributed:
+        scan = broadcast_object_list([scan])[0]
+    report = run_cache(
+        config, scan=scan, rank=state.process_index, world_size=state.num_processes,
+        device=state.device if distributed else None, progress=state.is_main_process,
+    )
+    failed = gather_object(report.failed) if distributed else report.failed
+    if failed:
+        if state.is_main_process:
+            for source, message in failed:
+                log.warning("not cached, left out of training: %s: %s", source, message)
+        names = {str(source) for source, _ in failed}
+        for dataset in scan.datasets.values():
+            dataset.samples = [s for s in dataset.samples if str(s.source.path) not in names]
+    return scan
+
+
+def train(config) -> int:
+    """Entry point of ``frametuner train`` (on every rank of a multi-GPU run)."""
     from ..models.registry import load_spec
+    from .distributed import process_state
     from .trainer import Trainer
 
     if not config.data_backend_config:
         raise ConfigError(["'data_backend_config' is not set: point it at your dataset list (JSON), e.g. \"config/datasets.json\""])
     spec = load_spec(config.model_family)
-    scan = scan_datasets(config)
-    report = run_cache(config, scan=scan)
-    if report.failed:
-        for source, message in report.failed:
-            log.warning("not cached, left out of training: %s: %s", source, message)
-        failed = {str(source) for source, _ in report.failed}
-        for dataset in scan.datasets.values():
-            dataset.samples = [s for s in dataset.samples if str(s.source.path) not in failed]
-    data = CachedTrainingData.from_scan(scan, config)
+    state = process_state()
+    scan = scan_and_cache(config, state)
+    data = CachedTrainingData.from_scan(scan, config, num_replicas=state.num_processes, rank=state.process_index)
     validator = Validator.from_config(config, spec, scan)
     trainer = Trainer(config, data, validator=validator)
     result = trainer.train()
@@ -204,9 +233,10 @@ def train(config) -> int:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    if validator is not None and "stopped" not in result:
-        validator.finish()
-    print_summary(config, result)
+    if state.is_main_process:
+        if validator is not None and "stopped" not in result:
+            validator.finish()
+        print_summary(config, result)
     return 0
 
 

@@ -1,6 +1,7 @@
 """The training loop: accelerate for devices, mixed precision and gradient accumulation.
 
-One code path for CPU, one GPU and N processes. The loop reads cached batches only
+One code path for CPU, one GPU and N processes (DDP or FSDP2, see
+:mod:`frametuner.training.distributed`). The loop reads cached batches only
 (:mod:`frametuner.training.data`); no encoder is in memory while training.
 """
 
@@ -10,7 +11,7 @@ import logging
 import math
 import signal
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,10 +19,12 @@ import torch
 
 from ..memory import MemoryPlan, apply_memory_options, load_transformer, memory_mode, offloads_weights, quantise_transformer
 from ..models.registry import load_spec
-from .checkpoint import cleanup_stale_staging, load_checkpoint, resolve_resume, restore_rng_state, rng_state, save_checkpoint
+from . import checkpoint as ckpt
+from .checkpoint import cleanup_stale_staging, load_checkpoint, resolve_resume, restore_rng_state, rng_state
 from .data import TrainingData
+from .distributed import build_accelerator
 from .events import EventLog
-from .flow_matching import flow_matching_loss, make_inputs, sample_sigmas
+from .flow_matching import flow_matching_loss, make_inputs, sample_noise, sample_seeds, sample_sigmas
 from .optim import build_lr_scheduler, build_optimizer
 
 log = logging.getLogger(__name__)
@@ -48,7 +51,6 @@ class Trainer:
         model: torch.nn.Module | None = None,
         validator: Callable[["Trainer", int], None] | None = None,
     ):
-        from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
         self.config = config
@@ -61,7 +63,8 @@ class Trainer:
                 import wandb  # noqa: F401  (only to fail early with a clear message)
             except ImportError as error:
                 raise RuntimeError("report_to 'wandb' needs the wandb package: pip install wandb (or report_to 'tensorboard')") from error
-        self.accelerator = Accelerator(
+        self.accelerator = build_accelerator(
+            config,
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             log_with=log_with,
@@ -72,18 +75,20 @@ class Trainer:
         self.data = data
         self.global_step = 0
         self.epoch = 0
-        self.stop_reason: str | None = None
+        self.stop_reason: str | None = None  # agreed by all ranks; a signal only requests it
+        self._stop_requested: str | None = None
 
-        seed = config.seed if config.seed is not None else 0
-        torch.manual_seed(seed)
-        # One generator for everything random in a step (sigmas, noise, caption dropout):
-        # its state is checkpointed, and validation never draws from it.
-        self.generator = torch.Generator().manual_seed(seed + 7919 * self.accelerator.process_index)
+        self.seed = config.seed if config.seed is not None else 0
+        torch.manual_seed(self.seed)
+        # One generator for everything random in a step (sigmas, noise seeds, caption
+        # dropout), in the same state on every rank: each draws for the global batch and
+        # keeps its own rows. Its state is checkpointed; validation never draws from it.
+        self.generator = torch.Generator().manual_seed(self.seed)
 
         self.model = model if model is not None else self._load_model()
         self.memory: MemoryPlan | None = None
-        self.trainable = self._prepare_trainable()
-        self.optimizer = build_optimizer(config, list(self.trainable.values()), self.accelerator.device)
+        self._prepare_trainable()
+        self.optimizer = build_optimizer(config, list(self._trainable_parameters().values()), self.accelerator.device)
         self.max_steps = self._total_steps()
         self.lr_scheduler = build_lr_scheduler(config, self.optimizer, self.max_steps)
         # Block swap / group offload placed the model themselves (part of it in host memory).
@@ -91,6 +96,15 @@ class Trainer:
         self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
             self.model, self.optimizer, self.lr_scheduler, device_placement=[place_model, True, True]
         )
+        # FSDP2 swaps every parameter for a sharded one: clip through the live ones.
+        self.trainable = self._trainable_parameters()
+        self.sharded = self.accelerator.is_fsdp2
+        if self.sharded and config.init_lora and self.accelerator.is_main_process:
+            log.warning(
+                "init_lora under FSDP: gradient hooks do not survive sharding, so the block-diagonal fused layers of "
+                "an upstream-format LoRA lose that structure (and are exported upstream at a multiple of the rank); "
+                "distributed.strategy 'ddp' keeps it"
+            )
 
     # ------------------------------------------------------------------ setup
     def _load_model(self) -> torch.nn.Module:
@@ -104,7 +118,11 @@ class Trainer:
         self.spec.configure_attention(model, config)
         return model
 
-    def _prepare_trainable(self) -> dict[str, torch.nn.Parameter]:
+    def _trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        model = self.accelerator.unwrap_model(self.model)
+        return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def _prepare_trainable(self) -> None:
         config, model = self.config, self.model
         if config.model_type == "lora":
             from ..lora import add_lora, add_lora_from_file
@@ -115,6 +133,9 @@ class Trainer:
                 model, config.base_model_precision, device=self.accelerator.device,
                 offload_to="cpu" if offloads_weights(config) else None,
             )
+            # New LoRA weights from the seed alone, whatever loading the model drew: the
+            # same on every rank (FSDP shards without broadcasting) and in every run.
+            torch.manual_seed(self.seed)
             if config.init_lora:  # continue from a LoRA file of any format (its rank and targets)
                 from ..config import resolve_input_path
 
@@ -122,17 +143,15 @@ class Trainer:
             else:
                 targets = config.lora_target_modules or list(self.spec.default_lora_targets)
                 add_lora(model, rank=config.lora_rank, alpha=config.effective_lora_alpha, dropout=config.lora_dropout, target_modules=targets)
-            trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-            for param in trainable.values():
-                param.data = param.data.float()  # LoRA weights train in float32
+            for param in model.parameters():
+                if param.requires_grad:
+                    param.data = param.data.float()  # LoRA weights train in float32
         else:
             model.requires_grad_(True)
-            trainable = dict(model.named_parameters())
         self._configure_speed(model)
         model.train()
-        count = sum(p.numel() for p in trainable.values())
-        log.info("%s training: %.2fM trainable parameters in %d tensors", config.model_type, count / 1e6, len(trainable))
-        return trainable
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        log.info("%s training: %.2fM trainable parameters in %d tensors", config.model_type, sum(p.numel() for p in trainable) / 1e6, len(trainable))
 
     def _configure_speed(self, model: torch.nn.Module) -> None:
         """Checkpointing policy, memory options (offload, swap) and regional compilation
@@ -168,30 +187,42 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def training_step(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Forward + loss for one micro-batch (no backward)."""
+        """Forward + loss for one micro-batch (no backward).
+
+        The random draws are made for the global batch (every rank's micro-batch, in rank
+        order) and each rank keeps its rows: N ranks with batch b train exactly like one
+        process with batch N*b, and a run resumes exactly on another number of ranks.
+        """
         config, device = self.config, self.accelerator.device
         latents = batch["latents"].to(device, torch.float32)
+        local = latents.shape[0]
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        mine = slice(rank * local, (rank + 1) * local)
         text, text_mask = batch["text"], batch["text_mask"]
         if config.caption_dropout_probability > 0:
-            text, text_mask = self._drop_captions(text, text_mask)
+            drop = torch.rand(local * world, generator=self.generator)[mine] < config.caption_dropout_probability
+            text, text_mask = self._drop_captions(text, text_mask, drop)
         k = int(batch.get("num_cond_latents", 0))
         sigmas = sample_sigmas(
-            latents.shape[0],
+            local * world,
             generator=self.generator,
             distribution=config.timestep_sampling,
             shift=config.flow_schedule_shift,
             logit_mean=config.logit_mean,
             logit_std=config.logit_std,
-        )
-        noise = torch.randn(latents.shape, generator=self.generator, dtype=torch.float32).to(device)
+        )[mine]
+        seeds = sample_seeds(local * world, generator=self.generator)[mine]
+        noise = sample_noise(tuple(latents.shape[1:]), seeds, device)
         inputs = make_inputs(latents, noise, sigmas.to(device), num_cond_latents=k)
-        prediction = self.model(
-            hidden_states=inputs.noisy_latents,
-            timestep=inputs.timesteps,
-            encoder_hidden_states=text.to(device),
-            encoder_attention_mask=text_mask.to(device),
-            num_cond_latents=k,
-        )
+        # accelerate autocasts a prepared model's forward, except under FSDP2 (which has its own policy).
+        with self.accelerator.autocast() if self.sharded else nullcontext():
+            prediction = self.model(
+                hidden_states=inputs.noisy_latents,
+                timestep=inputs.timesteps,
+                encoder_hidden_states=text.to(device),
+                encoder_attention_mask=text_mask.to(device),
+                num_cond_latents=k,
+            )
         return flow_matching_loss(prediction, inputs)
 
     def step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -204,13 +235,14 @@ class Trainer:
             grad_norm = None
             if self.accelerator.sync_gradients and self.config.max_grad_norm:
                 grad_norm = self.accelerator.clip_grad_norm_(list(self.trainable.values()), self.config.max_grad_norm)
+                if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+                    grad_norm = grad_norm.full_tensor()
             self.optimizer.step()
             self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach(), grad_norm
 
-    def _drop_captions(self, text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        drop = torch.rand(text.shape[0], generator=self.generator) < self.config.caption_dropout_probability
+    def _drop_captions(self, text: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if drop.any():
             empty_text, empty_mask = self.data.empty_text()
             text, mask = text.clone(), mask.clone()
@@ -220,32 +252,53 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        model = self.accelerator.unwrap_model(self.model)
-        return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        """The trainable weights as whole tensors (under FSDP every rank must call: it gathers)."""
+        return {n: _whole(p.detach()) for n, p in self._trainable_parameters().items()}
 
     def save(self, reason: str = "periodic") -> Path:
-        """A resumable checkpoint with LoRA exports inside; returns its folder."""
-        self.accelerator.wait_for_everyone()
-        path = None
-        if self.accelerator.is_main_process:
-            path = save_checkpoint(
-                self.checkpoint_dir,
-                self.global_step,
-                weights=self.trainable_state_dict(),
-                optimizer=self.optimizer,
-                scheduler=self.lr_scheduler,
-                rng=rng_state({"trainer": self.generator}),
-                trainer_state={"epoch": self.epoch, "data": self.data.state_dict() if self.data else None, "reason": reason},
-                extra_writer=self._write_exports if self.config.model_type == "lora" else None,
-                keep=self.config.checkpoints_total_limit,
-            )
-            exports = {fmt: str(p.relative_to(self.output_dir)) for fmt, p in self._export_paths(path).items()}
-            self.events.emit("checkpoint", step=self.global_step, path=str(path.relative_to(self.output_dir)), lora=exports)
-            log.info("saved checkpoint %s", path)
-        self.accelerator.wait_for_everyone()
-        return path or self.checkpoint_dir / f"checkpoint-{self.global_step:06d}"
+        """A resumable checkpoint with LoRA exports inside; returns its folder.
 
-    def _write_exports(self, folder: Path) -> dict[str, Path]:
+        Every rank calls it: the main process opens a staging folder, each rank writes its
+        part (its RNG; under FSDP its shards of weights and optimizer state; the LoRA is
+        gathered on all ranks), and the main process commits the folder.
+        """
+        accelerator, step = self.accelerator, self.global_step
+        staging = ckpt.staging_folder(self.checkpoint_dir, step)
+        if accelerator.is_main_process:
+            ckpt.begin_checkpoint(self.checkpoint_dir, step)
+        accelerator.wait_for_everyone()
+        model = accelerator.unwrap_model(self.model)
+        if self.sharded:
+            ckpt.write_sharded_state(staging, model, self.optimizer.optimizer)
+        elif accelerator.is_main_process:
+            ckpt.write_plain_state(staging, weights=self.trainable_state_dict(), optimizer=self.optimizer)
+        ckpt.write_rank_state(staging, accelerator.process_index, rng_state({"trainer": self.generator}))
+        lora = self._lora_weights() if self.config.model_type == "lora" else None
+        accelerator.wait_for_everyone()
+        path = self.checkpoint_dir / f"checkpoint-{step:06d}"
+        if accelerator.is_main_process:
+            if lora is not None:
+                self._write_exports(staging, lora)
+            trainer_state = {
+                "epoch": self.epoch,
+                "data": self.data.state_dict() if self.data else None,
+                "reason": reason,
+                "num_processes": accelerator.num_processes,
+                "strategy": "fsdp" if self.sharded else ("ddp" if accelerator.num_processes > 1 else "none"),
+            }
+            path = ckpt.commit_checkpoint(staging, step, scheduler=self.lr_scheduler, trainer_state=trainer_state, keep=self.config.checkpoints_total_limit)
+            exports = {fmt: str(p.relative_to(self.output_dir)) for fmt, p in self._export_paths(path).items()}
+            self.events.emit("checkpoint", step=step, path=str(path.relative_to(self.output_dir)), lora=exports)
+            log.info("saved checkpoint %s", path)
+        accelerator.wait_for_everyone()
+        return path
+
+    def _lora_weights(self):
+        from ..lora import lora_weights_from_model
+
+        return lora_weights_from_model(self.accelerator.unwrap_model(self.model), metadata=self._lora_metadata())
+
+    def _write_exports(self, folder: Path, weights) -> dict[str, Path]:
         from ..lora import export_lora
 
         return export_lora(
@@ -253,6 +306,7 @@ class Trainer:
             folder / "lora",
             formats=self.config.lora_export_formats,
             metadata=self._lora_metadata(),
+            weights=weights,
         )
 
     def _export_paths(self, folder: Path) -> dict[str, Path]:
@@ -273,22 +327,44 @@ class Trainer:
         }
 
     def resume(self, path: Path) -> None:
-        state = load_checkpoint(path)
-        model = self.accelerator.unwrap_model(self.model)
-        params = dict(model.named_parameters())
-        missing = [n for n in state["weights"] if n not in params]
-        if missing:
-            raise RuntimeError(f"checkpoint {path} does not fit this model: {missing[0]} (and {len(missing) - 1} more) unknown")
-        with torch.no_grad():
-            for name, value in state["weights"].items():
-                params[name].copy_(value)
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Continue from a checkpoint: exactly on the same number of ranks; on another number
+        too (weights, optimizer and schedule exactly; the data order only approximately)."""
+        accelerator = self.accelerator
+        rank, world = accelerator.process_index, accelerator.num_processes
+        state = load_checkpoint(path, rank=rank)
+        saved = state["state"]
+        saved_world = int(saved.get("num_processes", 1))
+        if saved_world != world and accelerator.is_main_process:
+            log.warning(
+                "checkpoint %s was written by %d process(es), resuming on %d: weights, optimizer state and schedule "
+                "continue exactly; the data order continues from the same point of the epoch but not sample for sample",
+                path, saved_world, world,
+            )
+        model = accelerator.unwrap_model(self.model)
+        if state["sharded"]:
+            ckpt.load_sharded_state(path, model, self.optimizer.optimizer)
+        elif self.sharded:
+            raise RuntimeError(
+                f"checkpoint {path} holds whole weights (written by one process or DDP); resume it with "
+                "distributed.strategy 'ddp', or start a new FSDP run from its LoRA with init_lora"
+            )
+        else:
+            params = self._trainable_parameters()
+            unknown = [n for n in state["weights"] if n not in params]
+            if unknown:
+                raise RuntimeError(f"checkpoint {path} does not fit this model: {unknown[0]} (and {len(unknown) - 1} more) unknown")
+            with torch.no_grad():
+                for name, value in state["weights"].items():
+                    params[name].copy_(value)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["scheduler"])
+        # The step generator is the same on every rank, so rank 0's state serves a rank the
+        # checkpoint did not have; the global RNGs (dropout) of such a rank restart from it too.
         restore_rng_state(state["rng"], {"trainer": self.generator})
-        self.global_step = state["state"]["step"]
-        self.epoch = state["state"]["epoch"]
-        if self.data is not None and state["state"].get("data") is not None:
-            self.data.load_state_dict(state["state"]["data"])
+        self.global_step = saved["step"]
+        self.epoch = saved["epoch"]
+        if self.data is not None and saved.get("data") is not None:
+            self.data.load_state_dict(saved["data"])
         log.info("resumed from %s at step %d", path, self.global_step)
 
     # ------------------------------------------------------------------ loop
@@ -299,9 +375,9 @@ class Trainer:
 
         def handler(signum, frame):
             name = signal.Signals(signum).name
-            if self.stop_reason is not None and signum == signal.SIGINT:
+            if self._stop_requested is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt  # second Ctrl-C: stop now
-            self.stop_reason = name
+            self._stop_requested = name
             log.warning("%s received: saving a checkpoint after this step", name)
 
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -321,9 +397,25 @@ class Trainer:
         with self._graceful_stop():
             return self._train()
 
+    def _agree_on_stop(self) -> str | None:
+        """The stop reason once any rank was signalled: all ranks must leave the loop after
+        the same step, or the next collective would wait forever."""
+        if self.accelerator.num_processes > 1:
+            import torch.distributed as dist
+
+            requested = self._stop_requested
+            code = torch.tensor([signal.Signals[requested].value if requested else 0], device=self.accelerator.device)
+            dist.all_reduce(code, op=dist.ReduceOp.MAX)
+            self.stop_reason = signal.Signals(int(code.item())).name if int(code.item()) else None
+        else:
+            self.stop_reason = self._stop_requested
+        return self.stop_reason
+
     def _train(self) -> dict[str, Any]:
         config = self.config
-        cleanup_stale_staging(self.checkpoint_dir)
+        if self.accelerator.is_main_process:
+            cleanup_stale_staging(self.checkpoint_dir)
+        self.accelerator.wait_for_everyone()
         resume = resolve_resume(self.checkpoint_dir, config.resume_from_checkpoint)
         if resume is not None:
             self.resume(resume)
@@ -337,7 +429,7 @@ class Trainer:
         progress = self._progress_bar()
         smoothed = None
         step_started = time.perf_counter()
-        while self.global_step < self.max_steps and self.stop_reason is None:
+        while self.global_step < self.max_steps and self._agree_on_stop() is None:
             for batch in self.data.epoch(self.epoch):
                 loss, grad_norm = self.step(batch)
                 if not self.accelerator.sync_gradients:
@@ -349,12 +441,12 @@ class Trainer:
                 value = self.accelerator.reduce(loss.detach(), reduction="mean").item()
                 smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
                 self._log_step(value, smoothed, grad_norm, seconds, batch, progress)
-                if self.global_step % config.checkpointing_steps == 0 and self.global_step < self.max_steps:
+                if self._agree_on_stop() is not None or self.global_step >= self.max_steps:
+                    break  # the stop or final checkpoint (and validation) follow below
+                if self.global_step % config.checkpointing_steps == 0:
                     self.save()
-                if self.global_step % config.validation_steps == 0 and self.global_step < self.max_steps:
+                if self.global_step % config.validation_steps == 0:
                     self._validate()
-                if self.global_step >= self.max_steps or self.stop_reason is not None:
-                    break
             else:
                 self.epoch += 1
                 continue
@@ -389,32 +481,43 @@ class Trainer:
 
     def _log_step(self, loss: float, smoothed: float, grad_norm, seconds: float, batch: dict, progress) -> None:
         lr = self.lr_scheduler.get_last_lr()[0]
+        # Global throughput: every rank's micro-batches of this optimizer step.
         samples = batch["latents"].shape[0] * self.accelerator.num_processes * self.config.gradient_accumulation_steps
+        samples_per_s = samples / max(seconds, 1e-9)
         peak_gb = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
         norm = float(grad_norm) if grad_norm is not None else None
         remaining = (self.max_steps - self.global_step) * seconds
-        progress.set_postfix(loss=f"{smoothed:.4f}", lr=f"{lr:.2e}", s_step=f"{seconds:.2f}", refresh=False)
+        progress.set_postfix(loss=f"{smoothed:.4f}", lr=f"{lr:.2e}", s_step=f"{seconds:.2f}", samples_s=f"{samples_per_s:.2f}", refresh=False)
         progress.update(1)
-        metrics = {"loss": loss, "loss_smoothed": smoothed, "lr": lr, "step_time_s": seconds, "samples_per_s": samples / max(seconds, 1e-9), "peak_memory_gb": peak_gb}
+        metrics = {"loss": loss, "loss_smoothed": smoothed, "lr": lr, "step_time_s": seconds, "samples_per_s": samples_per_s, "peak_memory_gb": peak_gb}
         if norm is not None:
             metrics["grad_norm"] = norm
         if self.config.report_to != "none":
             self.accelerator.log(metrics, step=self.global_step)
         self.events.emit(
             "step", step=self.global_step, loss=loss, loss_smoothed=smoothed, lr=lr, s_per_step=seconds,
-            eta_s=remaining, grad_norm=norm, peak_gb=peak_gb,
+            samples_per_s=samples_per_s, eta_s=remaining, grad_norm=norm, peak_gb=peak_gb,
         )
 
     def _validate(self, final: bool = False) -> None:
+        """Run the validator on the main process; under FSDP on every rank, since the sharded
+        model's forwards need all of them (the validator writes on the main process only)."""
         if self.validator is None:
             return
-        # Validation must not disturb training: every RNG is restored afterwards.
-        saved = rng_state({"trainer": self.generator})
-        model = self.accelerator.unwrap_model(self.model)
-        was_training = model.training
-        model.eval()
-        try:
-            self.validator(self, self.global_step)
-        finally:
-            model.train(was_training)
-            restore_rng_state(saved, {"trainer": self.generator})
+        if self.accelerator.is_main_process or self.sharded:
+            # Validation must not disturb training: every RNG is restored afterwards.
+            saved = rng_state({"trainer": self.generator})
+            model = self.accelerator.unwrap_model(self.model)
+            was_training = model.training
+            model.eval()
+            try:
+                self.validator(self, self.global_step)
+            finally:
+                model.train(was_training)
+                restore_rng_state(saved, {"trainer": self.generator})
+        self.accelerator.wait_for_everyone()
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded (FSDP2 DTensor) tensor gathered whole; others as they are."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor

@@ -89,6 +89,17 @@ def test_second_run_encodes_nothing_and_loads_no_encoder(setup):
     assert setup.spec.loads == [] and setup.pixels.calls == calls
 
 
+def test_distributed_ranks_share_the_encoding_without_duplicates(setup):
+    """Two ranks (run one after the other here) each encode their share; nothing twice."""
+    samples = setup.samples() + [make_sample(setup.sources[0], CAPTIONS[0])]  # a duplicate clip
+    ranks = [setup.run(samples, rank=rank, world_size=2) for rank in (0, 1)]
+    assert [r.latents_encoded for r in ranks] == [2, 1] and all(r.latents_reused == 0 for r in ranks)
+    assert [r.text_encoded for r in ranks] == [2, 2] and all(r.text_reused == 0 for r in ranks)
+    assert len(latent_files(setup.cache_dir)) == 3
+    whole = setup.run(samples)
+    assert (whole.latents_encoded, whole.latents_reused, whole.text_encoded, whole.text_reused) == (0, 3, 0, 4)
+
+
 def test_touching_one_file_or_changing_one_setting_reencodes_exactly_that_one(setup):
     setup.run(setup.samples())
     touch(setup.sources[1])

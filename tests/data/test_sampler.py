@@ -105,6 +105,23 @@ def test_ranks_get_distinct_shards_of_the_same_global_batch():
     assert sorted(i for batches in per_rank for batch in batches for i in batch) == list(range(12))
 
 
+def test_distributed_resume_on_another_number_of_ranks_keeps_the_place_in_the_epoch():
+    samples = make_samples([("a", (64, 96, 17), False, 24)])
+    two = [BucketBatchSampler(samples, 2, seed=4, num_replicas=2, rank=r) for r in (0, 1)]
+    for sampler in two:
+        for _ in zip(range(3), sampler):  # 3 global batches of 4 = 12 samples seen
+            pass
+    state = two[0].state_dict()
+    assert state == two[1].state_dict() and state["num_replicas"] == 2
+    one = BucketBatchSampler(samples, 2, seed=0)
+    one.load_state_dict(state)
+    assert (one.seed, one.epoch, one.position) == (4, 0, 6)  # 6 batches of 2 = the same 12 samples
+    assert len(list(one)) == len(one) - 6
+    other_data = BucketBatchSampler(samples[:-1], 2, seed=4)
+    with pytest.raises(ValueError, match="saved for different data or batching"):
+        other_data.load_state_dict(state)
+
+
 def test_works_as_a_dataloader_batch_sampler():
     sampler = BucketBatchSampler(SAMPLES, 2, seed=0)
     loader = DataLoader(SAMPLES, batch_sampler=sampler, collate_fn=list)

@@ -80,8 +80,11 @@ def _write_component(root: Path, name: str, writer) -> None:
     try:
         writer(staging)
         os.replace(staging, target)
-    except FileExistsError:  # another process won the race
+    except OSError:
         shutil.rmtree(staging, ignore_errors=True)
+        if not target.exists():
+            raise
+        # another process (a rank of the same run) won the race: its copy is complete
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
