@@ -54,11 +54,10 @@ DEFAULT_PRESETS = ["bf16", "int8", "fp8", "24gb-int8"]
 def run_preset(name: str, case: str, warmup: int, iters: int, compile_blocks: bool) -> dict:
     import torch
 
-    from ..config import TrainConfig
     from ..memory import memory_mode
     from ..training.trainer import Trainer
     from .results import cuda_time
-    from .train_step import OneBatch, build_model, latent_grid, parse_case, text_inputs
+    from .train_step import OneBatch, bench_config, build_model, latent_grid, parse_case, text_inputs
 
     height, width, frames = parse_case(case)
     t, h, w = latent_grid(height, width, frames)
@@ -66,18 +65,10 @@ def run_preset(name: str, case: str, warmup: int, iters: int, compile_blocks: bo
     _, model = build_model()  # bf16 on the GPU; the trainer quantises / places it
     text, mask = text_inputs(1, compact=True, channels=4096, device="cuda")
     batch = {"latents": torch.randn(1, 16, t, h, w, device="cuda"), "text": text, "text_mask": mask, "num_cond_latents": 0}
-    config = TrainConfig(
-        model_flavour="final",
-        model_type="lora",
-        lora_rank=16,
-        mixed_precision="bf16",
-        report_to="none",
-        max_train_steps=10**6,
-        output_dir="/tmp/frametuner-bench-memory",
-        gradient_checkpointing=True,
+    config = bench_config(
+        "/tmp/frametuner-bench-memory",
         gradient_checkpointing_policy="auto",
         compile_transformer=None if compile_blocks else False,  # None: the trainer's default (as users get it)
-        max_grad_norm=1.0,
         **PRESETS[name],
     )
     trainer = Trainer(config, OneBatch(batch), model=model)

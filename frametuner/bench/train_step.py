@@ -122,8 +122,19 @@ class OneBatch:
         return self.batch["text"][0] * 0, self.batch["text_mask"][0] * 0
 
 
-def bench_train(case: str, mode: str, policy: str, warmup: int, iters: int, output_dir: Path, sdpa_kernel: str = "auto", budget_gb: float | None = None) -> dict:
+def bench_config(output_dir, **overrides):
+    """The benchmarked training setup: the full model, LoRA rank 16 on the default targets,
+    bf16, gradient checkpointing, batch 1; ``overrides`` pick the variant."""
     from ..config import TrainConfig
+
+    values = dict(
+        model_flavour="final", model_type="lora", lora_rank=16, mixed_precision="bf16", report_to="none",
+        max_train_steps=10**6, output_dir=str(output_dir), gradient_checkpointing=True, max_grad_norm=1.0,
+    )
+    return TrainConfig(**{**values, **overrides})
+
+
+def bench_train(case: str, mode: str, policy: str, warmup: int, iters: int, output_dir: Path, sdpa_kernel: str = "auto", budget_gb: float | None = None) -> dict:
     from ..training.trainer import Trainer
 
     _, model = build_model()  # fresh: the trainer wraps it with LoRA
@@ -137,19 +148,11 @@ def bench_train(case: str, mode: str, policy: str, warmup: int, iters: int, outp
         "text_mask": mask,
         "num_cond_latents": 0,
     }
-    config = TrainConfig(
-        model_flavour="final",
-        model_type="lora",
-        lora_rank=16,
-        mixed_precision="bf16",
-        report_to="none",
-        max_train_steps=10**6,
-        output_dir=str(output_dir),
-        gradient_checkpointing=True,
+    config = bench_config(
+        output_dir,
         gradient_checkpointing_policy=policy if optimized else "full",
         compile_transformer=optimized,
         activation_memory_budget_gb=budget_gb,
-        max_grad_norm=1.0,
     )
     if optimized:
         model.attention_settings.sdpa_kernel = sdpa_kernel

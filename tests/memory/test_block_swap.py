@@ -8,17 +8,9 @@ import torch
 from frametuner.memory import MemoryOptionError, enable_block_swap, quantise_transformer
 from frametuner.memory.block_swap import storage_views
 
+from .conftest import DEPTH
 from .helpers import add_test_lora, loss_and_grads, make_batch, requires_quanto, small_dit, twin
 
-DEPTH = 4
-
-
-@pytest.fixture(scope="module")
-def lora_model():
-    model = small_dit(depth=DEPTH)
-    add_test_lora(model)
-    model.enable_gradient_checkpointing("full")
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -7,17 +7,9 @@ import torch
 
 from frametuner.memory import MemoryOptionError, enable_activation_offload, enable_group_offload, quantise_transformer
 
-from .helpers import add_test_lora, loss_and_grads, make_batch, requires_quanto, small_dit, twin
+from .conftest import DEPTH
+from .helpers import loss_and_grads, make_batch, requires_quanto, small_dit, twin
 
-DEPTH = 4
-
-
-@pytest.fixture(scope="module")
-def lora_model():
-    model = small_dit(depth=DEPTH)
-    add_test_lora(model)
-    model.enable_gradient_checkpointing("full")
-    return model
 
 
 def assert_same(result, reference):
