@@ -80,3 +80,13 @@ def loss_and_grads(model, batch, dtype: torch.dtype | None = None) -> tuple[torc
 def twin(model):
     """An independent copy (same weights) to modify while the original stays plain."""
     return copy.deepcopy(model)
+
+
+def assert_same(result, reference):
+    """Bit-identical loss and gradients (what exact memory tools must give)."""
+    loss, grads = result
+    ref_loss, ref_grads = reference
+    assert torch.equal(loss, ref_loss), (loss, ref_loss)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        assert torch.equal(grads[name], ref_grads[name]), name

@@ -9,22 +9,12 @@ from frametuner.memory import MemoryOptionError, enable_block_swap, quantise_tra
 from frametuner.memory.block_swap import storage_views
 
 from .conftest import DEPTH
-from .helpers import add_test_lora, loss_and_grads, make_batch, requires_quanto, small_dit, twin
-
+from .helpers import assert_same, add_test_lora, loss_and_grads, make_batch, requires_quanto, small_dit, twin
 
 
 @pytest.fixture(scope="module")
 def reference(lora_model):
     return loss_and_grads(lora_model, make_batch())
-
-
-def assert_same(result, reference):
-    loss, grads = result
-    ref_loss, ref_grads = reference
-    assert torch.equal(loss, ref_loss), (loss, ref_loss)
-    assert grads.keys() == ref_grads.keys()
-    for name in grads:
-        assert torch.equal(grads[name], ref_grads[name]), name
 
 
 def held_bytes(block) -> int:

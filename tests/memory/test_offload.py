@@ -8,17 +8,7 @@ import torch
 from frametuner.memory import MemoryOptionError, enable_activation_offload, enable_group_offload, quantise_transformer
 
 from .conftest import DEPTH
-from .helpers import loss_and_grads, make_batch, requires_quanto, small_dit, twin
-
-
-
-def assert_same(result, reference):
-    loss, grads = result
-    ref_loss, ref_grads = reference
-    assert torch.equal(loss, ref_loss), (loss, ref_loss)
-    assert grads.keys() == ref_grads.keys()
-    for name in grads:
-        assert torch.equal(grads[name], ref_grads[name]), name
+from .helpers import assert_same, loss_and_grads, make_batch, requires_quanto, small_dit, twin
 
 
 def sgd_steps(model, steps: int = 2) -> list[torch.Tensor]:
