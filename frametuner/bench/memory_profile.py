@@ -2,7 +2,7 @@
 
 A diagnostic companion of ``bench/memory.py``: it builds the same full-size model and
 trainer for one preset, runs a step (the auto checkpointing policy decides in it), then
-records the caching allocator's trace of the next step, replays it to the moment of the
+records the caching allocator's trace of a later step, replays it to the moment of the
 highest allocated total, and groups the allocations live at that moment by the innermost
 frametuner / optimum-quanto / torchao / peft / torch frame that made them.
 
@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.cuda.synchronize()
     print(f"first step {time.perf_counter() - started:.1f} s, peak {torch.cuda.max_memory_allocated() / gib:.2f} GB, "
           f"after {torch.cuda.memory_allocated() / gib:.2f} GB", flush=True)
+    # The auto checkpointing policy reads the first step's peak at the start of the second:
+    # run that one as it is, and record the third.
+    trainer.step(batch)
+    torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     torch.cuda.memory._record_memory_history(context="alloc", stacks="python", max_entries=2_000_000)
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = torch.cuda.max_memory_allocated()
     trace = snapshot["device_traces"][torch.cuda.current_device()]
     extra, groups = live_at_peak(trace)
-    print(f"second step: peak {peak / gib:.2f} GB = {before / gib:.2f} GB live before the step "
+    print(f"third step: peak {peak / gib:.2f} GB = {before / gib:.2f} GB live before the step "
           f"+ {extra / gib:.2f} GB allocated in it ({len(trace)} trace events)")
     print(f"{'GB':>7} {'count':>6}  source")
     for source, (size, count) in sorted(groups.items(), key=lambda item: -item[1][0])[: args.top]:

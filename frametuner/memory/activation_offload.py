@@ -59,8 +59,13 @@ class ActivationOffload(BlockHook):
         if not torch.is_grad_enabled():
             return contextlib.nullcontext()
 
+        # Autograd keeps a saved tensor's pack hook alive until the backward releases it, so
+        # the hook must not hold the block input itself: that kept every offloaded input on
+        # the device too (15 GB at 480p). It holds a description of the input instead.
+        target = _identity(hidden_states)
+
         def pack(tensor: torch.Tensor):
-            if not _same_tensor(tensor, hidden_states):
+            if _identity(tensor) != target:
                 return tensor
             return self._offload(tensor)
 
@@ -101,11 +106,10 @@ class ActivationOffload(BlockHook):
         entry.back_event = self.transfer.copy([(entry.back, entry.host)])
 
 
-def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """``a`` is ``b`` or a view of all of it (a compiled block may save a reshaped alias)."""
-    if a is b:
-        return True
-    return a.device == b.device and a.dtype == b.dtype and a.numel() == b.numel() and a.data_ptr() == b.data_ptr()
+def _identity(tensor: torch.Tensor) -> tuple:
+    """What makes two tensors the same memory: ``tensor`` itself or a view of all of it (a
+    compiled block may save a reshaped alias) has the same key."""
+    return (tensor.device, tensor.dtype, tensor.numel(), tensor.data_ptr())
 
 
 def enable_activation_offload(model: nn.Module, device: torch.device | str) -> ActivationOffload:

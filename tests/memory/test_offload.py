@@ -110,14 +110,16 @@ def test_activation_offload_needs_checkpointing(lora_model):
 def test_activation_offload_releases_the_device_copies_of_block_inputs(lora_model):
     """The point of offloading: after the forward, no block's input is still held on the
     device side (only its host copy). Checkpointing that keeps its inputs in a recompute
-    closure defeats this; block outputs are the next blocks' inputs."""
+    closure defeats this, and so does a pack hook that holds the tensor (autograd keeps
+    pack hooks until the backward). Block outputs are the next blocks' inputs; the check
+    is on their storage: the Python tensor object dies even while its memory is held."""
     import gc
     import weakref
 
     model = twin(lora_model)
     enable_activation_offload(model, "cpu")
     outputs = []
-    hooks = [block.register_forward_hook(lambda m, i, o: outputs.append(weakref.ref(o))) for block in model.blocks]
+    hooks = [block.register_forward_hook(lambda m, i, o: outputs.append(weakref.ref(o.untyped_storage()))) for block in model.blocks]
     batch = make_batch()
     inputs = {key: value for key, value in batch.items() if key != "target"}
     prediction = model(**inputs)
