@@ -185,3 +185,37 @@ def test_quantising_while_loading_keeps_host_memory_near_the_quantised_size(tmp_
     bound = int8_bytes + 3 * 2 * block_params + 48 * 2**20  # + a few bf16 blocks in flight and allocator slack
     assert bound < bf16_bytes, "the test model must be able to tell the two apart"
     assert grown <= bound, f"peak grew {grown / 2**20:.0f} MB; bound {bound / 2**20:.0f} MB (bf16 model {bf16_bytes / 2**20:.0f} MB)"
+
+
+@requires_quanto
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_lora_on_an_int4_base_reduces_the_loss(device):
+    """Issue 8's int4 promise: LoRA trained on an int4-quanto base still learns. A fixed batch
+    (latents, noise target, timestep, text), 30 AdamW steps: the loss falls below 75% of
+    where it started (measured on CPU: 62%), and the int4 base weights do not change."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model = small_dit(depth=2, dtype=torch.float32)
+    model.requires_grad_(False)
+    quantise_transformer(model, "int4-quanto", device=device)
+    trainable = add_test_lora(model)
+    model.to(device)
+    model.enable_gradient_checkpointing("full")
+    def values(param):  # a quantised weight compares by its dequantised values
+        return (param.dequantize() if hasattr(param, "dequantize") else param).detach().float().cpu()
+
+    base = {name: values(param) for name, param in model.named_parameters() if not param.requires_grad}
+    optimizer = torch.optim.AdamW(trainable.values(), lr=3e-3, weight_decay=0.0)
+    batch = make_batch(device=device)
+    losses = []
+    for _ in range(30):
+        loss, grads = loss_and_grads(model, batch)
+        for name, param in trainable.items():
+            param.grad = grads[name]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    assert losses[-1] < 0.75 * losses[0], losses
+    for name, param in model.named_parameters():
+        if name in base:
+            assert torch.equal(values(param), base[name]), f"{name} changed"
