@@ -86,6 +86,8 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(self.seed)
 
         self.model = model if model is not None else self._load_model()
+        # A model handed in (benchmarks, tests, the server) gets the config's kernel choice too.
+        self.spec.configure_attention(self.model, config)
         self.memory: MemoryPlan | None = None
         self._prepare_trainable()
         self.optimizer = build_optimizer(config, list(self._trainable_parameters().values()), self.accelerator.device)
@@ -114,9 +116,7 @@ class Trainer:
         if config.model_type == "full" and config.base_model_precision == "no_change":
             dtype = torch.float32  # float32 master weights; compute follows mixed_precision
         log.info("loading %s transformer from %s as %s (%s)", config.model_family, root, dtype, memory_mode(config))
-        model = load_transformer(self.spec, root, config, device=self.accelerator.device, dtype=dtype, training=True)
-        self.spec.configure_attention(model, config)
-        return model
+        return load_transformer(self.spec, root, config, device=self.accelerator.device, dtype=dtype, training=True)
 
     def _trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
         model = self.accelerator.unwrap_model(self.model)

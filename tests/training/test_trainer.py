@@ -140,3 +140,17 @@ def test_trained_lora_exports_reimport_identically(tmp_path):
             apply_lora(fresh, path)
             assert torch.allclose(fresh(*inputs), expected, atol=1e-5, rtol=1e-5), fmt
             remove_loras(fresh)
+
+
+def test_a_handed_in_model_gets_the_configs_attention_choice(tmp_path):
+    """Benchmarks and the server pass their own model: ``attention_implementation`` and
+    ``bsa_*`` must reach it as they reach a loaded one (the 720p BSA benchmark once ran
+    dense because they did not)."""
+    from frametuner.models.registry import load_spec
+
+    model = load_spec("longcat_video").build_transformer(flavour="tiny", device="cpu", dtype=torch.float32)
+    config = tiny_config(tmp_path, max_train_steps=1, attention_implementation="bsa", bsa_sparsity=0.75)
+    trainer = Trainer(config, synthetic_data(seed=0, n=1), model=model)
+    settings = trainer.accelerator.unwrap_model(trainer.model).attention_settings
+    assert settings.implementation == "bsa"
+    assert settings.bsa_params["sparsity"] == 0.75
