@@ -9,6 +9,8 @@ transpose inside. The self-attention backend is chosen per model through
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -135,6 +137,18 @@ def resolve_backend(settings: AttentionSettings, device: torch.device, grid_q, g
     if wanted not in SELF_ATTENTION_BACKENDS:
         raise RuntimeError(f"attention_implementation={wanted!r} is not available in this installation")
     return wanted
+
+
+def block_compile_context(settings: AttentionSettings, device: torch.device):
+    """Entered around the block loop: compiled blocks that may use block-sparse attention
+    need FlexAttention's compile settings while they compile (``bsa.block_compile_context``)."""
+    if settings.implementation not in ("auto", "bsa") or not settings.bsa_params or device.type != "cuda":
+        return contextlib.nullcontext()
+    if not _bsa_backend_available():
+        return contextlib.nullcontext()
+    from .bsa import block_compile_context as bsa_context
+
+    return bsa_context(settings.bsa_params, device)
 
 
 def self_attention(

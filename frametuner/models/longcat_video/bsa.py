@@ -165,6 +165,12 @@ def from_chunk_order(x: torch.Tensor, grid: Grid, chunk: Grid) -> torch.Tensor:
     return x.reshape(batch, heads, tokens, dim)
 
 
+def _chunk_permutation(grid: Grid, chunk: Grid, device: torch.device, *, inverse: bool) -> torch.Tensor:
+    """Token indices that put a ``[.., T*H*W, ..]`` tensor in chunk order (``inverse``: back)."""
+    tokens = torch.arange(math.prod(grid), device=device).view(1, 1, -1, 1)
+    return (from_chunk_order if inverse else to_chunk_order)(tokens, grid, chunk).flatten()
+
+
 def token_chunk_index(grid: Grid, chunk: Grid, device: torch.device | str | None = None) -> torch.Tensor:
     """Chunk number of every token in (t, h, w) order: ``[T*H*W]`` int64 (the tests' oracle map)."""
     nt, nh, nw = _chunk_counts(grid, chunk)
@@ -441,6 +447,25 @@ def block_sparse_attention(
     selection = select_key_chunks(q, k, grid_q=grid_q, grid_k=grid_k, params=params)
     block_mask = selection_block_mask(selection, seq_lengths=(q.shape[2], k.shape[2]), block_size=(volume_q, volume_k))
     kernel_options = _cuda_kernel_options(volume_q, volume_k) if q.is_cuda else None
+    if torch.compiler.is_compiling():
+        # Inside a compiled block (the trainer's and sampler's default on CUDA): FlexAttention
+        # is traced into the block's graph. The context below would break that graph in seven
+        # places (config patches are not traceable), and a broken graph under checkpointing
+        # runs the whole block eagerly: the 720p step took 27.8 s instead of ~15. The block's
+        # caller installs the same context around the compilation (:func:`block_compile_context`).
+        # Regrouped by gathers, not 9-d permutes: inductor's FlexAttention lowering takes only
+        # 4-d buffers, and a reshaped permute reaches it as a view of a 9-d one.
+        to_chunks = _chunk_permutation(tuple(grid_q), chunk_q, q.device, inverse=False)
+        to_chunks_k = _chunk_permutation(tuple(grid_k), chunk_k, q.device, inverse=False)
+        out = flex_attention(
+            q.index_select(2, to_chunks),
+            k.index_select(2, to_chunks_k),
+            v.index_select(2, to_chunks_k),
+            block_mask=block_mask,
+            scale=q.shape[-1] ** -0.5,
+            kernel_options=kernel_options,
+        )
+        return out.index_select(2, _chunk_permutation(tuple(grid_q), chunk_q, q.device, inverse=True))
     # Grad mode is part of dynamo's guards: without inputs that need grad, run (and compile) the inference graph.
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     regroup, ungroup = _regroupers(q.is_cuda)
@@ -454,6 +479,16 @@ def block_sparse_attention(
             kernel_options=kernel_options,
         )
         return ungroup(out, tuple(grid_q), chunk_q)
+
+
+def block_compile_context(bsa_params: BSAParams | Mapping[str, Any] | None, device: torch.device):
+    """The context compiled blocks that may run BSA are called (and so compiled) in on CUDA:
+    our Triton tiles for FlexAttention and the backward lowered with the forward (see
+    :func:`_compile_context`). Nothing for other devices or without BSA."""
+    if bsa_params is None or device.type != "cuda":
+        return contextlib.nullcontext()
+    params = _params(bsa_params)
+    return _compile_context(_cuda_kernel_options(math.prod(params.chunk_3d_shape_q), math.prod(params.chunk_3d_shape_k)))
 
 
 def bsa_self_attention(

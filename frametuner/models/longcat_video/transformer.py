@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from .attention import AttentionSettings, cross_attention, self_attention
+from .attention import AttentionSettings, block_compile_context, cross_attention, self_attention
 from .rope import RotaryEmbedding3D, apply_rope
 
 Grid = tuple[int, int, int]
@@ -504,8 +504,9 @@ class LongCatVideoTransformer3DModel(ModelMixin, ConfigMixin):
         rope = self.rope.tables(grid, x.device)
         self._plan_checkpointing(x)
 
-        for index, block in enumerate(self.blocks):
-            x = self._run_block(index, block, x, text, text_bias, t_emb, rope, grid, num_cond_latents)
+        with block_compile_context(self.attention_settings, x.device):
+            for index, block in enumerate(self.blocks):
+                x = self._run_block(index, block, x, text, text_bias, t_emb, rope, grid, num_cond_latents)
 
         x = self.final_layer(x, t_emb, grid)
         return self.unpatchify(x, grid).float()
