@@ -161,7 +161,10 @@ def self_attention(
     settings: AttentionSettings,
 ) -> torch.Tensor:
     backend = resolve_backend(settings, q.device, grid_q, grid_k)
-    settings.log_choice_once(backend, grid_k)
+    if not torch.compiler.is_compiling():
+        # Inside a compiled, checkpointed block the set update is a side effect that
+        # dynamo breaks the graph on; the model logs the choice before the block loop.
+        settings.log_choice_once(backend, grid_k)
     return SELF_ATTENTION_BACKENDS[backend](q, k, v, grid_q=grid_q, grid_k=grid_k, settings=settings)
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from .attention import AttentionSettings, block_compile_context, cross_attention, self_attention
+from .attention import AttentionSettings, block_compile_context, cross_attention, resolve_backend, self_attention
 from .rope import RotaryEmbedding3D, apply_rope
 
 Grid = tuple[int, int, int]
@@ -456,6 +456,16 @@ class LongCatVideoTransformer3DModel(ModelMixin, ConfigMixin):
         bias = bias.masked_fill(position > valid, float("-inf"))
         return states, bias
 
+    def _log_attention_choice(self, device: torch.device, grid: Grid, num_cond_latents: int) -> None:
+        """Log the self-attention kernel once per shape, outside the (compiled) blocks."""
+        if num_cond_latents:
+            return  # the condition/noise split picks per part; the blocks log it uncompiled
+        try:
+            backend = resolve_backend(self.attention_settings, device, grid, grid)
+        except (RuntimeError, ValueError):
+            return  # the block raises it with the full message
+        self.attention_settings.log_choice_once(backend, grid)
+
     def _run_block(self, index: int, block: nn.Module, *args: Any) -> torch.Tensor:
         """The seam memory tools hook into (block swap, offload); checkpointing is per block."""
         return block(*args)
@@ -504,6 +514,7 @@ class LongCatVideoTransformer3DModel(ModelMixin, ConfigMixin):
         rope = self.rope.tables(grid, x.device)
         self._plan_checkpointing(x)
 
+        self._log_attention_choice(x.device, grid, num_cond_latents)
         with block_compile_context(self.attention_settings, x.device):
             for index, block in enumerate(self.blocks):
                 x = self._run_block(index, block, x, text, text_bias, t_emb, rope, grid, num_cond_latents)
