@@ -381,7 +381,8 @@ class LongCatVideoTransformer3DModel(ModelMixin, ConfigMixin):
         recomputation and records its peak GPU memory; from the next step on, the spare
         room under the budget is filled with blocks that keep their attention output
         (one activation, B x N x C, each). Reads the allocator's host-side counters only
-        (no device sync)."""
+        (no device sync); whoever resets the peak counters between the first and second
+        step at a shape (a profiler) makes this plan from the wrong peak."""
         if self._checkpoint_mode != "auto" or not torch.is_grad_enabled() or x.device.type != "cuda":
             return 0
         plans = self.__dict__.setdefault("_checkpoint_plans", {})
