@@ -148,7 +148,7 @@ def block_compile_context(settings: AttentionSettings, device: torch.device):
         return contextlib.nullcontext()
     from .bsa import block_compile_context as bsa_context
 
-    return bsa_context(settings.bsa_params, device)
+    return bsa_context(settings.bsa_params)
 
 
 def self_attention(

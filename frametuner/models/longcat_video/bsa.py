@@ -171,6 +171,17 @@ def _chunk_permutation(grid: Grid, chunk: Grid, device: torch.device, *, inverse
     return (from_chunk_order if inverse else to_chunk_order)(tokens, grid, chunk).flatten()
 
 
+def _gather_to_chunks(x: torch.Tensor, grid: Grid, chunk: Grid) -> torch.Tensor:
+    """:func:`to_chunk_order` as one gather, for compiled graphs: inductor's FlexAttention
+    lowering takes only 4-d buffers, and a reshaped 9-d permute reaches it as a view."""
+    return x.index_select(2, _chunk_permutation(grid, chunk, x.device, inverse=False))
+
+
+def _gather_from_chunks(x: torch.Tensor, grid: Grid, chunk: Grid) -> torch.Tensor:
+    """:func:`from_chunk_order` as one gather (see :func:`_gather_to_chunks`)."""
+    return x.index_select(2, _chunk_permutation(grid, chunk, x.device, inverse=True))
+
+
 def token_chunk_index(grid: Grid, chunk: Grid, device: torch.device | str | None = None) -> torch.Tensor:
     """Chunk number of every token in (t, h, w) order: ``[T*H*W]`` int64 (the tests' oracle map)."""
     nt, nh, nw = _chunk_counts(grid, chunk)
@@ -449,28 +460,20 @@ def block_sparse_attention(
     kernel_options = _cuda_kernel_options(volume_q, volume_k) if q.is_cuda else None
     if torch.compiler.is_compiling():
         # Inside a compiled block (the trainer's and sampler's default on CUDA): FlexAttention
-        # is traced into the block's graph. The context below would break that graph in seven
-        # places (config patches are not traceable), and a broken graph under checkpointing
-        # runs the whole block eagerly: the 720p step took 27.8 s instead of ~15. The block's
-        # caller installs the same context around the compilation (:func:`block_compile_context`).
-        # Regrouped by gathers, not 9-d permutes: inductor's FlexAttention lowering takes only
-        # 4-d buffers, and a reshaped permute reaches it as a view of a 9-d one.
-        to_chunks = _chunk_permutation(tuple(grid_q), chunk_q, q.device, inverse=False)
-        to_chunks_k = _chunk_permutation(tuple(grid_k), chunk_k, q.device, inverse=False)
-        out = flex_attention(
-            q.index_select(2, to_chunks),
-            k.index_select(2, to_chunks_k),
-            v.index_select(2, to_chunks_k),
-            block_mask=block_mask,
-            scale=q.shape[-1] ** -0.5,
-            kernel_options=kernel_options,
-        )
-        return out.index_select(2, _chunk_permutation(tuple(grid_q), chunk_q, q.device, inverse=True))
-    # Grad mode is part of dynamo's guards: without inputs that need grad, run (and compile) the inference graph.
-    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    regroup, ungroup = _regroupers(q.is_cuda)
-    with _compile_context(kernel_options), torch.set_grad_enabled(needs_grad):
-        out = _compiled_flex()(
+        # is traced into the block's graph. The context of the eager path would break that
+        # graph in seven places (config patches are not traceable), and a broken graph under
+        # checkpointing splits the block: the 720p step took 27.8 s instead of 17. The block's
+        # caller enters the same context around the compilation (:func:`block_compile_context`).
+        flex, regroup, ungroup, context = flex_attention, _gather_to_chunks, _gather_from_chunks, contextlib.nullcontext()
+    else:
+        # Grad mode is part of dynamo's guards: without inputs that need grad, run (and compile) the inference graph.
+        needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        flex, (regroup, ungroup) = _compiled_flex(), _regroupers(q.is_cuda)
+        context = contextlib.ExitStack()
+        context.enter_context(_compile_context(kernel_options))
+        context.enter_context(torch.set_grad_enabled(needs_grad))
+    with context:
+        out = flex(
             regroup(q, tuple(grid_q), chunk_q),
             regroup(k, tuple(grid_k), chunk_k),
             regroup(v, tuple(grid_k), chunk_k),
@@ -481,12 +484,10 @@ def block_sparse_attention(
         return ungroup(out, tuple(grid_q), chunk_q)
 
 
-def block_compile_context(bsa_params: BSAParams | Mapping[str, Any] | None, device: torch.device):
-    """The context compiled blocks that may run BSA are called (and so compiled) in on CUDA:
-    our Triton tiles for FlexAttention and the backward lowered with the forward (see
-    :func:`_compile_context`). Nothing for other devices or without BSA."""
-    if bsa_params is None or device.type != "cuda":
-        return contextlib.nullcontext()
+def block_compile_context(bsa_params: BSAParams | Mapping[str, Any]):
+    """The context that CUDA blocks which may run BSA are called (and so compiled) in: our
+    Triton tiles for FlexAttention and the backward lowered with the forward (see
+    :func:`_compile_context`). ``attention.block_compile_context`` decides when it applies."""
     params = _params(bsa_params)
     return _compile_context(_cuda_kernel_options(math.prod(params.chunk_3d_shape_q), math.prod(params.chunk_3d_shape_k)))
 

@@ -460,7 +460,7 @@ class LongCatVideoTransformer3DModel(ModelMixin, ConfigMixin):
     def _log_attention_choice(self, device: torch.device, grid: Grid, num_cond_latents: int) -> None:
         """Log the self-attention kernel once per shape, outside the (compiled) blocks."""
         if num_cond_latents:
-            return  # the condition/noise split picks per part; the blocks log it uncompiled
+            return  # the condition/noise split picks per part: eager blocks log it, compiled ones do not
         try:
             backend = resolve_backend(self.attention_settings, device, grid, grid)
         except (RuntimeError, ValueError):
