@@ -58,18 +58,16 @@ DEFAULT_PRESETS = ["bf16", "int8", "fp8", "24gb-int8"]
 
 
 # ---------------------------------------------------------------------- one preset (worker process)
-def run_preset(name: str, case: str, warmup: int, iters: int, compile_blocks: bool) -> dict:
+def preset_trainer(name: str, case: str, compile_blocks: bool):
+    """The full-size model (random bf16 weights on the GPU, quantised or placed by the
+    trainer), one fixed batch of ``case`` and the trainer for preset ``name``."""
     import torch
 
-    from ..memory import memory_mode
     from ..training.trainer import Trainer
-    from .results import cuda_time
     from .train_step import OneBatch, bench_config, build_model, latent_grid, parse_case, text_inputs
 
-    height, width, frames = parse_case(case)
-    t, h, w = latent_grid(height, width, frames)
-    started = time.perf_counter()
-    _, model = build_model()  # bf16 on the GPU; the trainer quantises / places it
+    t, h, w = latent_grid(*parse_case(case))
+    _, model = build_model()
     text, mask = text_inputs(1, compact=True, channels=4096, device="cuda")
     batch = {"latents": torch.randn(1, 16, t, h, w, device="cuda"), "text": text, "text_mask": mask, "num_cond_latents": 0}
     config = bench_config(
@@ -78,7 +76,18 @@ def run_preset(name: str, case: str, warmup: int, iters: int, compile_blocks: bo
         compile_transformer=None if compile_blocks else False,  # None: the trainer's default (as users get it)
         **PRESETS[name],
     )
-    trainer = Trainer(config, OneBatch(batch), model=model)
+    return Trainer(config, OneBatch(batch), model=model), batch
+
+
+def run_preset(name: str, case: str, warmup: int, iters: int, compile_blocks: bool) -> dict:
+    import torch
+
+    from ..memory import memory_mode
+    from .results import cuda_time
+
+    started = time.perf_counter()
+    trainer, batch = preset_trainer(name, case, compile_blocks)
+    config = trainer.config
     setup_s = time.perf_counter() - started
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -112,7 +121,7 @@ def run_preset(name: str, case: str, warmup: int, iters: int, compile_blocks: bo
         "host_rss_gb": _rss_gb(),
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
-        "tokens": t * (h // 2) * (w // 2),
+        "tokens": batch["latents"][0, 0, :, ::2, ::2].numel(),  # patch (1, 2, 2)
         "config": {k: v for k, v in PRESETS[name].items()},
     }
 

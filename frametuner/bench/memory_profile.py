@@ -58,9 +58,7 @@ def live_at_peak(trace: list[dict]) -> tuple[int, dict[str, list[int]]]:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from ..training.trainer import Trainer
-    from .memory import PRESETS
-    from .train_step import OneBatch, bench_config, build_model, latent_grid, parse_case, text_inputs
+    from .memory import PRESETS, preset_trainer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="int8", choices=sorted(PRESETS))
@@ -69,17 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)
 
-    height, width, frames = parse_case(args.case)
-    t, h, w = latent_grid(height, width, frames)
-    _, model = build_model()
-    text, mask = text_inputs(1, compact=True, channels=4096, device="cuda")
-    batch = {"latents": torch.randn(1, 16, t, h, w, device="cuda"), "text": text, "text_mask": mask, "num_cond_latents": 0}
-    config = bench_config(
-        "/tmp/frametuner-bench-memory", gradient_checkpointing_policy="auto",
-        compile_transformer=False if args.no_compile else None, **PRESETS[args.preset],
-    )
-    trainer = Trainer(config, OneBatch(batch), model=model)
-    del model
+    trainer, batch = preset_trainer(args.preset, args.case, compile_blocks=not args.no_compile)
     torch.cuda.synchronize()
     gib = 2**30
     params = sum(p.numel() * p.element_size() for p in trainer.model.parameters() if p.device.type == "cuda")

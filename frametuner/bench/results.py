@@ -6,6 +6,7 @@ appended as soon as it is measured so a run cut off by a time limit keeps what i
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -34,6 +35,7 @@ def cuda_time(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]:
     return times
 
 
+@functools.cache
 def git_commit() -> str:
     """The commit benchmarked; FRAMETUNER_GIT_COMMIT where the tree travelled without .git."""
     if os.environ.get("FRAMETUNER_GIT_COMMIT"):

@@ -59,13 +59,11 @@ class _SwappedBlock:
 class BlockSwap(BlockHook):
     """See the module docstring. Create with :func:`enable_block_swap`."""
 
-    def __init__(self, model: nn.Module, blocks_to_swap: int, device: torch.device, *, training: bool):
-        self.model = model
+    def __init__(self, model: nn.Module, blocks_to_swap: int, device: torch.device):
         self.device = torch.device(device)
         depth = len(model.blocks)
         self.first_swapped = depth - blocks_to_swap
         self.last_index = depth - 1
-        self.training = training
         self.transfer = TransferStream(self.device)
         self.swapped: dict[int, _SwappedBlock] = {}
         self.loads = 0  # host -> device block copies, for tests and logs
@@ -131,10 +129,6 @@ class BlockSwap(BlockHook):
     def resident_blocks(self) -> list[int]:
         return [index for index, entry in self.swapped.items() if entry.resident]
 
-    def release_all(self) -> None:
-        for index in self.swapped:
-            self._release(index)
-
     # ------------------------------------------------------------------ hooks
     def forward_pre(self, index: int) -> None:
         self._load(index, wait=True)
@@ -193,7 +187,7 @@ def enable_block_swap(model: nn.Module, blocks_to_swap: int, device: torch.devic
     for index in range(depth - blocks_to_swap):
         blocks[index].to(device)
     place_trainable(model, device)
-    swap = BlockSwap(model, blocks_to_swap, device, training=training)
+    swap = BlockSwap(model, blocks_to_swap, device)
     BlockRunner.of(model).add(swap)
     staged = sum(entry.nbytes for entry in swap.swapped.values())
     log.info("block swap: blocks %d-%d (%.2f GB of frozen weights) live in host memory", depth - blocks_to_swap, depth - 1, staged / 2**30)

@@ -69,7 +69,6 @@ class BlockRunner:
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self.depth = len(model.blocks)
         self.hooks: list[BlockHook] = []
         self._inner = model._run_block  # the class's seam, bound to the model
         self._end_queued = False

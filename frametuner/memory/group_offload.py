@@ -127,9 +127,6 @@ class GroupOffload(BlockHook):
         tensors = list(group.parameters) + list(group.buffers)
         return bool(tensors) and tensors[0].device.type == self.device.type
 
-    def onloaded_groups(self) -> int:
-        return sum(self._onloaded(group) for group in self.groups)
-
     # ------------------------------------------------------------------ backward (block level)
     def backward_pre(self, index: int) -> None:
         group = self.group_of_block.get(index)
