@@ -24,7 +24,8 @@ class TrainingData(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
     def empty_text(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embedding ``[L, C]`` and mask ``[L]`` of the empty prompt (caption dropout)."""
+        """Embedding and mask of the empty prompt (caption dropout): ``[n, C]`` real tokens or
+        padded ``[L, C]``; the trainer keeps the masked-in rows and pads them to the batch."""
 
 
 class InMemoryData:

@@ -30,6 +30,7 @@ class CachedTrainingData:
     def __init__(self, dataset, sampler):
         self.dataset = dataset
         self.sampler = sampler
+        self._empty: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def from_scan(cls, scan, config, *, num_replicas: int = 1, rank: int = 0) -> "CachedTrainingData":
@@ -58,8 +59,11 @@ class CachedTrainingData:
         self.sampler.load_state_dict(state)
 
     def empty_text(self) -> tuple[torch.Tensor, torch.Tensor]:
-        text = self.dataset.text_cache.load("")
-        return text, torch.ones(text.shape[0], dtype=torch.int64)
+        """The empty prompt's real tokens ``[n, C]`` (the trainer pads them per batch), read once."""
+        if self._empty is None:
+            text = self.dataset.text_cache.load("")
+            self._empty = text, torch.ones(text.shape[0], dtype=torch.int64)
+        return self._empty
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..cache.entries import pad_text
 from ..memory import MemoryPlan, apply_memory_options, load_transformer, memory_mode, offloads_weights, quantise_transformer
 from ..models.registry import load_spec
 from . import checkpoint as ckpt
@@ -245,6 +246,9 @@ class Trainer:
     def _drop_captions(self, text: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if drop.any():
             empty_text, empty_mask = self.data.empty_text()
+            # Padded to this batch's length here: cached batches are padded per batch, and an
+            # unpadded [n, C] empty prompt would broadcast its last row over all L rows.
+            empty_text, empty_mask = pad_text(empty_text[empty_mask.bool()], text.shape[1])
             text, mask = text.clone(), mask.clone()
             text[drop] = empty_text.to(text.dtype)
             mask[drop] = empty_mask.to(mask.dtype)

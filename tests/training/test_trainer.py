@@ -154,3 +154,20 @@ def test_a_handed_in_model_gets_the_configs_attention_choice(tmp_path):
     settings = trainer.accelerator.unwrap_model(trainer.model).attention_settings
     assert settings.implementation == "bsa"
     assert settings.bsa_params["sparsity"] == 0.75
+
+
+def test_caption_dropout_pads_an_unpadded_empty_prompt_to_the_batch(tmp_path):
+    """Cached data hands out the empty prompt's real tokens only ([n, C], padded per batch
+    elsewhere). A dropped caption must become exactly those tokens followed by zero padding,
+    masked out: assigned unpadded, the single end token broadcast over all L rows."""
+    trainer = Trainer(tiny_config(tmp_path, max_train_steps=1), synthetic_data(seed=0, n=2))
+    channels = 64
+    empty = torch.full((1, channels), 3.0)
+    trainer.data.empty_text = lambda: (empty, torch.ones(1, dtype=torch.int64))
+    text = torch.randn(2, 6, channels)
+    mask = torch.ones(2, 6, dtype=torch.int64)
+    dropped, dropped_mask = trainer._drop_captions(text, mask, torch.tensor([True, False]))
+    assert torch.equal(dropped[0, 0], empty[0])
+    assert torch.equal(dropped[0, 1:], torch.zeros(5, channels))
+    assert dropped_mask[0].tolist() == [1, 0, 0, 0, 0, 0]
+    assert torch.equal(dropped[1], text[1]) and dropped_mask[1].tolist() == [1] * 6
