@@ -21,9 +21,8 @@ import torch.nn as nn
 
 from .activation_offload import ActivationOffload, enable_activation_offload
 from .block_swap import BlockSwap, enable_block_swap
-from .errors import MemoryOptionError
 from .group_offload import GroupOffload, enable_group_offload
-from .quantise import QUANTISED_PRECISIONS, block_quantiser, check_quantisation_supported, quantise_transformer
+from .quantise import QUANTISED_PRECISIONS, block_quantiser, check_quantisation_supported
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +63,8 @@ def offloads_weights(config) -> bool:
 
 
 def _check(config, device: torch.device) -> None:
-    if config.enable_group_offload and config.musubi_blocks_to_swap:
-        raise MemoryOptionError("enable_group_offload and musubi_blocks_to_swap both move the base weights; choose one")
-    if config.musubi_block_swap_device != "cpu":
-        raise MemoryOptionError(f"musubi_block_swap_device {config.musubi_block_swap_device!r}: only 'cpu' is supported")
+    """What the config schema cannot know: whether this device and installation can run
+    the precision (the schema already rejects swap + group offload and other swap devices)."""
     if config.base_model_precision in QUANTISED_PRECISIONS:
         check_quantisation_supported(config.base_model_precision, device)
 
@@ -102,18 +99,15 @@ def load_transformer(spec, root: str | Path, config, *, device: torch.device | s
 def apply_memory_options(model: nn.Module, config, device: torch.device | str, *, training: bool) -> MemoryPlan:
     """Apply the config's memory settings to ``model`` (LoRA already added); see the module docstring.
 
-    Quantises the base first if it is not yet (a model built in memory, e.g. by the
-    benchmark). Activation offload only applies to training.
+    A quantised base is quantised before this, while loading (:func:`load_transformer`) or,
+    for a model handed to the trainer, before LoRA wraps it. Activation offload only applies
+    to training.
     """
     device = torch.device(device)
     _check(config, device)
     if not training:
         model.requires_grad_(False)  # sampling: every weight is frozen, so every weight may move
     plan = MemoryPlan(mode=memory_mode(config))
-    if config.base_model_precision in QUANTISED_PRECISIONS:
-        quantise_transformer(
-            model, config.base_model_precision, device=device, offload_to="cpu" if offloads_weights(config) else None, training=training
-        )
     if config.enable_group_offload:
         plan.group_offload = enable_group_offload(
             model,

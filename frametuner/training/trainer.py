@@ -410,7 +410,8 @@ class Trainer:
             requested = self._stop_requested
             code = torch.tensor([signal.Signals[requested].value if requested else 0], device=self.accelerator.device)
             dist.all_reduce(code, op=dist.ReduceOp.MAX)
-            self.stop_reason = signal.Signals(int(code.item())).name if int(code.item()) else None
+            value = int(code.item())
+            self.stop_reason = signal.Signals(value).name if value else None
         else:
             self.stop_reason = self._stop_requested
         return self.stop_reason
