@@ -83,9 +83,12 @@ def cache_texts(
     report: CacheReport,
     batch_size: int = 8,
     progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> None:
-    """Encode the captions missing from ``text_cache`` (the empty prompt is the caller's to include)."""
-    captions = _unique(captions)
+    """Encode the captions missing from ``text_cache`` (the empty prompt is the caller's to include);
+    with ``world_size`` > 1, only every ``world_size``-th unique caption from ``rank`` on."""
+    captions = _unique(captions)[rank::world_size]
     missing = [caption for caption in captions if not _present(text_cache.check, caption, report)]
     report.text_reused += len(captions) - len(missing)
     if not missing:
@@ -124,11 +127,14 @@ def cache_latents(
     device: torch.device | str,
     report: CacheReport,
     progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> None:
-    """Encode the samples missing from ``latent_cache``; a sample whose pixels fail to load is reported and skipped."""
-    by_path = {latent_cache.path(sample): sample for sample in samples}  # identical pixels are encoded once
-    missing = [sample for sample in by_path.values() if not _present(latent_cache.check, sample, report)]
-    report.latents_reused += len(by_path) - len(missing)
+    """Encode the samples missing from ``latent_cache``; a sample whose pixels fail to load is reported and skipped.
+    With ``world_size`` > 1, only every ``world_size``-th unique clip from ``rank`` on."""
+    clips = list({latent_cache.path(sample): sample for sample in samples}.values())[rank::world_size]  # identical pixels once
+    missing = [sample for sample in clips if not _present(latent_cache.check, sample, report)]
+    report.latents_reused += len(clips) - len(missing)
     if not missing:
         return
     if load_conditioning_image is None and any(has_conditioning_image(s) for s in missing):
@@ -195,21 +201,19 @@ def cache_samples(
     text_cache, latent_cache = open_caches(
         spec, model_root, cache_dir, text_dtype=text_dtype, text_encoder_dtype=text_encoder_dtype, vae_dtype=vae_dtype
     )
-    texts = _unique([sample.caption for sample in samples] + list(prompts) + [""])
-    clips = list({latent_cache.path(sample): sample for sample in samples}.values())  # identical pixels once
-    if world_size > 1:
-        texts, clips = texts[rank::world_size], clips[rank::world_size]
     cache_texts(
-        texts,
+        [sample.caption for sample in samples] + list(prompts) + [""],
         text_cache=text_cache,
         load_text_encoder=lambda: spec.load_text_encoder(model_root, device="cpu", dtype=text_encoder_dtype),
         device=device,
         report=report,
         batch_size=text_batch_size,
         progress=progress,
+        rank=rank,
+        world_size=world_size,
     )
     cache_latents(
-        clips,
+        samples,
         latent_cache=latent_cache,
         load_vae=lambda: spec.load_vae(model_root, device="cpu", dtype=vae_dtype),
         load_pixels=load_pixels,
@@ -217,6 +221,8 @@ def cache_samples(
         device=device,
         report=report,
         progress=progress,
+        rank=rank,
+        world_size=world_size,
     )
     report.seconds = time.perf_counter() - start
     log.info("cache %s: %s", cache_dir, report.summary())
