@@ -20,7 +20,7 @@ class TextCache:
     """``<cache_dir>/text/<key>.safetensors``: ``text`` ``[n, C]`` (valid tokens only) and ``length`` ``[]`` int64.
 
     Only the n real tokens are stored (a 512 x 4096 float32 row block is 8 MB, most
-    captions are < 100 tokens); :meth:`padded` zero-pads back to the DiT's text length.
+    captions are < 100 tokens); :func:`pad_text` zero-pads back to the DiT's text length.
     """
 
     def __init__(self, cache_dir: str | Path, *, encoder_identity: str, dtype: torch.dtype, max_length: int = 512):
@@ -62,10 +62,6 @@ class TextCache:
         if text is None or text.ndim != 2 or int(tensors.get("length", -1)) != text.shape[0]:
             raise CorruptCacheEntry(path, "text/length missing or inconsistent")
         return text
-
-    def padded(self, caption: str, pad_to: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[pad_to, C]`` zero-padded embedding and ``[pad_to]`` int64 mask (1 = real token)."""
-        return pad_text(self.load(caption), pad_to)
 
 
 class LatentCache:

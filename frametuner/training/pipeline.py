@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 import torch
 
+from ..cache.entries import pad_text
 from ..config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -33,12 +34,13 @@ class CachedTrainingData:
         self._empty: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
-    def from_scan(cls, scan, config, *, num_replicas: int = 1, rank: int = 0) -> "CachedTrainingData":
+    def from_scan(cls, scan, config, *, caches=None, num_replicas: int = 1, rank: int = 0) -> "CachedTrainingData":
+        """``caches``: the run's (TextCache, LatentCache) when already open."""
         from ..cache import CachedDataset
         from ..cache.run import open_config_caches
         from ..data.sampler import BucketBatchSampler
 
-        text_cache, latent_cache = open_config_caches(config)
+        text_cache, latent_cache = caches or open_config_caches(config)
         dataset = CachedDataset(scan.samples, text_cache=text_cache, latent_cache=latent_cache, pad_to=None)
         sampler = BucketBatchSampler.from_scan(scan, config, num_replicas=num_replicas, rank=rank)
         return cls(dataset, sampler)
@@ -88,10 +90,11 @@ class Validator:
         self.deferred = False
 
     @classmethod
-    def from_config(cls, config, spec, scan) -> "Validator | None":
+    def from_config(cls, config, spec, scan, *, caches=None) -> "Validator | None":
+        """``caches``: the run's (TextCache, LatentCache) when already open."""
         from ..cache.run import open_config_caches, validation_prompts
 
-        text_cache, latent_cache = open_config_caches(config)
+        text_cache, latent_cache = caches or open_config_caches(config)
         prompts: list[ValidationPrompt] = []
         if config.validation_using_datasets:
             for sample in scan.dataset_samples(config.eval_dataset_id):
@@ -131,13 +134,15 @@ class Validator:
             vae = self.spec.load_vae(self.root, device=device, dtype=self.spec.encoder_dtype(config.mixed_precision))
         elif writer:
             self.deferred = True
+        negative_text = self.text_cache.load(config.validation_negative_prompt)
         try:
             for index, item in enumerate(self.prompts):
                 # Both prompts padded to the longer one (the CFG batch needs one length); the
                 # DiT's text_virtual_length makes this exactly upstream's 512-token padding.
-                length = max(self._tokens(item.prompt), self._tokens(config.validation_negative_prompt))
-                embeds, mask = self.text_cache.padded(item.prompt, length)
-                negative, negative_mask = self.text_cache.padded(config.validation_negative_prompt, length)
+                text = self.text_cache.load(item.prompt)
+                length = max(text.shape[0], negative_text.shape[0])
+                embeds, mask = pad_text(text, length)
+                negative, negative_mask = pad_text(negative_text, length)
                 outputs = render_validation(
                     model, vae, spec=self.spec, validation_dir=self.folder, step=step, prompt_index=index,
                     prompt=item.prompt, prompt_embeds=embeds[None], prompt_mask=mask[None],
@@ -157,16 +162,13 @@ class Validator:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
 
-    def _tokens(self, prompt: str) -> int:
-        return self.text_cache.load(prompt).shape[0]
-
     def _report(self, trainer, step: int, index: int, prompt: str, outputs) -> None:
         relative = lambda p: str(Path(p).resolve().relative_to(self.output_dir.resolve())) if p is not None else None  # noqa: E731
         trainer.events.emit(
             "validation", step=step, prompt_index=index, prompt=prompt,
             video=relative(outputs.video), contact_sheet=relative(outputs.contact_sheet), latents=relative(outputs.latents),
         )
-        if outputs.contact_sheet is not None and self.config.report_to == "tensorboard" and trainer.accelerator.is_main_process:
+        if outputs.contact_sheet is not None and self.config.report_to == "tensorboard":
             import numpy as np
             from PIL import Image
 
@@ -220,6 +222,7 @@ def scan_and_cache(config, state):
 
 def train(config) -> int:
     """Entry point of ``frametuner train`` (on every rank of a multi-GPU run)."""
+    from ..cache.run import open_config_caches
     from ..models.registry import load_spec
     from .distributed import process_state
     from .trainer import Trainer
@@ -229,8 +232,9 @@ def train(config) -> int:
     spec = load_spec(config.model_family)
     state = process_state()
     scan = scan_and_cache(config, state)
-    data = CachedTrainingData.from_scan(scan, config, num_replicas=state.num_processes, rank=state.process_index)
-    validator = Validator.from_config(config, spec, scan)
+    caches = open_config_caches(config)
+    data = CachedTrainingData.from_scan(scan, config, caches=caches, num_replicas=state.num_processes, rank=state.process_index)
+    validator = Validator.from_config(config, spec, scan, caches=caches)
     trainer = Trainer(config, data, validator=validator)
     result = trainer.train()
     del trainer
