@@ -33,8 +33,7 @@ class CachedDataset(Dataset):
         return len(self.samples)
 
     def group_of(self, index: int) -> tuple[str, bool]:
-        sample = self.samples[index]
-        return sample.bucket.key, sample.is_i2v
+        return self.samples[index].batch_group
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
@@ -51,7 +50,7 @@ class CachedDataset(Dataset):
             "cond_latent": entry.get("cond_latent"),
             "text": text,
             "caption": sample.caption,
-            "group": (sample.bucket.key, sample.is_i2v),
+            "group": sample.batch_group,
         }
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -67,6 +67,12 @@ class Sample:
     conditioning_image: SourceInfo | None = None  # explicit image; None + is_i2v = the clip's first frame
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
+    @property
+    def batch_group(self) -> tuple[str, bool]:
+        """``(bucket key, is_i2v)``: samples of one group share shapes and conditioning, so
+        they can share a batch (the bucket sampler draws batches within a group)."""
+        return self.bucket.key, self.is_i2v
+
     def pixel_identity(self) -> dict:
         """Everything that determines the clip's pixels (the latent cache key, with the encoder)."""
         return {

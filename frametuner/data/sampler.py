@@ -67,7 +67,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.position = 0  # batches of the current epoch already handed out
         self._groups: dict[str, dict[tuple[str, bool], list[int]]] = defaultdict(lambda: defaultdict(list))
         for index, sample in enumerate(self.samples):
-            self._groups[sample.dataset_id][(sample.bucket.key, sample.is_i2v)].append(index)
+            self._groups[sample.dataset_id][sample.batch_group].append(index)
         self._digest = self._fingerprint(num_replicas)
 
     @classmethod

@@ -81,11 +81,6 @@ class ScanResult:
         """(dataset id, reason) -> files skipped."""
         return Counter((s.dataset_id, s.reason) for s in self.skipped)
 
-    def bucket_histogram(self, dataset_id: str | None = None) -> Counter[tuple[str, bool]]:
-        """(bucket key, is_i2v) -> samples; the groups the batch sampler draws from."""
-        samples = self.all_samples if dataset_id is None else self.dataset_samples(dataset_id)
-        return Counter((s.bucket.key, s.is_i2v) for s in samples)
-
     @property
     def total_frames(self) -> int:
         return sum(scan.total_frames for scan in self.datasets.values())
