@@ -189,7 +189,7 @@ def lora_weights_from_model(
     deltas = {}
     for name, module in unwrap_peft(model).named_modules():
         if isinstance(module, LoraLayer) and adapter_name in module.lora_A:
-            down, up = (_full(p[adapter_name].weight) for p in (module.lora_A, module.lora_B))
+            down, up = (whole_tensor(p[adapter_name].weight) for p in (module.lora_A, module.lora_B))
             deltas[name] = LowRankDelta(down, up, float(module.scaling[adapter_name]))
     if not deltas:
         raise LoraError(f"the model has no LoRA adapter {adapter_name!r}; wrap it with add_lora first")
@@ -261,7 +261,7 @@ def _software() -> str:
         return "frametuner"
 
 
-def _full(tensor: torch.Tensor) -> torch.Tensor:
+def whole_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """A detached local tensor, gathering a sharded (FSDP2 DTensor) parameter first."""
     tensor = tensor.detach()
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor

@@ -23,18 +23,6 @@ WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 
 
-def local_model_folder(root: str | Path, subfolder: str) -> Path:
-    """``root/subfolder`` on disk; a hub id is downloaded (that subfolder only) first."""
-    folder = Path(root) / subfolder
-    if folder.is_dir():
-        return folder
-    if Path(root).exists():
-        raise FileNotFoundError(f"{folder} does not exist: {root} is not a checkpoint in the upstream layout (it needs {subfolder}/)")
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(str(root), allow_patterns=[f"{subfolder}/*"])) / subfolder
-
-
 def weight_map(folder: Path) -> dict[str, Path]:
     """Tensor name -> safetensors file, for a single file or an indexed set of shards."""
     index = folder / INDEX_NAME

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 
 from ..cache.entries import pad_text
+from ..lora.adapters import whole_tensor
 from ..memory import MemoryPlan, apply_memory_options, load_transformer, memory_mode, offloads_weights, quantise_transformer
 from ..models.registry import load_spec
 from . import checkpoint as ckpt
@@ -236,8 +237,7 @@ class Trainer:
             grad_norm = None
             if self.accelerator.sync_gradients and self.config.max_grad_norm:
                 grad_norm = self.accelerator.clip_grad_norm_(list(self.trainable.values()), self.config.max_grad_norm)
-                if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
-                    grad_norm = grad_norm.full_tensor()
+                grad_norm = whole_tensor(grad_norm)  # FSDP2: a DTensor
             self.optimizer.step()
             self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -257,7 +257,7 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The trainable weights as whole tensors (under FSDP every rank must call: it gathers)."""
-        return {n: _whole(p.detach()) for n, p in self._trainable_parameters().items()}
+        return {n: whole_tensor(p) for n, p in self._trainable_parameters().items()}
 
     def save(self, reason: str = "periodic") -> Path:
         """A resumable checkpoint with LoRA exports inside; returns its folder.
@@ -521,8 +521,3 @@ class Trainer:
                 model.train(was_training)
                 restore_rng_state(saved, {"trainer": self.generator})
         self.accelerator.wait_for_everyone()
-
-
-def _whole(tensor: torch.Tensor) -> torch.Tensor:
-    """A sharded (FSDP2 DTensor) tensor gathered whole; others as they are."""
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor

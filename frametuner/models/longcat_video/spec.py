@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from ..components import resolve_component
-from ..loading import load_blockwise, local_model_folder
+from ..loading import load_blockwise
 from ..registry import family_info
 from ..spec import LatentGeometry, ModelSpec
 from .lora_layout import LORA_LAYOUT
@@ -67,15 +67,14 @@ class LongCatVideoSpec(ModelSpec):
         is handed to it (which places it), so the full model never exists in ``dtype``.
         """
         if prepare_block is not None:
-            folder = local_model_folder(root, self.subfolders["transformer"])
+            folder = resolve_component(root, self.subfolders["transformer"])
             model = load_blockwise(LongCatVideoTransformer3DModel, folder, dtype=dtype, device=device, prepare_block=prepare_block)
-            model.text_virtual_length = self.text_max_length
-            return model
-        model = LongCatVideoTransformer3DModel.from_pretrained(
-            root, subfolder=self.subfolders["transformer"], torch_dtype=dtype, low_cpu_mem_usage=True
-        )
+        else:
+            model = LongCatVideoTransformer3DModel.from_pretrained(
+                root, subfolder=self.subfolders["transformer"], torch_dtype=dtype, low_cpu_mem_usage=True
+            ).to(device)
         model.text_virtual_length = self.text_max_length  # the release was trained on 512-padded text
-        return model.to(device)
+        return model
 
     def configure_attention(self, model, config) -> None:
         """``attention_implementation`` + ``bsa_*`` (merged with the checkpoint's ``bsa_params``) onto the DiT."""
