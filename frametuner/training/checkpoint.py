@@ -80,9 +80,14 @@ def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generat
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def checkpoint_folder(folder: str | Path, step: int) -> Path:
+    """``<folder>/checkpoint-<step>``, zero-padded so names sort by step."""
+    return Path(folder) / f"checkpoint-{step:06d}"
+
+
 def staging_folder(folder: str | Path, step: int) -> Path:
     """Where ``checkpoint-<step>`` is assembled: one name every rank can compute."""
-    return Path(folder) / f".checkpoint-{step:06d}.partial"
+    return Path(folder) / f".{checkpoint_folder(folder, step).name}.partial"
 
 
 def begin_checkpoint(folder: str | Path, step: int) -> Path:
@@ -140,7 +145,7 @@ def commit_checkpoint(staging: Path, step: int, *, scheduler: Any, trainer_state
     """Finish the staging folder and rename it into ``checkpoint-<step>`` (main process, after
     every rank wrote its part). Older checkpoints beyond ``keep`` go only after the new one is in place."""
     folder = staging.parent
-    final = folder / f"checkpoint-{step:06d}"
+    final = checkpoint_folder(folder, step)
     try:
         torch.save(scheduler.state_dict(), staging / SCHEDULER_FILE)
         # The state file is written last: its presence marks a complete checkpoint.

@@ -279,7 +279,7 @@ class Trainer:
         ckpt.write_rank_state(staging, accelerator.process_index, rng_state({"trainer": self.generator}))
         lora = self._lora_weights() if self.config.model_type == "lora" else None
         accelerator.wait_for_everyone()
-        path = self.checkpoint_dir / f"checkpoint-{step:06d}"
+        path = ckpt.checkpoint_folder(self.checkpoint_dir, step)
         if accelerator.is_main_process:
             if lora is not None:
                 self._write_exports(staging, lora)
