@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-from .train_step import REPO, OneBatch, git_commit, latent_grid, parse_case, text_inputs
+from .results import REPO, append_row, cuda_time, git_commit, start_section
+from .train_step import OneBatch, bench_config, latent_grid, parse_case, text_inputs
 
 DEFAULT_CASES = ["480x832x93", "704x1280x93"]
 BATCH_PER_GPU = 1
@@ -78,7 +79,6 @@ def worker(args) -> int:
     """One rank of one run: build, wrap, time; rank 0 writes the result file."""
     from accelerate.utils import gather_object
 
-    from ..config import TrainConfig
     from ..models.registry import load_spec
     from ..training.distributed import process_state
     from ..training.trainer import Trainer
@@ -93,20 +93,15 @@ def worker(args) -> int:
     optimized = args.mode == "optimized"
     text, mask = text_inputs(BATCH_PER_GPU, compact=optimized, channels=model.config.caption_channels, device=state.device)
     batch = {"latents": torch.randn(BATCH_PER_GPU, 16, t, h, w, device=state.device), "text": text.to(dtype), "text_mask": mask, "num_cond_latents": 0}
-    config = TrainConfig(
+    config = bench_config(
+        args.output_dir,
         model_flavour=args.flavour,
         model_type=args.model_type[0],
-        lora_rank=16,
         mixed_precision="bf16" if cuda else "no",
-        report_to="none",
-        max_train_steps=10**6,
-        output_dir=args.output_dir,
-        gradient_checkpointing=True,
         gradient_checkpointing_policy=args.policy if optimized else "full",
         compile_transformer=optimized and cuda,
         activation_memory_budget_gb=args.budget_gb,
         optimizer_state_dtype=args.optimizer_states,
-        max_grad_norm=1.0,
         num_processes=state.num_processes,
         distributed={"strategy": args.strategy[0] if args.strategy[0] != "none" else "ddp"},
     )
@@ -154,8 +149,6 @@ def synchronize(cuda: bool) -> None:
 def timed(fn, warmup: int, iters: int, cuda: bool) -> list[float]:
     """Seconds per call after warm-up: CUDA events on a GPU, the wall clock otherwise."""
     if cuda:
-        from .train_step import cuda_time
-
         return cuda_time(fn, warmup, iters)
     for _ in range(warmup):
         fn()
@@ -201,34 +194,17 @@ def execute(command: list[str], env: dict[str, str], log_path: Path, timeout_s: 
     return code, (errors[-1] if errors else (lines[-1] if lines else f"exit code {code}"))[:300]
 
 
-def start_section(results_dir: Path, date: str, command: str) -> None:
-    results_dir.mkdir(parents=True, exist_ok=True)
-    md = results_dir / "RESULTS.md"
-    new = not md.exists()
-    with open(md, "a") as handle:
-        if new:
-            handle.write("# Benchmark results\n\nAppended by `bench/*.py`; never edited by hand.\n")
-        handle.write(f"\n## {date} — multi-GPU training step, torch {torch.__version__}, commit {git_commit()}\n\n")
-        handle.write(f"Command: `{command}`\n\n")
-        handle.write(
-            "Weak scaling: batch 1 per GPU. Efficiency = s/step of the baseline / s/step; peak GB = the fullest GPU.\n\n"
-            "| case | model | strategy | GPUs | device | s/step | samples/s | scaling eff. | peak GB/GPU | notes |\n"
-            "|---|---|---|---|---|---|---|---|---|---|\n"
-        )
+COLUMNS = ("case", "model", "strategy", "GPUs", "device", "s/step", "samples/s", "scaling eff.", "peak GB/GPU", "notes")
+INTRO = "Weak scaling: batch 1 per GPU. Efficiency = s/step of the baseline / s/step; peak GB = the fullest GPU."
 
 
-def append_row(row: dict, results_dir: Path) -> None:
-    with open(results_dir / "results.jsonl", "a") as handle:
-        handle.write(json.dumps(row) + "\n")
+def row_cells(row: dict) -> list[str]:
+    """A measured row's table cells, or dashes and the reason for one that failed."""
+    head = [row["case"], row["model_type"], row["strategy"], str(row["num_processes"])]
+    if row.get("s_per_step") is None:
+        return head + ["—"] * 5 + [row["notes"]]
     efficiency = f"{row['scaling_efficiency']:.2f} ({row['baseline']})" if row.get("scaling_efficiency") is not None else "—"
-    measured = row.get("s_per_step") is not None
-    with open(results_dir / "RESULTS.md", "a") as handle:
-        handle.write(
-            f"| {row['case']} | {row['model_type']} | {row['strategy']} | {row['num_processes']} | {row.get('device', '?')} | "
-            f"{row['s_per_step']:.3f} | {row['samples_per_s']:.3f} | {efficiency} | {row['peak_gb']:.1f} | {row['notes']} |\n"
-            if measured else
-            f"| {row['case']} | {row['model_type']} | {row['strategy']} | {row['num_processes']} | — | — | — | — | — | {row['notes']} |\n"
-        )
+    return head + [row.get("device", "?"), f"{row['s_per_step']:.3f}", f"{row['samples_per_s']:.3f}", efficiency, f"{row['peak_gb']:.1f}", row["notes"]]
 
 
 def parse_args(argv: list[str] | None):
@@ -277,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    start_section(results_dir, date, "python bench/multi_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    command = "python bench/multi_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    start_section(results_dir, date, "multi-GPU training step", command, COLUMNS, intro=INTRO)
     measured: dict[tuple[str, str], tuple[int, float]] = {}  # (case, model) -> fewest GPUs and their s/step
     rows = []
     for index, run in enumerate(runs):
@@ -310,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    {seconds:.3f} s/step, {row['samples_per_s']:.3f} samples/s, efficiency "
                   f"{'—' if efficiency is None else f'{efficiency:.2f}'} ({baseline}), peak {row['peak_gb']:.1f} GB", flush=True)
         rows.append(row)
-        append_row(row, results_dir)
+        append_row(row, row_cells(row), results_dir)
     return 0 if all(row["s_per_step"] is not None for row in rows) else 1
 
 

@@ -46,8 +46,8 @@ def git_commit() -> str:
         return "unknown"
 
 
-def start_section(results_dir: Path, date: str, device: str, command: str, columns: Sequence[str]) -> None:
-    """This run's heading, command and table header in RESULTS.md."""
+def start_section(results_dir: Path, date: str, device: str, command: str, columns: Sequence[str], intro: str = "") -> None:
+    """This run's heading, command (and ``intro`` paragraph) and table header in RESULTS.md."""
     results_dir.mkdir(parents=True, exist_ok=True)
     md = results_dir / "RESULTS.md"
     with open(md, "a") as handle:
@@ -55,6 +55,8 @@ def start_section(results_dir: Path, date: str, device: str, command: str, colum
             handle.write(HEADER)
         handle.write(f"\n## {date} — {device}, torch {torch.__version__}, commit {git_commit()}\n\n")
         handle.write(f"Command: `{command}`\n\n")
+        if intro:
+            handle.write(intro + "\n\n")
         handle.write("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n")
 
 
