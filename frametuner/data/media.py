@@ -12,11 +12,10 @@ from __future__ import annotations
 import bisect
 import logging
 import statistics
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Sequence
 
 import av
 import numpy as np
@@ -129,37 +128,12 @@ def probe_video(path: Path | str) -> VideoProbe:
         path=path, size_bytes=size_bytes, mtime_ns=mtime_ns, frames=len(pts), fps=fps,
         height=height, width=width, rotation=rotation,
     )
-    probe = VideoProbe(info=info, pts=tuple(pts), time_base=time_base)
-    _remember(probe)
-    return probe
-
-
-# Recently probed files, so decoding right after a scan does not demux them again.
-_RECENT_PROBES: OrderedDict[str, VideoProbe] = OrderedDict()
-_RECENT_LIMIT = 256
-_RECENT_LOCK = threading.Lock()
-
-
-def _remember(probe: VideoProbe) -> None:
-    with _RECENT_LOCK:
-        _RECENT_PROBES[probe.info.fingerprint] = probe
-        _RECENT_PROBES.move_to_end(probe.info.fingerprint)
-        while len(_RECENT_PROBES) > _RECENT_LIMIT:
-            _RECENT_PROBES.popitem(last=False)
+    return VideoProbe(info=info, pts=tuple(pts), time_base=time_base)
 
 
 def _check_unchanged(source: SourceInfo) -> None:
     if _stat(Path(source.path)) != (source.size_bytes, source.mtime_ns):
         raise DecodeError(source.path, "changed_since_scan", "size or modification time differs from the scan; scan again")
-
-
-def _timestamps(source: SourceInfo) -> VideoProbe:
-    """The probe behind ``source``; a file changed since the scan is refused, not decoded
-    (its frame indices and cache key would no longer describe its pixels)."""
-    _check_unchanged(source)
-    with _RECENT_LOCK:
-        probe = _RECENT_PROBES.get(source.fingerprint)
-    return probe if probe is not None else probe_video(source.path)
 
 
 def _open_image(path: Path) -> Image.Image:
@@ -248,13 +222,20 @@ def _check_shape(path: Path, array: np.ndarray, crop: CropBox) -> None:
 
 
 # ------------------------------------------------------------------ decoding
-def decode_frames(source: SourceInfo, indices: tuple[int, ...] | list[int], crop: CropBox) -> np.ndarray:
-    """Frames ``indices`` (presentation order) of a video, resized and cropped: uint8 [F, H, W, 3]."""
+def decode_frames(source: SourceInfo, indices: tuple[int, ...] | list[int], crop: CropBox, pts: Sequence[int] | None = None) -> np.ndarray:
+    """Frames ``indices`` (presentation order) of a video, resized and cropped: uint8 [F, H, W, 3].
+
+    ``pts``: the sorted presentation timestamps the scan's probe found (the sample keeps
+    them), so decoding does not demux the file a second time; probed here when absent.
+    A file changed since the scan is refused, not decoded (its frame indices and cache
+    key would no longer describe its pixels).
+    """
     path = Path(source.path)
     if not indices:
         raise ValueError(f"{path}: no frames requested")
-    probe = _timestamps(source)
-    pts = probe.pts
+    _check_unchanged(source)
+    if pts is None:
+        pts = probe_video(path).pts
     if max(indices) >= len(pts) or min(indices) < 0:
         raise DecodeError(path, "decode_error", f"frame {max(indices)} requested, the file has {len(pts)} (did it change since the scan?)")
     index_of = {value: i for i, value in enumerate(pts)}
@@ -322,7 +303,7 @@ def load_clip(sample: Sample) -> torch.Tensor:
         _check_unchanged(sample.source)
         array = decode_image(sample.source.path, sample.crop)
     else:
-        array = decode_frames(sample.source, sample.frame_indices, sample.crop)
+        array = decode_frames(sample.source, sample.frame_indices, sample.crop, sample.extra.get("pts"))
     expected = (sample.bucket.frames, sample.bucket.height, sample.bucket.width)
     if tuple(array.shape[:3]) != expected:
         raise DecodeError(sample.source.path, "decode_error", f"decoded {tuple(array.shape[:3])}, bucket is {expected}")
@@ -360,7 +341,7 @@ def load_conditioning_image(sample: Sample) -> torch.Tensor | None:
         if sample.media_type == "image":
             _check_unchanged(sample.source)
             return torch.from_numpy(decode_image(sample.source.path, sample.crop))
-        return torch.from_numpy(decode_frames(sample.source, sample.frame_indices[:1], sample.crop))
+        return torch.from_numpy(decode_frames(sample.source, sample.frame_indices[:1], sample.crop, sample.extra.get("pts")))
     _check_unchanged(sample.conditioning_image)
     crop = conditioning_crop(sample.crop, sample.source, sample.conditioning_image, sample.extra.get("crop_mode", "center"))
     return torch.from_numpy(decode_image(sample.conditioning_image.path, crop))

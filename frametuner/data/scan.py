@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from array import array
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -223,7 +224,9 @@ def _sample_for(dataset: DatasetConfig, candidate: _Candidate, *, alignment: int
             frames = _frame_plan(dataset, len(selection), stride, fps_note)
             start = window_start(len(selection), frames, video.window, rng)
             frame_indices = tuple(selection[start : start + frames])
-            extra = {"usable_frames": len(selection), "fps": video.fps or source.fps}
+            # The timestamps go with the sample (compactly): decoding it later needs them and
+            # then does not demux the file again, on this rank or on those it is sent to.
+            extra = {"usable_frames": len(selection), "fps": video.fps or source.fps, "pts": array("q", probe.pts)}
     except DecodeError as error:
         raise _Skip(error.reason, error.detail) from None
     height, width = bucket_size(source.height, source.width, alignment=alignment, area=dataset.target_area(), shorter_edge=dataset.shorter_edge)

@@ -122,3 +122,15 @@ def test_a_file_changed_since_the_scan_is_refused(clip40):
     write_clip(sample.source.path, 30)  # rewritten: other frames, other size
     with pytest.raises(DecodeError, match="changed_since_scan"):
         load_clip(sample)
+
+
+def test_decoding_a_scanned_clip_does_not_probe_it_again(clip40, monkeypatch):
+    """The scan's timestamps travel with the sample (also to other ranks), so decoding for
+    the cache does not demux every file a second time; the frames are the same."""
+    [sample] = scan(clip40, [dataset("start", "clips")]).dataset_samples("start")
+
+    def no_probe(path):
+        raise AssertionError(f"{path} was demuxed again")
+
+    monkeypatch.setattr("frametuner.data.media.probe_video", no_probe)
+    assert indices_from_pixels(load_clip(sample).numpy()) == list(sample.frame_indices)
