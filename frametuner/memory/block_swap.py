@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-from .blocks import BlockHook, BlockRunner, frozen_parameters, place_outside_blocks, place_trainable
+from .blocks import BlockHook, BlockRunner, frozen_parameters, place_outside_blocks, place_trainable, placement_device
 from .errors import MemoryOptionError
 from .streams import TransferStream, pinned_bytes
 
@@ -174,9 +174,7 @@ def enable_block_swap(model: nn.Module, blocks_to_swap: int, device: torch.devic
             "musubi_blocks_to_swap needs gradient_checkpointing: true while training "
             "(without recomputation the forward would keep every swapped block's weights alive)"
         )
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = placement_device(device)
     blocks = model.blocks
     if not any(frozen_parameters(blocks[i]) for i in range(depth - blocks_to_swap, depth)):
         raise MemoryOptionError(

@@ -130,6 +130,15 @@ class BlockRunner:
             hook.backward_end()
 
 
+def placement_device(device: torch.device | str) -> torch.device:
+    """``device`` with an explicit index (``cuda`` -> ``cuda:<current>``): the tools compare
+    where tensors are against it."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def frozen_parameters(module: nn.Module) -> list[nn.Parameter]:
     """Parameters that do not train (the base weights under LoRA)."""
     return [p for p in module.parameters() if not p.requires_grad]

@@ -24,12 +24,13 @@ diffusers' own fallback.
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import torch
 import torch.nn as nn
 
-from .blocks import BlockHook, BlockRunner, frozen_parameters, place_outside_blocks
+from .blocks import BlockHook, BlockRunner, frozen_parameters, place_outside_blocks, placement_device
 from .errors import MemoryOptionError
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,8 @@ class GroupOffload(BlockHook):
 
     # ------------------------------------------------------------------ state
     def _onloaded(self, group) -> bool:
-        tensors = list(group.parameters) + list(group.buffers)
-        return bool(tensors) and tensors[0].device.type == self.device.type
+        first = next(itertools.chain(group.parameters, group.buffers), None)
+        return first is not None and first.device.type == self.device.type
 
     # ------------------------------------------------------------------ backward (block level)
     def backward_pre(self, index: int) -> None:
@@ -164,9 +165,7 @@ def enable_group_offload(
 ) -> GroupOffload:
     """Offload the DiT's frozen weights to host memory in groups, onloading each before use
     (``training=False``: every weight is frozen). Returns the hook."""
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = placement_device(device)
     if offload_type not in OFFLOAD_TYPES:
         raise MemoryOptionError(f"group_offload_type {offload_type!r} is not one of {', '.join(OFFLOAD_TYPES)}")
     if blocks_per_group < 1:
