@@ -10,6 +10,7 @@ applied, so sizes are always display sizes.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 import statistics
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .sample import CropBox, Sample, SourceInfo
+from .buckets import crop_box
+from .sample import Bucket, CropBox, Sample, SourceInfo
 
 log = logging.getLogger("frametuner.data")
 
@@ -316,17 +318,16 @@ def conditioning_crop(crop: CropBox, source: SourceInfo, image: SourceInfo, mode
     if (image.height, image.width) == (source.height, source.width):
         return crop
     out_h, out_w = crop.size
+    filled = crop_box(image.height, image.width, Bucket(out_h, out_w, 1), "none" if mode == "none" else "center")
     if mode == "none":
-        return CropBox(resize=crop.size, top=0, left=0, size=crop.size)
-    scale = max(out_h / image.height, out_w / image.width)
-    resize = (max(out_h, round(image.height * scale)), max(out_w, round(image.width * scale)))
+        return filled
 
     def place(offset: int, spare_clip: int, spare_image: int) -> int:
         return round(spare_image * offset / spare_clip) if spare_clip > 0 else spare_image // 2
 
-    top = place(crop.top, crop.resize[0] - out_h, resize[0] - out_h)
-    left = place(crop.left, crop.resize[1] - out_w, resize[1] - out_w)
-    return CropBox(resize=resize, top=top, left=left, size=crop.size)
+    top = place(crop.top, crop.resize[0] - out_h, filled.resize[0] - out_h)
+    left = place(crop.left, crop.resize[1] - out_w, filled.resize[1] - out_w)
+    return dataclasses.replace(filled, top=top, left=left)
 
 
 def load_conditioning_image(sample: Sample) -> torch.Tensor | None:
