@@ -80,7 +80,7 @@ def worker(args) -> int:
     from accelerate.utils import gather_object
 
     from ..models.registry import load_spec
-    from ..training.distributed import process_state
+    from ..training.distributed import end_run, process_state
     from ..training.trainer import Trainer
 
     state = process_state()  # before any CUDA work: it picks this rank's GPU
@@ -137,7 +137,7 @@ def worker(args) -> int:
         temporary = Path(args.result_file).with_suffix(".tmp")
         temporary.write_text(json.dumps(result))
         os.replace(temporary, args.result_file)
-    trainer.accelerator.end_training()  # closes the process group: exiting with it open can abort
+    end_run(trainer.accelerator)  # all ranks close the process group together
     return 0
 
 
@@ -187,11 +187,23 @@ def execute(command: list[str], env: dict[str, str], log_path: Path, timeout_s: 
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             return -1, f"timed out after {timeout_s:.0f} s"
-    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
-    # The rank's own exception (e.g. torch.OutOfMemoryError: ...), not torchrun's summary of it.
-    errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b", line) and "ChildFailedError" not in line]
-    errors = errors or [line for line in lines if line.startswith("traceback :") or "error:" in line]
-    return code, (errors[-1] if errors else (lines[-1] if lines else f"exit code {code}"))[:300]
+    return code, last_error(log_path.read_text(errors="replace"), code)
+
+
+def last_error(log: str, code: int) -> str:
+    """The most telling line of a failed run's log: the rank's own exception (e.g.
+    ``torch.OutOfMemoryError: ...``) or a C++ abort's ``what():``, before torchrun's summary."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    # torchrun prefixes rank output with "[rank1]:"; C++ aborts print "terminate called ..." then "what(): ...".
+    bare = [re.sub(r"^\[(default)?\d*\]:|^\[rank\d+\]:", "", line).strip() for line in lines]
+    errors = [line for line in bare if re.match(r"^[\w.]*(Error|Exception)\b", line) and "ChildFailedError" not in line]
+    errors = errors or [line for line in bare if line.startswith(("what():", "terminate called"))]
+    errors = errors or [line for line in bare if line.startswith("traceback :") or "error:" in line]
+    return (errors[-1] if errors else (bare[-1] if bare else f"exit code {code}"))[:300]
+
+
+def _tail(log_path: Path, lines: int = 25) -> str:
+    return "\n".join("    | " + line for line in log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 COLUMNS = ("case", "model", "strategy", "GPUs", "device", "s/step", "samples/s", "scaling eff.", "peak GB/GPU", "notes")
@@ -267,9 +279,10 @@ def main(argv: list[str] | None = None) -> int:
             "strategy": run.strategy, "num_processes": run.processes, "mode": args.mode, "policy": args.policy,
             "batch_per_gpu": BATCH_PER_GPU, "flavour": args.flavour,
         }
-        if code != 0 or not result_file.exists():
+        if not result_file.exists():  # written by rank 0 once every rank has measured
             row.update(s_per_step=None, notes=f"failed: {last_line}")
             print(f"    failed: {last_line}", flush=True)
+            print(_tail(log_path), flush=True)
         else:
             result = json.loads(result_file.read_text())
             seconds = result["s_per_step"]
@@ -284,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
                 times=result["times"], first_step_s=result["first_step_s"],
                 notes=f"first step {result['first_step_s']:.0f} s; peak per GPU " + ", ".join(f"{g:.1f}" for g in result["peak_gb_per_gpu"]),
             )
+            if code != 0:  # the measurement stands; what broke came after it (process teardown)
+                row["notes"] += f"; ranks exited with code {code} after measuring: {last_line}"
+                print(f"    ranks exited with code {code} after measuring: {last_line}", flush=True)
             print(f"    {seconds:.3f} s/step, {row['samples_per_s']:.3f} samples/s, efficiency "
                   f"{'—' if efficiency is None else f'{efficiency:.2f}'} ({baseline}), peak {row['peak_gb']:.1f} GB", flush=True)
         rows.append(row)

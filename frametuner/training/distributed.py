@@ -91,6 +91,18 @@ def launch_command(
     return command, env
 
 
+def end_run(accelerator) -> None:
+    """Finish trackers and close the process group, all ranks together.
+
+    The barrier first: a rank that closes its gloo/NCCL connections while another still
+    works (rank 0 validating, exporting or writing results) can make that rank's transport
+    thread see a closed peer and abort the process (SIGABRT) after a run that succeeded.
+    """
+    if accelerator.num_processes > 1:
+        accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
 def check_devices(config) -> None:
     """Refuse a launch that would put two ranks on one GPU (``num_processes`` > visible GPUs)."""
     from ..config import ConfigError

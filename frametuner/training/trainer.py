@@ -24,7 +24,7 @@ from ..models.registry import load_spec
 from . import checkpoint as ckpt
 from .checkpoint import cleanup_stale_staging, load_checkpoint, resolve_resume, restore_rng_state, rng_state
 from .data import TrainingData
-from .distributed import build_accelerator
+from .distributed import build_accelerator, end_run
 from .events import EventLog
 from .flow_matching import flow_matching_loss, make_inputs, sample_noise, sample_seeds, sample_sigmas
 from .optim import build_lr_scheduler, build_optimizer
@@ -461,7 +461,7 @@ class Trainer:
         if self.stop_reason is not None:
             checkpoint = self.save(reason=self.stop_reason)
             self.events.emit("stopped", step=self.global_step, reason=self.stop_reason, checkpoint=str(checkpoint.relative_to(self.output_dir)))
-            self.accelerator.end_training()
+            end_run(self.accelerator)
             return {"stopped": self.stop_reason, "step": self.global_step, "checkpoint": checkpoint}
 
         final = self.save(reason="final")
@@ -469,7 +469,7 @@ class Trainer:
         seconds = time.perf_counter() - started
         exports = {fmt: p for fmt, p in self._export_paths(final).items()}
         self.events.emit("done", step=self.global_step, seconds=seconds, lora={k: str(v.relative_to(self.output_dir)) for k, v in exports.items()})
-        self.accelerator.end_training()
+        end_run(self.accelerator)
         return {"step": self.global_step, "seconds": seconds, "checkpoint": final, "lora": exports}
 
     def _progress_bar(self):

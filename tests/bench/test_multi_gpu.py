@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from frametuner.bench.multi_gpu import Run, main, plan, scaling_efficiency
+from frametuner.bench.multi_gpu import Run, last_error, main, plan, scaling_efficiency
 
 
 def test_plan_measures_each_baseline_first_and_skips_what_cannot_fit():
@@ -25,6 +25,23 @@ def test_scaling_efficiency_is_weak_scaling_against_the_fewest_gpus():
     assert scaling_efficiency(Run("c", "lora", "ddp", 2), 2.2, measured) == (pytest.approx(2.0 / 2.2), "vs 1 GPU")
     assert scaling_efficiency(Run("c", "full", "fsdp", 8), 5.0, measured) == (pytest.approx(0.8), "vs 2 GPUs")
     assert scaling_efficiency(Run("d", "lora", "ddp", 2), 1.0, measured) == (None, "no baseline")
+
+
+def test_last_error_names_the_rank_exception_or_the_cpp_abort_not_torchruns_summary():
+    python_error = (
+        "[rank1]: Traceback (most recent call last):\n[rank1]:   File \"x.py\", line 3, in <module>\n"
+        "[rank1]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\ntraceback : Signal 6 (SIGABRT) received by PID 7\n"
+    )
+    assert last_error(python_error, 1) == "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    abort = (
+        "terminate called after throwing an instance of 'gloo::IoException'\n"
+        "  what():  [pair.cc:598] Connection closed by peer [127.0.0.1]:5123\n"
+        "traceback : Signal 6 (SIGABRT) received by PID 7\n"
+    )
+    assert last_error(abort, 1) == "what():  [pair.cc:598] Connection closed by peer [127.0.0.1]:5123"
+    assert last_error("traceback : Signal 9 (SIGKILL) received by PID 7\n", 1) == "traceback : Signal 9 (SIGKILL) received by PID 7"
+    assert last_error("", 3) == "exit code 3"
 
 
 def test_smoke_run_on_the_cpu_writes_rows_with_scaling_and_memory(tmp_path, monkeypatch):
