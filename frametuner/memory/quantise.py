@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import time
 from typing import Callable
 
 import torch
@@ -70,6 +71,40 @@ def check_quantisation_supported(precision: str, device: torch.device | str) -> 
         )
     if importlib.util.find_spec("torchao") is None:
         raise MemoryOptionError("base_model_precision 'fp8-torchao' needs torchao: pip install torchao (or frametuner[fp8])")
+
+
+def prepare_quanto_kernels(precision: str, device: torch.device | str) -> None:
+    """Compile optimum-quanto's CUDA extension before training on an int4 base, not inside step 1.
+
+    quanto's int4 layers dequantise their weight in the backward with its own CUDA op
+    (``quanto::unpack``), which quanto compiles with nvcc and ninja the first time it runs:
+    minutes (its Marlin and AWQ kernels compile along), unexplained inside the first
+    training step otherwise, and a missing CUDA toolkit failed there with torch's generic
+    message. Forward-only use (sampling) does not need it. Once built, loading is instant.
+    """
+    if precision != "int4-quanto" or torch.device(device).type != "cuda":
+        return
+    from torch.utils import cpp_extension
+
+    if cpp_extension.CUDA_HOME is None:
+        raise MemoryOptionError(
+            "training on an 'int4-quanto' base needs optimum-quanto's CUDA kernels, compiled on first use with the "
+            "CUDA toolkit (nvcc), which was not found: install it or set CUDA_HOME; or use 'int8-quanto'"
+        )
+    if not cpp_extension.is_ninja_available():
+        raise MemoryOptionError(
+            "training on an 'int4-quanto' base compiles optimum-quanto's CUDA kernels on first use, which needs ninja: pip install ninja"
+        )
+    from optimum.quanto.library.extensions import get_extension, is_extension_available
+
+    if not is_extension_available("quanto_cuda"):
+        return  # quanto registered no CUDA kernels: its unpack runs in plain torch
+    extension = get_extension("quanto_cuda")
+    log.info("int4-quanto: loading optimum-quanto's CUDA kernels (compiled on first use after installing: a few minutes) in %s",
+             extension.build_directory)
+    started = time.perf_counter()
+    extension.lib  # noqa: B018 (the property compiles and loads)
+    log.info("int4-quanto: CUDA kernels ready after %.0f s", time.perf_counter() - started)
 
 
 def is_quantised(model: nn.Module) -> bool:
@@ -135,6 +170,8 @@ def quantise_transformer(
         return model
     device = torch.device(device) if device is not None else next(model.blocks.parameters()).device
     check_quantisation_supported(precision, device)
+    if training:
+        prepare_quanto_kernels(precision, device)
     quantise = block_quantiser(precision, training=training)
     before = _block_bytes(model)
     for block in model.blocks:

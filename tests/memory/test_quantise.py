@@ -104,6 +104,43 @@ def test_fp8_needs_a_float8_gpu():
         check_quantisation_supported("int4-quanto", "mps")
 
 
+@requires_quanto
+def test_int4_training_on_cuda_compiles_quantos_kernels_up_front_or_says_what_is_missing(monkeypatch):
+    """quanto compiles its CUDA unpack (used by the int4 backward) on first use: minutes
+    inside step 1, or a bare toolkit error there. It is built (or refused) while loading."""
+    from torch.utils import cpp_extension
+
+    from frametuner.memory.quantise import prepare_quanto_kernels
+
+    class Extension:
+        build_directory, loads = "/tmp/quanto-build", 0
+
+        @property
+        def lib(self):
+            Extension.loads += 1
+            return object()
+
+    import optimum.quanto.library.extensions as extensions
+
+    monkeypatch.setattr(extensions, "is_extension_available", lambda name: name == "quanto_cuda")
+    monkeypatch.setattr(extensions, "get_extension", lambda name: Extension())
+    monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: True)
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", "/usr/local/cuda")
+    for precision, device in [("int4-quanto", "cpu"), ("int8-quanto", "cuda"), ("fp8-torchao", "cuda")]:
+        prepare_quanto_kernels(precision, device)
+    assert Extension.loads == 0
+    prepare_quanto_kernels("int4-quanto", "cuda:0")
+    assert Extension.loads == 1
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
+    with pytest.raises(MemoryOptionError, match=r"CUDA toolkit \(nvcc\).*CUDA_HOME; or use 'int8-quanto'"):
+        prepare_quanto_kernels("int4-quanto", "cuda")
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", "/usr/local/cuda")
+    monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: False)
+    with pytest.raises(MemoryOptionError, match="pip install ninja"):
+        prepare_quanto_kernels("int4-quanto", "cuda")
+    assert Extension.loads == 1
+
+
 def test_config_rejects_full_finetuning_of_a_quantised_base():
     from frametuner.config import TrainConfig
 
