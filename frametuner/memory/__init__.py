@@ -19,7 +19,7 @@ from .blocks import BlockHook, BlockRunner
 from .errors import MemoryOptionError
 from .group_offload import GroupOffload, enable_group_offload
 from .options import MemoryPlan, apply_memory_options, load_transformer, memory_mode, offloads_weights
-from .quantise import QUANTISED_PRECISIONS, check_quantisation_supported, is_quantised, quantise_transformer
+from .quantise import QUANTISED_PRECISIONS, check_quantisation_supported, is_quantised, quantise_transformer, staging_device
 
 __all__ = [
     "ActivationOffload",
@@ -40,4 +40,5 @@ __all__ = [
     "memory_mode",
     "offloads_weights",
     "quantise_transformer",
+    "staging_device",
 ]

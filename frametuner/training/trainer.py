@@ -19,7 +19,7 @@ import torch
 
 from ..cache.entries import pad_text
 from ..lora.adapters import whole_tensor
-from ..memory import MemoryPlan, apply_memory_options, load_transformer, memory_mode, offloads_weights, quantise_transformer
+from ..memory import MemoryPlan, apply_memory_options, load_transformer, memory_mode, offloads_weights, quantise_transformer, staging_device
 from ..models.registry import load_spec
 from . import checkpoint as ckpt
 from .checkpoint import cleanup_stale_staging, load_checkpoint, resolve_resume, restore_rng_state, rng_state
@@ -131,9 +131,10 @@ class Trainer:
 
             model.requires_grad_(False)
             # A model handed in unquantised (the benchmark's) is quantised here, before LoRA wraps it.
+            device = self.accelerator.device
             quantise_transformer(
-                model, config.base_model_precision, device=self.accelerator.device,
-                offload_to="cpu" if offloads_weights(config) else None,
+                model, config.base_model_precision, device=device,
+                offload_to=staging_device(config.base_model_precision, device, offloads_weights(config)),
             )
             # New LoRA weights from the seed alone, whatever loading the model drew: the
             # same on every rank (FSDP shards without broadcasting) and in every run.
