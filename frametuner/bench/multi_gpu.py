@@ -193,9 +193,8 @@ def execute(command: list[str], env: dict[str, str], log_path: Path, timeout_s: 
 def last_error(log: str, code: int) -> str:
     """The most telling line of a failed run's log: the rank's own exception (e.g.
     ``torch.OutOfMemoryError: ...``) or a C++ abort's ``what():``, before torchrun's summary."""
-    lines = [line.strip() for line in log.splitlines() if line.strip()]
     # torchrun prefixes rank output with "[rank1]:"; C++ aborts print "terminate called ..." then "what(): ...".
-    bare = [re.sub(r"^\[(default)?\d*\]:|^\[rank\d+\]:", "", line).strip() for line in lines]
+    bare = [re.sub(r"^\[(default)?\d*\]:|^\[rank\d+\]:", "", line).strip() for line in log.splitlines() if line.strip()]
     errors = [line for line in bare if re.match(r"^[\w.]*(Error|Exception)\b", line) and "ChildFailedError" not in line]
     errors = errors or [line for line in bare if line.startswith(("what():", "terminate called"))]
     errors = errors or [line for line in bare if line.startswith("traceback :") or "error:" in line]

@@ -22,7 +22,7 @@ import torch.nn as nn
 from .activation_offload import ActivationOffload, enable_activation_offload
 from .block_swap import BlockSwap, enable_block_swap
 from .group_offload import GroupOffload, enable_group_offload
-from .quantise import QUANTISED_PRECISIONS, block_quantiser, check_quantisation_supported, prepare_quanto_kernels, staging_device
+from .quantise import QUANTISED_PRECISIONS, block_quantiser, check_quantisation_supported, staging_device
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,7 @@ def load_transformer(spec, root: str | Path, config, *, device: torch.device | s
     precision = config.base_model_precision
     if precision not in QUANTISED_PRECISIONS:
         return spec.load_transformer(root, dtype=dtype, device="cpu")
-    if training:
-        prepare_quanto_kernels(precision, device)
-    quantise = block_quantiser(precision, training=training)
+    quantise = block_quantiser(precision, training=training, device=device)
     home = staging_device(precision, device, offloads_weights(config))
 
     def prepare(block: nn.Module) -> None:

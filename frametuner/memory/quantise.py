@@ -113,8 +113,8 @@ def staging_device(precision: str, device: torch.device, offloads: bool) -> torc
     Host memory normally, so the GPU never holds the whole base. Not for int4: quanto keeps
     int4 weights in a device-specific packing (tinygemm's CUDA and CPU layouts differ), and
     ``.to()`` from the CPU unpacks with an identity matmul there (7.7 s for one 11008x4096
-    FFN layer on 2 cores: minutes for the 13.6B model) each time block swap stages a block. The int4 base
-    (~7 GB) waits on the GPU, and block swap moves its bytes as they are.
+    FFN layer on 2 cores: minutes for the 13.6B model) each time block swap stages a block.
+    The int4 base (~7 GB) waits on the GPU, and block swap moves its bytes as they are.
     """
     if not offloads or precision == "int4-quanto":
         return device
@@ -128,8 +128,11 @@ def is_quantised(model: nn.Module) -> bool:
     return any(is_traceable_wrapper_subclass(p) for p in model.blocks.parameters())
 
 
-def block_quantiser(precision: str, *, training: bool = True) -> Callable[[nn.Module], None]:
-    """A function that quantises one block's plain Linear layers in place."""
+def block_quantiser(precision: str, *, training: bool = True, device: torch.device | str = "cpu") -> Callable[[nn.Module], None]:
+    """A function that quantises one block's plain Linear layers in place on ``device``
+    (for training, with the kernels the backward will need ready: :func:`prepare_quanto_kernels`)."""
+    if training:
+        prepare_quanto_kernels(precision, device)
     if precision in QUANTO_WEIGHTS:
         from optimum.quanto import freeze, qint4, qint8, quantize
 
@@ -176,17 +179,15 @@ def quantise_transformer(
 
     ``device`` (default: where the blocks are) is where quantisation runs and where the
     quantised blocks stay, unless ``offload_to`` (host memory, when block swap or group
-    offload will place them; see :func:`staging_device`) is given. A no-op for non-quantised precisions and for a
-    model that is quantised already. Only frozen weights can be quantised: call it before
+    offload will place them; see :func:`staging_device`) is given. A no-op for
+    non-quantised precisions and for a model that is quantised already. Only frozen weights can be quantised: call it before
     adding LoRA.
     """
     if precision not in QUANTISED_PRECISIONS or is_quantised(model):
         return model
     device = torch.device(device) if device is not None else next(model.blocks.parameters()).device
     check_quantisation_supported(precision, device)
-    if training:
-        prepare_quanto_kernels(precision, device)
-    quantise = block_quantiser(precision, training=training)
+    quantise = block_quantiser(precision, training=training, device=device)
     before = _block_bytes(model)
     for block in model.blocks:
         if any(p.requires_grad for p in block.parameters()):

@@ -110,7 +110,7 @@ def test_int4_training_on_cuda_compiles_quantos_kernels_up_front_or_says_what_is
     inside step 1, or a bare toolkit error there. It is built (or refused) while loading."""
     from torch.utils import cpp_extension
 
-    from frametuner.memory.quantise import prepare_quanto_kernels
+    from frametuner.memory.quantise import block_quantiser, prepare_quanto_kernels
 
     class Extension:
         build_directory, loads = "/tmp/quanto-build", 0
@@ -131,6 +131,10 @@ def test_int4_training_on_cuda_compiles_quantos_kernels_up_front_or_says_what_is
     assert Extension.loads == 0
     prepare_quanto_kernels("int4-quanto", "cuda:0")
     assert Extension.loads == 1
+    block_quantiser("int4-quanto", training=False, device="cuda")  # sampling: no backward, nothing to build
+    assert Extension.loads == 1
+    block_quantiser("int4-quanto", training=True, device="cuda")  # what loading and quantise_transformer call
+    assert Extension.loads == 2
     monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
     with pytest.raises(MemoryOptionError, match=r"CUDA toolkit \(nvcc\).*CUDA_HOME; or use 'int8-quanto'"):
         prepare_quanto_kernels("int4-quanto", "cuda")
@@ -138,7 +142,7 @@ def test_int4_training_on_cuda_compiles_quantos_kernels_up_front_or_says_what_is
     monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: False)
     with pytest.raises(MemoryOptionError, match="pip install ninja"):
         prepare_quanto_kernels("int4-quanto", "cuda")
-    assert Extension.loads == 1
+    assert Extension.loads == 2
 
 
 def test_config_rejects_full_finetuning_of_a_quantised_base():
