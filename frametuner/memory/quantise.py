@@ -20,6 +20,7 @@ training keeps weight-only float8, because float8 matmuls have no backward.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import time
 from typing import Callable
@@ -74,26 +75,32 @@ def check_quantisation_supported(precision: str, device: torch.device | str) -> 
 
 
 def prepare_quanto_kernels(precision: str, device: torch.device | str) -> None:
-    """Compile optimum-quanto's CUDA extension before training on an int4 base, not inside step 1.
+    """Make an int4 base's backward run on the GPU without compiling anything.
 
-    quanto's int4 layers dequantise their weight in the backward with its own CUDA op
-    (``quanto::unpack``), which quanto compiles with nvcc and ninja the first time it runs:
-    minutes (its Marlin and AWQ kernels compile along), unexplained inside the first
-    training step otherwise, and a missing CUDA toolkit failed there with torch's generic
-    message. Forward-only use (sampling) does not need it. Once built, loading is instant.
+    quanto's int4 layers dequantise their weight in the backward through its op
+    ``quanto::unpack``, whose CUDA kernel sits in an extension quanto compiles with nvcc and
+    ninja on first use: minutes inside step 1 (its Marlin and AWQ kernels compile along,
+    unused here), and a CUDA toolkit that most users of 24 GB cards never installed. The
+    op is a few shifts and masks, so on torch >= 2.8 its CUDA dispatch is routed to quanto's
+    own torch-ops implementation (:func:`route_quanto_unpack_to_torch`, once per process).
+    Older torch cannot replace a kernel registered from Python: there the extension is
+    built here, at load, with a log line, or refused with what is missing.
     """
     if precision != "int4-quanto" or torch.device(device).type != "cuda":
+        return
+    if route_quanto_unpack_to_torch():
         return
     from torch.utils import cpp_extension
 
     if cpp_extension.CUDA_HOME is None:
         raise MemoryOptionError(
-            "training on an 'int4-quanto' base needs optimum-quanto's CUDA kernels, compiled on first use with the "
-            "CUDA toolkit (nvcc), which was not found: install it or set CUDA_HOME; or use 'int8-quanto'"
+            "training on an 'int4-quanto' base with torch < 2.8 needs optimum-quanto's CUDA kernels, compiled on first use "
+            "with the CUDA toolkit (nvcc), which was not found: install it or set CUDA_HOME, upgrade torch, or use 'int8-quanto'"
         )
     if not cpp_extension.is_ninja_available():
         raise MemoryOptionError(
-            "training on an 'int4-quanto' base compiles optimum-quanto's CUDA kernels on first use, which needs ninja: pip install ninja"
+            "training on an 'int4-quanto' base with torch < 2.8 compiles optimum-quanto's CUDA kernels on first use, "
+            "which needs ninja: pip install ninja (or upgrade torch)"
         )
     from optimum.quanto.library.extensions import get_extension, is_extension_available
 
@@ -105,6 +112,34 @@ def prepare_quanto_kernels(precision: str, device: torch.device | str) -> None:
     started = time.perf_counter()
     extension.lib  # noqa: B018 (the property compiles and loads)
     log.info("int4-quanto: CUDA kernels ready after %.0f s", time.perf_counter() - started)
+
+
+_unpack_routing: torch.library.Library | None = None  # kept alive: the registration lives as long as it
+
+
+def unpack_with_torch_ops(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """quanto's packing undone: value ``i`` of each byte holds bits ``[bits*i, bits*(i+1))``,
+    and the unpacked values are stacked along dim 0 in that order (as quanto's reference)."""
+    mask = (1 << bits) - 1
+    return torch.cat([(packed >> (bits * i)) & mask for i in range(8 // bits)]).to(torch.uint8)
+
+
+def route_quanto_unpack_to_torch() -> bool:
+    """Register :func:`unpack_with_torch_ops` as ``quanto::unpack``'s CUDA kernel, in place
+    of the one in quanto's compiled extension; False where torch is too old (< 2.8) to
+    replace a kernel registered from Python. Idempotent."""
+    global _unpack_routing
+    if _unpack_routing is not None:
+        return True
+    import optimum.quanto.library.extensions  # noqa: F401 - quanto's own CUDA registration comes first, then ours
+
+    library = torch.library.Library("quanto", "IMPL")
+    if "allow_override" not in inspect.signature(library.impl).parameters:
+        return False
+    library.impl("unpack", unpack_with_torch_ops, "CUDA", allow_override=True)
+    _unpack_routing = library
+    log.info("int4-quanto: quanto::unpack runs as torch ops on CUDA (no compiled extension needed)")
+    return True
 
 
 def staging_device(precision: str, device: torch.device, offloads: bool) -> torch.device:

@@ -105,12 +105,32 @@ def test_fp8_needs_a_float8_gpu():
 
 
 @requires_quanto
-def test_int4_training_on_cuda_compiles_quantos_kernels_up_front_or_says_what_is_missing(monkeypatch):
-    """quanto compiles its CUDA unpack (used by the int4 backward) on first use: minutes
-    inside step 1, or a bare toolkit error there. It is built (or refused) while loading."""
+def test_torch_unpack_matches_quantos_reference():
+    """The CUDA kernel frametuner registers for ``quanto::unpack`` must undo quanto's packing
+    exactly as quanto's own reference does (run here on the CPU), for int4 and int2, with a
+    row count that is not a multiple of the values per byte."""
+    from optimum.quanto.tensor.packed import PackedTensor
+
+    from frametuner.memory.quantise import unpack_with_torch_ops
+
+    generator = torch.Generator().manual_seed(0)
+    for bits in (4, 2):
+        values = torch.randint(0, 2**bits, (301, 40), generator=generator, dtype=torch.uint8)
+        packed = PackedTensor.pack(values, bits)._data
+        ours = unpack_with_torch_ops(packed, bits)
+        assert torch.equal(ours, torch.ops.quanto.unpack(packed, bits))
+        assert torch.equal(ours[: values.shape[0]], values)
+
+
+@requires_quanto
+def test_int4_on_cuda_routes_quantos_unpack_to_torch_instead_of_compiling(monkeypatch):
+    """quanto compiles its CUDA unpack (used by the int4 backward) with nvcc on first use:
+    minutes inside step 1, and a CUDA toolkit most users lack. On torch >= 2.8 the op's CUDA
+    kernel becomes torch ops and nothing is built; older torch builds it (or says what is
+    missing) while loading."""
     from torch.utils import cpp_extension
 
-    from frametuner.memory.quantise import block_quantiser, prepare_quanto_kernels
+    import frametuner.memory.quantise as quantise
 
     class Extension:
         build_directory, loads = "/tmp/quanto-build", 0
@@ -126,23 +146,41 @@ def test_int4_training_on_cuda_compiles_quantos_kernels_up_front_or_says_what_is
     monkeypatch.setattr(extensions, "get_extension", lambda name: Extension())
     monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: True)
     monkeypatch.setattr(cpp_extension, "CUDA_HOME", "/usr/local/cuda")
+    routed = []
+    monkeypatch.setattr(quantise, "route_quanto_unpack_to_torch", lambda: routed.append(1) or True)
     for precision, device in [("int4-quanto", "cpu"), ("int8-quanto", "cuda"), ("fp8-torchao", "cuda")]:
-        prepare_quanto_kernels(precision, device)
-    assert Extension.loads == 0
-    prepare_quanto_kernels("int4-quanto", "cuda:0")
+        quantise.prepare_quanto_kernels(precision, device)
+    assert routed == []
+    quantise.block_quantiser("int4-quanto", training=True, device="cuda:0")  # what loading and quantise_transformer call
+    assert routed == [1] and Extension.loads == 0
+
+    monkeypatch.setattr(quantise, "route_quanto_unpack_to_torch", lambda: False)  # torch < 2.8
+    quantise.prepare_quanto_kernels("int4-quanto", "cuda:0")
     assert Extension.loads == 1
-    block_quantiser("int4-quanto", training=False, device="cuda")  # sampling: no backward, nothing to build
+    quantise.block_quantiser("int4-quanto", training=False, device="cuda")  # sampling: no backward, nothing to build
     assert Extension.loads == 1
-    block_quantiser("int4-quanto", training=True, device="cuda")  # what loading and quantise_transformer call
-    assert Extension.loads == 2
     monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
-    with pytest.raises(MemoryOptionError, match=r"CUDA toolkit \(nvcc\).*CUDA_HOME; or use 'int8-quanto'"):
-        prepare_quanto_kernels("int4-quanto", "cuda")
+    with pytest.raises(MemoryOptionError, match=r"CUDA toolkit \(nvcc\).*CUDA_HOME, upgrade torch, or use 'int8-quanto'"):
+        quantise.prepare_quanto_kernels("int4-quanto", "cuda")
     monkeypatch.setattr(cpp_extension, "CUDA_HOME", "/usr/local/cuda")
     monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: False)
     with pytest.raises(MemoryOptionError, match="pip install ninja"):
-        prepare_quanto_kernels("int4-quanto", "cuda")
-    assert Extension.loads == 2
+        quantise.prepare_quanto_kernels("int4-quanto", "cuda")
+    assert Extension.loads == 1
+
+
+@requires_quanto
+def test_routing_registers_a_cuda_kernel_for_quantos_unpack():
+    import inspect
+
+    from frametuner.memory.quantise import route_quanto_unpack_to_torch
+
+    if "allow_override" not in inspect.signature(torch.library.Library.impl).parameters:
+        assert route_quanto_unpack_to_torch() is False
+        return
+    assert route_quanto_unpack_to_torch() is True
+    assert route_quanto_unpack_to_torch() is True  # once per process
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("quanto::unpack", "CUDA")
 
 
 def test_config_rejects_full_finetuning_of_a_quantised_base():
@@ -218,7 +256,8 @@ def test_quantising_while_loading_keeps_host_memory_near_the_quantised_size(tmp_
     folder = write_checkpoint(tmp_path / "dit", model, max_shard_size="100MB")
     del model
 
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    repo = str(Path(__file__).resolve().parents[2])  # first, keeping what the caller's path adds (carried packages)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
     out = subprocess.run([sys.executable, "-c", PEAK_RSS_SCRIPT, str(folder)], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     numbers = json.loads(out.stdout.strip().splitlines()[-1])
