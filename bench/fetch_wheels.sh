@@ -11,4 +11,8 @@ download() { python3 -m pip download -q --no-deps --only-binary=:all: --python-v
 download diffusers==0.42.1 ftfy==6.3.1 wcwidth==0.2.13
 download optimum-quanto==0.2.7 ninja==1.13.0
 download "${TORCHAO_SPEC:-torchao==0.16.0}"
+# pydantic (the config) is not in every image: bench/install_wheels.sh installs .whl/extra only if missing.
+mkdir -p .whl/extra
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${platforms[@]}" -d .whl/extra \
+  pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
 ls -la .whl

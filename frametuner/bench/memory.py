@@ -89,12 +89,14 @@ def run_preset(name: str, case: str, warmup: int, iters: int, compile_blocks: bo
     trainer, batch = preset_trainer(name, case, compile_blocks)
     config = trainer.config
     setup_s = time.perf_counter() - started
+    _progress(setup_s=setup_s)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     first = time.perf_counter()
     loss, _ = trainer.step(batch)  # compiles; the auto policy measures the full-recompute peak
     torch.cuda.synchronize()
     first_step_s = time.perf_counter() - first
+    _progress(setup_s=setup_s, first_step_s=first_step_s, first_step_peak_gb=torch.cuda.max_memory_allocated() / 2**30, loss=float(loss))
     for _ in range(max(1, warmup)):  # the auto policy decides in the second step: no reset before it
         trainer.step(batch)
     torch.cuda.synchronize()
@@ -126,6 +128,11 @@ def run_preset(name: str, case: str, warmup: int, iters: int, compile_blocks: bo
     }
 
 
+def _progress(**measured) -> None:
+    """What a preset measured so far, for the parent to keep if the preset runs out of time."""
+    print("PROGRESS " + json.dumps(measured), flush=True)
+
+
 def _rss_gb() -> float:
     try:
         line = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
@@ -145,6 +152,7 @@ def worker(args) -> int:
 
 
 # ---------------------------------------------------------------------- output
+PARTIAL_NOTES = (("first_step_s", "first step", " s"), ("first_step_peak_gb", "peak in it", " GB"), ("setup_s", "setup", " s"))
 COLUMNS = ("case", "kind", "mode", "s/step", "x bf16", "peak GB", "steady peak GB", "host peak GB", "notes")
 
 
@@ -154,7 +162,11 @@ def append_rows(rows: list[dict], results_dir: Path, command: str, *, header: bo
         start_section(results_dir, rows[0]["date"], rows[0].get("device", "?"), command + "  (memory presets)", COLUMNS)
     for row in rows:
         if "error" in row:
-            cells = [row["case"], "train", row["mode"], "failed", "", "", "", "", row["error"]]
+            partial = row.get("partial", {})
+            notes = row["error"] + "".join(
+                f"; {label} {partial[key]:.1f}{unit}" for key, label, unit in PARTIAL_NOTES if key in partial
+            )
+            cells = [row["case"], "train", row["mode"], "failed", "", "", "", "", notes]
         else:
             ratio = f"{row['x_bf16']:.2f}" if row.get("x_bf16") else ""
             cells = [row["case"], "train", row["mode"], f"{row['s_per_step']:.3f}", ratio, f"{row['peak_gb']:.1f}",
@@ -222,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {case} {name}: {json.dumps(PRESETS[name])}", flush=True)
             preset_started = time.perf_counter()
             result = run_worker(worker_argv, env, timeout, name)
+            if args.no_compile and "mode" in result:
+                result["mode"] += "+eager"
             if "error" in result and not args.no_compile and args.budget_s - (time.perf_counter() - started) > 120:
                 # Compilation is the likeliest casualty of a new tensor subclass: measure eager instead.
                 print(f"   compiled run failed ({result['error'][:200]}); retrying with eager blocks", flush=True)
@@ -242,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(f"   {result['s_per_step']:.2f} s/step, peak {result['peak_gb']:.1f} GB (steady {result['steady_peak_gb']:.1f}), host {result['host_rss_gb']:.1f} GB", flush=True)
             else:
-                print(f"   FAILED: {result['error']}", flush=True)
+                print(f"   FAILED: {result['error']} {json.dumps(result.get('partial', {}))}", flush=True)
             reference = bf16_reference(rows, Path(args.results_dir), case, result.get("device"))
             if reference and "error" not in result:
                 result["x_bf16"] = result["s_per_step"] / reference
@@ -261,11 +275,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def partial_measurements(stdout: str) -> dict:
+    """The last PROGRESS line of a worker's output (``{}`` if none): a preset that timed out
+    after its first step still reports that step's time and peak memory."""
+    lines = [line for line in stdout.splitlines() if line.startswith("PROGRESS ")]
+    return {"partial": json.loads(lines[-1][len("PROGRESS ") :])} if lines else {}
+
+
 def run_worker(worker_argv: list[str], env: dict, timeout: float, name: str) -> dict:
     try:
         out = subprocess.run(worker_argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"preset": name, "error": f"timed out after {timeout:.0f} s"}
+    except subprocess.TimeoutExpired as expired:
+        stdout = expired.stdout.decode(errors="replace") if isinstance(expired.stdout, bytes) else expired.stdout or ""
+        stderr = expired.stderr.decode(errors="replace") if isinstance(expired.stderr, bytes) else expired.stderr or ""
+        print(stderr[-3000:], flush=True)
+        return {"preset": name, "error": f"timed out after {timeout:.0f} s", **partial_measurements(stdout)}
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     result = json.loads(lines[-1][len("RESULT ") :]) if lines else {"preset": name, "error": f"exit {out.returncode}: {out.stderr.strip()[-300:]}"}
     if "error" in result:
