@@ -93,7 +93,7 @@ class TrainConfig(BaseModel):
     activation_memory_budget_gb: float | None = _field(
         None, "model", "Peak GPU memory the auto checkpointing policy aims for (null = 50 GB, or 90% of a smaller GPU)", gt=0
     )
-    compile_transformer: bool | None = _field(None, "model", "Regional torch.compile of the DiT blocks (null = on with CUDA)")
+    compile_transformer: bool | None = _field(None, "model", "Regional torch.compile of the DiT blocks (null = on with CUDA, except under group offload or an int4-quanto base)")
 
     # ------------------------------------------------------------------ data
     data_backend_config: str | None = _field(None, "data", "Path of the dataset list (JSON/JSONC); required to train")
@@ -225,6 +225,12 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"enable_group_offload cannot move {self.base_model_precision} weights (diffusers' hooks move plain "
                 "and torchao tensors only); use musubi_blocks_to_swap with a quanto base, or fp8-torchao"
+            )
+        if self.compile_transformer and self.base_model_precision == "int4-quanto":
+            raise ValueError(
+                "compile_transformer cannot compile an 'int4-quanto' base: torch.compile fails on quanto's int4 (tinygemm) "
+                "weights (seen with torch 2.11, optimum-quanto 0.2.7); leave compile_transformer unset (int4 runs eager) "
+                "or use 'int8-quanto'/'fp8-torchao'"
             )
         moves_weights = [key for key, used in (("enable_group_offload", self.enable_group_offload), ("musubi_blocks_to_swap", self.musubi_blocks_to_swap)) if used]
         if moves_weights and self.model_type == "full":

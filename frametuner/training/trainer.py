@@ -42,6 +42,14 @@ def base_weight_dtype(config) -> torch.dtype:
     return DTYPES[config.mixed_precision]
 
 
+def compiles_by_default(config, device: torch.device) -> bool:
+    """Whether an unset ``compile_transformer`` compiles the DiT blocks: on CUDA, except under
+    group offload, whose diffusers hooks run inside each block's call (block swap and
+    activation offload sit outside it), and on an int4 base, whose tinygemm weights inductor
+    fails on (bench/NOTES.md)."""
+    return device.type == "cuda" and not config.enable_group_offload and config.base_model_precision != "int4-quanto"
+
+
 class Trainer:
     """Owns the model, optimizer and loop state of one run."""
 
@@ -172,11 +180,9 @@ class Trainer:
                     policy = "full"
             model.enable_gradient_checkpointing(policy, budget_bytes=budget)
         self.memory = apply_memory_options(model, config, device, training=True)
-        # Default: compile on CUDA, except under group offload, whose diffusers hooks run inside
-        # each block's call (block swap and activation offload sit outside it).
         compile_blocks = config.compile_transformer
         if compile_blocks is None:
-            compile_blocks = device.type == "cuda" and not config.enable_group_offload
+            compile_blocks = compiles_by_default(config, device)
         if compile_blocks:
             model.compile_blocks()
 

@@ -89,6 +89,7 @@ def test_full_finetuning_with_activation_offload(tmp_path):
         (dict(gradient_checkpointing=False, gradient_checkpointing_cpu_offload=True), "needs gradient_checkpointing: true"),
         (dict(musubi_block_swap_device="cuda"), "musubi_block_swap_device"),
         (dict(enable_group_offload=True, base_model_precision="int4-quanto"), "use musubi_blocks_to_swap with a quanto base"),
+        (dict(compile_transformer=True, base_model_precision="int4-quanto"), "leave compile_transformer unset"),
     ],
 )
 def test_config_rejects_impossible_combinations(overrides, message):
@@ -106,3 +107,19 @@ def test_mode_names():
     assert memory_mode(config) == "fp8-torchao+swap24+actoffload"
     config = TrainConfig(model_flavour="tiny", enable_group_offload=True, group_offload_use_stream=True)
     assert memory_mode(config) == "bf16+groupoffload-block1-stream"
+
+
+def test_int4_base_and_group_offload_stay_eager_by_default():
+    """torch.compile fails on quanto's int4 (tinygemm) weights (H200, torch 2.11: inductor's
+    "'TinyGemmWeightQBitsTensor' object has no attribute '_scale'"), and group offload's hooks
+    run inside each block's call: an unset compile_transformer leaves those eager on CUDA."""
+    import torch
+
+    from frametuner.training.trainer import compiles_by_default
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert compiles_by_default(TrainConfig(base_model_precision="int8-quanto"), cuda)
+    assert compiles_by_default(TrainConfig(base_model_precision="bf16", musubi_blocks_to_swap=4), cuda)
+    assert not compiles_by_default(TrainConfig(base_model_precision="int4-quanto"), cuda)
+    assert not compiles_by_default(TrainConfig(enable_group_offload=True), cuda)
+    assert not compiles_by_default(TrainConfig(), cpu)
