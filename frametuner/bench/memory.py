@@ -282,14 +282,16 @@ def partial_measurements(stdout: str) -> dict:
     return {"partial": json.loads(lines[-1][len("PROGRESS ") :])} if lines else {}
 
 
+def _text(output: bytes | str | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+
+
 def run_worker(worker_argv: list[str], env: dict, timeout: float, name: str) -> dict:
     try:
         out = subprocess.run(worker_argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as expired:
-        stdout = expired.stdout.decode(errors="replace") if isinstance(expired.stdout, bytes) else expired.stdout or ""
-        stderr = expired.stderr.decode(errors="replace") if isinstance(expired.stderr, bytes) else expired.stderr or ""
-        print(stderr[-3000:], flush=True)
-        return {"preset": name, "error": f"timed out after {timeout:.0f} s", **partial_measurements(stdout)}
+    except subprocess.TimeoutExpired as expired:  # its captured output is bytes even with text=True
+        print(_text(expired.stderr)[-3000:], flush=True)
+        return {"preset": name, "error": f"timed out after {timeout:.0f} s", **partial_measurements(_text(expired.stdout))}
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     result = json.loads(lines[-1][len("RESULT ") :]) if lines else {"preset": name, "error": f"exit {out.returncode}: {out.stderr.strip()[-300:]}"}
     if "error" in result:

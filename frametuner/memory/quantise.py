@@ -81,8 +81,8 @@ def prepare_quanto_kernels(precision: str, device: torch.device | str) -> None:
     ``quanto::unpack``, whose CUDA kernel sits in an extension quanto compiles with nvcc and
     ninja on first use: minutes inside step 1 (its Marlin and AWQ kernels compile along,
     unused here), and a CUDA toolkit that most users of 24 GB cards never installed. The
-    op is a few shifts and masks, so on torch >= 2.8 its CUDA dispatch is routed to quanto's
-    own torch-ops implementation (:func:`route_quanto_unpack_to_torch`, once per process).
+    op is a few shifts and masks, so on torch >= 2.8 its CUDA dispatch is routed to
+    :func:`unpack_with_torch_ops` (:func:`route_quanto_unpack_to_torch`, once per process).
     Older torch cannot replace a kernel registered from Python: there the extension is
     built here, at load, with a log line, or refused with what is missing.
     """
@@ -131,11 +131,11 @@ def route_quanto_unpack_to_torch() -> bool:
     global _unpack_routing
     if _unpack_routing is not None:
         return True
+    if "allow_override" not in inspect.signature(torch.library.Library.impl).parameters:
+        return False
     import optimum.quanto.library.extensions  # noqa: F401 - quanto's own CUDA registration comes first, then ours
 
     library = torch.library.Library("quanto", "IMPL")
-    if "allow_override" not in inspect.signature(library.impl).parameters:
-        return False
     library.impl("unpack", unpack_with_torch_ops, "CUDA", allow_override=True)
     _unpack_routing = library
     log.info("int4-quanto: quanto::unpack runs as torch ops on CUDA (no compiled extension needed)")
