@@ -181,6 +181,11 @@ def cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
     config = load_config(args.file)
     for line in unimplemented_settings(config):
         log.warning("WARNING: %s", line)
+    from .config import validate_dataset_list
+
+    problems = validate_dataset_list(config)  # the one dataset validator (also the web UI's Check and train)
+    if problems:
+        raise ConfigError([str(problem) for problem in problems])
     print(config_to_json(config))
     print(f"# {args.file}: OK", file=sys.stderr)
     return 0

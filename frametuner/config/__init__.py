@@ -1,6 +1,6 @@
 """Configuration: JSONC loading, the typed ``TrainConfig`` schema, CLI flags and errors."""
 
-from .dataset import DatasetConfig, VideoOptions, load_dataset_configs
+from .dataset import DatasetConfig, DatasetProblem, VideoOptions, load_dataset_configs, validate_dataset_list
 from .errors import ConfigError
 from .jsonc import load_jsonc, loads_jsonc
 from .loader import (
@@ -23,6 +23,7 @@ from .schema import (
 __all__ = [
     "ConfigError",
     "DatasetConfig",
+    "DatasetProblem",
     "GROUPS",
     "TrainConfig",
     "add_config_arguments",
@@ -38,5 +39,6 @@ __all__ = [
     "reject_unknown_flags",
     "resolve_input_path",
     "unimplemented_settings",
+    "validate_dataset_list",
     "VideoOptions",
 ]

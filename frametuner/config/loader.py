@@ -40,6 +40,7 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     data.update(overrides or {})
     config = _validate(data, source)
     config._config_dir = Path(path).resolve().parent if path is not None else Path.cwd()
+    config._config_file = str(path) if path is not None else None
     return config
 
 

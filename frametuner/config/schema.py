@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ..models import registry
+from .conditioning import ConditioningMix
 
 GROUPS = ("model", "data", "lora", "optimisation", "validation", "memory", "logging", "distributed")
 
@@ -24,9 +25,33 @@ BasePrecision = Literal["no_change", "bf16", "fp16", "fp32", "int8-quanto", "int
 LoraFormat = Literal["peft", "upstream", "comfyui"]
 
 
-def _field(default: Any, group: str, description: str, **kwargs: Any) -> Any:
+# Keys that name files or folders carry a ``path`` kind in their field metadata; this is the
+# one declaration of them. The web server confines every marked key of a config it receives
+# over HTTP (``path_fields``), so a new path key is confined by marking it, nothing else.
+PATH_INPUT = "input"  # a file or folder the run reads (relative: beside the config/dataset file)
+PATH_OUTPUT = "output"  # a folder the run writes into
+PATH_MODEL = "model"  # a hub id, or a local model folder the run reads
+PATH_CHECKPOINT = "checkpoint"  # 'latest', or a checkpoint folder the run reads
+PATH_NAME = "name"  # one folder name the run creates under its output (no separators)
+PATH_KINDS = (PATH_INPUT, PATH_OUTPUT, PATH_MODEL, PATH_CHECKPOINT, PATH_NAME)
+
+
+def _field(default: Any, group: str, description: str, *, path: str | None = None, **kwargs: Any) -> Any:
     extra = kwargs.pop("json_schema_extra", {}) or {}
+    if path is not None:
+        assert path in PATH_KINDS, path
+        extra = {**extra, "path": path}
     return Field(default, description=description, json_schema_extra={"group": group, **extra}, **kwargs)
+
+
+def path_fields(model: type[BaseModel]) -> dict[str, str]:
+    """``{key: path kind}`` of the keys of ``model`` (TrainConfig, DatasetConfig) that name files or folders."""
+    found = {}
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if extra.get("path"):
+            found[name] = str(extra["path"])
+    return found
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -65,6 +90,7 @@ class DistributedConfig(BaseModel):
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     _config_dir: Path | None = PrivateAttr(default=None)  # folder of the file it came from
+    _config_file: str | None = PrivateAttr(default=None)  # the file itself, for messages
 
     # ------------------------------------------------------------------ model
     model_family: str = _field("longcat_video", "model", "Model family (see `frametuner models`)")
@@ -73,7 +99,8 @@ class TrainConfig(BaseModel):
     )
     model_type: Literal["lora", "full"] = _field("lora", "model", "Train a LoRA adapter or all DiT weights")
     pretrained_model_name_or_path: str | None = _field(
-        None, "model", "Hub id or local folder in the upstream layout (dit/ text_encoder/ tokenizer/ vae/ scheduler/); null = from the flavour"
+        None, "model", "Hub id or local folder in the upstream layout (dit/ text_encoder/ tokenizer/ vae/ scheduler/); null = from the flavour",
+        path=PATH_MODEL,
     )
     base_model_precision: BasePrecision = _field(
         "no_change", "model", "Storage of the frozen base weights: no_change (= mixed_precision dtype), bf16, fp16, fp32, int8-quanto, int4-quanto, fp8-torchao"
@@ -96,12 +123,15 @@ class TrainConfig(BaseModel):
     compile_transformer: bool | None = _field(None, "model", "Regional torch.compile of the DiT blocks (null = on with CUDA, except under group offload or an int4-quanto base)")
 
     # ------------------------------------------------------------------ data
-    data_backend_config: str | None = _field(None, "data", "Path of the dataset list (JSON/JSONC); required to train")
+    data_backend_config: str | None = _field(None, "data", "Path of the dataset list (JSON/JSONC); required to train", path=PATH_INPUT)
     train_batch_size: int = _field(1, "data", "Clips per step per GPU (a batch never mixes buckets)", ge=1)
     aspect_bucket_alignment: int = _field(64, "data", "Pixel grid of bucket sizes (64 makes 720p eligible for block-sparse attention)", ge=16, multiple_of=16)
-    cache_dir: str | None = _field(None, "data", "Where latents and text embeddings are cached; default <output_dir>/cache")
+    cache_dir: str | None = _field(None, "data", "Where latents and text embeddings are cached; default <output_dir>/cache", path=PATH_OUTPUT)
     caption_dropout_probability: float = _field(0.0, "data", "Probability of training a sample with the empty caption", ge=0.0, le=1.0)
     dataloader_num_workers: int = _field(0, "data", "Background workers reading cache files", ge=0)
+    conditioning: ConditioningMix | None = _field(
+        None, "data", "Default conditioning mix of video datasets, e.g. {\"t2v\": 0.5, \"i2v\": 0.2, \"vc\": 0.3, \"vc_cond_frames\": [13]} (see docs/conditioning.md); null = text-to-video (image-to-video for is_i2v datasets)"
+    )
 
     # ------------------------------------------------------------------ lora
     lora_rank: int = _field(16, "lora", "LoRA rank", ge=1)
@@ -110,7 +140,7 @@ class TrainConfig(BaseModel):
     lora_target_modules: list[str] | None = _field(
         None, "lora", "Module names to wrap; null = the family default (upstream's released LoRA targets)"
     )
-    init_lora: str | None = _field(None, "lora", "Start from this LoRA file (PEFT, upstream or ComfyUI format)")
+    init_lora: str | None = _field(None, "lora", "Start from this LoRA file (PEFT, upstream or ComfyUI format)", path=PATH_INPUT)
     lora_export_formats: list[LoraFormat] = _field(
         ["peft", "upstream", "comfyui"], "lora", "LoRA files written at each checkpoint and at the end"
     )
@@ -135,11 +165,11 @@ class TrainConfig(BaseModel):
     logit_std: float = _field(1.0, "optimisation", "logit_normal: standard deviation", gt=0)
     checkpointing_steps: int = _field(500, "optimisation", "Save a resumable checkpoint every N steps", ge=1)
     checkpoints_total_limit: int | None = _field(3, "optimisation", "Keep at most this many checkpoints (null = all)", ge=1)
-    resume_from_checkpoint: str | None = _field(None, "optimisation", "'latest' or a checkpoint folder to continue from")
+    resume_from_checkpoint: str | None = _field(None, "optimisation", "'latest' or a checkpoint folder to continue from", path=PATH_CHECKPOINT)
 
     # ------------------------------------------------------------------ validation
     validation_prompt: str | None = _field(None, "validation", "Prompt of the validation videos")
-    validation_prompt_file: str | None = _field(None, "validation", "Text file with one validation prompt per line")
+    validation_prompt_file: str | None = _field(None, "validation", "Text file with one validation prompt per line", path=PATH_INPUT)
     validation_negative_prompt: str = _field("", "validation", "Negative prompt for CFG ('' = the empty prompt, as upstream)")
     validation_steps: int = _field(500, "validation", "Validate every N steps (also at step 0 and at the end)", ge=1)
     validation_resolution: str = _field("480x832", "validation", "HEIGHTxWIDTH of validation videos, multiples of 16")
@@ -164,9 +194,9 @@ class TrainConfig(BaseModel):
     )
 
     # ------------------------------------------------------------------ logging
-    output_dir: str = _field("output", "logging", "Checkpoints, LoRA files, validation videos and logs go here")
+    output_dir: str = _field("output", "logging", "Checkpoints, LoRA files, validation videos and logs go here", path=PATH_OUTPUT)
     report_to: Literal["none", "tensorboard", "wandb"] = _field("tensorboard", "logging", "Metrics backend")
-    tracker_project_name: str = _field("frametuner", "logging", "Project name for the tracker")
+    tracker_project_name: str = _field("frametuner", "logging", "Project name for the tracker", path=PATH_NAME)
     tracker_run_name: str | None = _field(None, "logging", "Run name for the tracker")
 
     # ------------------------------------------------------------------ distributed

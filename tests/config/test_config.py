@@ -79,7 +79,9 @@ def test_bad_config_gives_one_line_error(tmp_path, content, expected):
 
 
 def test_cli_flags_override_file(tmp_path, capsys):
-    path = write(tmp_path, QUICKSTART)
+    (tmp_path / "clips").mkdir()
+    write(tmp_path, '[{"id": "clips", "instance_data_dir": "clips"}]', "datasets.json")
+    path = write(tmp_path, QUICKSTART.replace('"lora_rank": 8,', '"lora_rank": 8, "data_backend_config": "datasets.json",'))
     assert main(["config", "check", str(path)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["lora_rank"] == 8 and printed["lora_dropout"] == 0.0  # defaults resolved
