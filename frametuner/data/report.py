@@ -38,6 +38,31 @@ def dataset_table(result: ScanResult) -> Table:
     return table
 
 
+def conditioning_table(result: ScanResult) -> Table | None:
+    """Each training video dataset's conditioning mix and the clips too short for a drawn mode,
+    which train as text-to-video when it is drawn; None when every dataset is plain t2v."""
+    from ..training.conditioning import fallback_counts
+
+    rows = []
+    for scan in result.datasets.values():
+        config = scan.config
+        mix = config.conditioning_mix
+        if not config.trains or mix.probabilities["t2v"] == 1.0:
+            continue
+        stride = result.frame_stride
+        counts = fallback_counts(mix, (1 + (s.bucket.frames - 1) // stride for s in scan.samples), stride)
+        short = ", ".join(f"{count} too short for {name.replace('vc', 'vc ') + (' frames' if name != 'i2v' else '')}" for name, count in sorted(counts.items()))
+        rows.append((config.id, mix.describe(), short or "none"))
+    if not rows:
+        return None
+    table = Table(title="Conditioning mix (clips too short for a drawn mode train it as t2v)", title_justify="left")
+    for name in ("dataset", "mix", "t2v fallbacks"):
+        table.add_column(name)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def bucket_table(result: ScanResult) -> Table:
     table = Table(title="Buckets (HxW@frames)", title_justify="left")
     table.add_column("dataset")
@@ -59,6 +84,9 @@ def print_inspection(result: ScanResult, console: Console | None = None) -> None
     console = console or Console()
     console.print(dataset_table(result))
     console.print(bucket_table(result))
+    conditioning = conditioning_table(result)
+    if conditioning is not None:
+        console.print(conditioning)
     if result.skipped:
         console.print(skip_table(result))
     else:
