@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.sample import Sample
-from ..models.spec import ModelSpec
+from ..models.family import ModelFamily
 from .entries import LatentCache, TextCache, has_conditioning_image
 from .store import CorruptCacheEntry, discard_corrupt, sweep_temporaries
 
@@ -168,7 +168,7 @@ def cache_latents(
 def cache_samples(
     samples: Sequence[Sample],
     *,
-    spec: ModelSpec,
+    spec: ModelFamily,
     model_root: str | Path,
     cache_dir: str | Path,
     load_pixels: PixelLoader,
@@ -230,7 +230,7 @@ def cache_samples(
 
 
 def open_caches(
-    spec: ModelSpec,
+    spec: ModelFamily,
     model_root: str | Path,
     cache_dir: str | Path,
     *,
@@ -243,7 +243,7 @@ def open_caches(
         cache_dir,
         encoder_identity=spec.text_encoder_identity(model_root, dtype=text_encoder_dtype),
         dtype=text_dtype,
-        max_length=spec.text_max_length,
+        max_length=spec.defaults.text_length,
     )
     latent_cache = LatentCache(cache_dir, vae_identity=spec.vae_identity(model_root, dtype=vae_dtype), geometry=spec.geometry)
     return text_cache, latent_cache

@@ -1,6 +1,7 @@
 """Sampling: the schedule, the denoising loop, and the videos people look at.
 
-``sigmas`` and ``denoise`` are pure functions over a model and latents; the pipeline
+``denoise`` is a pure function over a model and latents (the family supplies its
+schedule, guidance and step); the pipeline
 (``generate``, ``sample_video``), video writing and ``render_validation`` build on them.
 Attributes load on first use so that ``frametuner --help`` does not import torch.
 """
@@ -10,11 +11,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "sigmas": "schedule",
-    "input_sigmas": "schedule",
-    "make_scheduler": "schedule",
     "denoise": "denoising",
-    "cfg_zero_star": "denoising",
     "SampleRequest": "pipeline",
     "generate": "pipeline",
     "sample_video": "pipeline",

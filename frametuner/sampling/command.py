@@ -85,23 +85,23 @@ def _check(problems: list[str], flag: str, check, value):
 
 def build_request(args: argparse.Namespace, spec):
     """The validated ``SampleRequest``; raises ``ConfigError`` listing every bad flag with its fix."""
+    from ..models.family import DenoiseSettings
     from .pipeline import SampleRequest
-    from .schedule import NUM_DISTILL_GRID_STEPS
 
     problems: list[str] = []
     size = _check(problems, "--resolution", parse_resolution, args.resolution)
     frames = _check(problems, "--num_frames", check_frame_count, args.num_frames)
-    steps = args.steps if args.steps is not None else (DISTILL_STEPS if args.distill else DEFAULT_STEPS)
-    guidance = args.guidance if args.guidance is not None else (DISTILL_GUIDANCE if args.distill else DEFAULT_GUIDANCE)
+    settings = DenoiseSettings(steps=args.steps, guidance=args.guidance, distill=args.distill).resolved(spec.defaults)
+    steps, guidance = settings.steps, settings.guidance
     if steps < 1:
         problems.append(f"--steps {steps}: must be at least 1")
-    elif args.distill and steps > NUM_DISTILL_GRID_STEPS:
-        problems.append(f"--steps {steps}: --distill picks steps from a {NUM_DISTILL_GRID_STEPS}-step grid; use at most {NUM_DISTILL_GRID_STEPS} (the distilled LoRA is made for {DISTILL_STEPS})")
+    else:
+        problems.extend(f"--steps {steps}: {problem}" for problem in spec.sampling_problems(settings))
     if guidance < 0:
         problems.append(f"--guidance {guidance}: must be >= 0 (1.0 turns guidance off)")
-    fps = args.fps if args.fps is not None else spec.default_fps
+    fps = args.fps if args.fps is not None else spec.defaults.fps
     if fps < 1:
-        problems.append(f"--fps {fps}: must be a positive frame rate, e.g. {spec.default_fps}")
+        problems.append(f"--fps {fps}: must be a positive frame rate, e.g. {spec.defaults.fps}")
     if not 0 <= args.crf <= 51:
         problems.append(f"--crf {args.crf}: H.264 quality must be in 0..51 (lower = better; 18 is visually lossless)")
     output = Path(args.output)
@@ -175,7 +175,7 @@ def check_loras_fit(request, spec, root) -> None:
     if not request.loras:
         return
     model = skeleton_transformer(spec, root)
-    label = f"{spec.family} at {root} (hidden size {model.config.hidden_size}, {len(model.blocks)} blocks)"
+    label = f"{spec.name} at {root} (hidden size {model.config.hidden_size}, {len(model.blocks)} blocks)"
     problems = []
     for path, _ in request.loras:
         misfits = lora_fit_problems(path, model)

@@ -1,18 +1,18 @@
-"""The denoising loop of LongCat-Video: CFG-Zero* guidance, sign flip, float32 Euler steps.
+"""The denoising loop: one loop for every model family.
 
-Pure function over a DiT and normalised latents; no encoders, no files. The DiT predicts
-``x0 - noise``; upstream negates the guided prediction and lets the flow-match Euler
-scheduler step with it, which is ``x <- x + (sigma_next - sigma) * (-pred)`` in float32.
+Pure function over a denoiser and normalised latents; no encoders, no files. What makes
+a run one family's (its schedule, guidance, the denoiser call and the step) comes from
+the family's :meth:`~frametuner.models.family.ModelFamily.sampling_loop`; the family is
+found from the model (:func:`~frametuner.models.family.family_of`).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from .schedule import sigmas as schedule_sigmas
-
-# Keeps CFG-Zero*'s projection finite when the unconditional prediction is all zeros.
-CFG_ZERO_EPS = 1e-8
+from ..models.family import DenoiseSettings, TextConditioning, family_of
 
 
 def _batched(embeds: torch.Tensor, mask: torch.Tensor, batch: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,16 +32,27 @@ def _batched(embeds: torch.Tensor, mask: torch.Tensor, batch: int, what: str) ->
     return embeds, mask
 
 
-def cfg_zero_star(uncond: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
-    """CFG-Zero*: scale the unconditional prediction by its least-squares fit to the conditional one.
-
-    ``st = <cond, uncond> / |uncond|^2`` per sample over all elements (condition frames
-    included, as upstream), then ``uncond*st + g*(cond - uncond*st)``.
-    """
-    flat_uncond, flat_cond = uncond.flatten(1), cond.flatten(1)
-    st = (flat_cond * flat_uncond).sum(1, keepdim=True) / ((flat_uncond**2).sum(1, keepdim=True) + CFG_ZERO_EPS)
-    scaled_uncond = uncond * st.view(-1, *([1] * (uncond.dim() - 1)))
-    return scaled_uncond + guidance * (cond - scaled_uncond)
+def text_conditioning(
+    prompt_embeds: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    negative_embeds: torch.Tensor | None,
+    negative_mask: torch.Tensor | None,
+    *,
+    batch: int,
+    use_cfg: bool,
+    guidance: float,
+) -> TextConditioning:
+    """The prompts broadcast to ``batch`` (``[B, 1, L, C]`` embeddings, ``[B, L]`` masks)."""
+    prompt_embeds, prompt_mask = _batched(prompt_embeds, prompt_mask, batch, "prompt")
+    if not use_cfg:
+        return TextConditioning(prompt_embeds, prompt_mask)
+    if negative_embeds is None or negative_mask is None:
+        raise ValueError(
+            f"guidance {guidance} > 1 needs negative_embeds and negative_mask: encode the negative prompt "
+            "(the empty prompt \"\" when there is none, as upstream does), or use guidance 1.0"
+        )
+    negative_embeds, negative_mask = _batched(negative_embeds, negative_mask, batch, "negative")
+    return TextConditioning(prompt_embeds, prompt_mask, negative_embeds, negative_mask)
 
 
 @torch.no_grad()
@@ -53,74 +64,53 @@ def denoise(
     negative_embeds: torch.Tensor | None = None,
     negative_mask: torch.Tensor | None = None,
     *,
-    steps: int = 50,
-    guidance: float = 4.0,
-    shift: float = 12.0,
+    steps: int | None = None,
+    guidance: float | None = None,
+    shift: float | None = None,
     num_cond_latents: int = 0,
     distill: bool = False,
     progress: bool = False,
+    conditioning: dict[str, Any] | None = None,
+    **options: Any,
 ) -> torch.Tensor:
-    """Denoise normalised ``latents [B, 16, T, H, W]`` (noise, with any condition frames already
+    """Denoise normalised ``latents [B, C, T, H, W]`` (noise, with any condition frames already
     written into the first ``num_cond_latents`` frames) and return the final latents (float32).
 
-    Guidance > 1 runs the DiT on the batch ``[negative, positive]``; the negative embeddings
-    are then required (upstream encodes ``""`` when no negative prompt is given, so pass the
-    empty prompt's embeddings). Condition frames get timestep 0 and are never stepped.
-    The input tensor is not modified. ``progress`` shows a tqdm bar.
+    ``steps``, ``guidance`` and ``shift`` default to the model family's. Guidance > 1 needs
+    the negative embeddings (upstream encodes ``""`` when no negative prompt is given, so
+    pass the empty prompt's embeddings). Condition frames are never stepped. The input
+    tensor is not modified. ``progress`` shows a tqdm bar. ``conditioning`` (family inputs
+    beyond text, e.g. image embeddings) and further keywords (``options``) go to the
+    family's sampler, which refuses what it does not know. The family is found from the
+    model (:func:`~frametuner.models.family.family_of`).
     """
     if latents.dim() != 5:
         raise ValueError(f"latents must be [B, C, T, H, W], got {tuple(latents.shape)}")
     batch, _, frames = latents.shape[:3]
     if not 0 <= num_cond_latents < frames:
         raise ValueError(f"num_cond_latents={num_cond_latents} must leave at least one of the {frames} latent frames to denoise")
-    device = latents.device
-    use_cfg = guidance > 1.0
-
-    prompt_embeds, prompt_mask = _batched(prompt_embeds, prompt_mask, batch, "prompt")
-    if use_cfg:
-        if negative_embeds is None or negative_mask is None:
-            raise ValueError(
-                f"guidance {guidance} > 1 needs negative_embeds and negative_mask: encode the negative prompt "
-                "(the empty prompt \"\" when there is none, as upstream does), or use guidance 1.0"
-            )
-        negative_embeds, negative_mask = _batched(negative_embeds, negative_mask, batch, "negative")
-        text = torch.cat([negative_embeds, prompt_embeds]).to(device)
-        text_mask = torch.cat([negative_mask, prompt_mask]).to(device)
-    else:
-        text, text_mask = prompt_embeds.to(device), prompt_mask.to(device)
-
-    sigma, timesteps = schedule_sigmas(steps, shift=shift, distill=distill)
-    sigma, timesteps = sigma.to(device), timesteps.to(device)
-    step_sizes = sigma[1:] - sigma[:-1]  # float32, as the scheduler computes sigma_next - sigma
-
+    family = family_of(model)
+    settings = DenoiseSettings(
+        steps=steps, guidance=guidance, shift=shift, num_cond_latents=num_cond_latents, distill=distill,
+        progress=progress, options=dict(options), conditioning=dict(conditioning or {}),
+    ).resolved(family.defaults)
+    text = text_conditioning(
+        prompt_embeds, prompt_mask, negative_embeds, negative_mask,
+        batch=batch, use_cfg=settings.guidance > 1.0, guidance=settings.guidance,
+    )
     latents = latents.to(torch.float32, copy=True)
-    copies = 2 if use_cfg else 1
-    # Per-frame timestep: condition frames are clean (0); t * 1 and t * 0 are exact in float32.
-    noisy_frames = None
-    if num_cond_latents:
-        noisy_frames = (torch.arange(frames, device=device) >= num_cond_latents).to(torch.float32)
+    loop = family.sampling_loop(model, latents, text, settings)
 
-    indices = range(steps)
+    indices = range(len(loop.timesteps))
     if progress:
         from tqdm.auto import tqdm
 
         indices = tqdm(indices, desc="denoising", unit="step")
-    for i in indices:
-        t = timesteps[i].expand(batch * copies)
-        if noisy_frames is not None:
-            t = t[:, None] * noisy_frames
-        model_input = torch.cat([latents] * copies) if copies > 1 else latents
-        pred = model(
-            hidden_states=model_input,
-            timestep=t,
-            encoder_hidden_states=text,
-            encoder_attention_mask=text_mask,
-            num_cond_latents=num_cond_latents,
-        ).float()
-        if use_cfg:
-            uncond, cond = pred.chunk(2)
-            pred = cfg_zero_star(uncond, cond, guidance)
-        # Upstream negates the prediction (the DiT predicts x0 - noise) and steps x + dt * (-pred);
-        # x - dt * pred is the same float32 result without materialising -pred.
-        latents[:, :, num_cond_latents:] -= step_sizes[i] * pred[:, :, num_cond_latents:]
+    try:
+        for i in indices:
+            latents = loop.step(latents, loop.predict(latents, i), i)
+    finally:
+        close = getattr(loop, "close", None)
+        if callable(close):
+            close()
     return latents

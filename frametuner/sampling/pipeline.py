@@ -90,7 +90,7 @@ def free_memory(device: torch.device) -> None:
 def encode_prompts(spec, root, prompts: list[str], *, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings ``[B, L, C]`` and masks ``[B, L]`` of ``prompts``; the encoder is freed afterwards."""
     if not hasattr(spec, "load_text_encoder"):
-        raise RuntimeError(f"the {spec.family} spec has no load_text_encoder(); this build cannot encode prompts")
+        raise RuntimeError(f"the {spec.name} family has no load_text_encoder(); this build cannot encode prompts")
     encoder = spec.load_text_encoder(root, device=device, dtype=dtype)
     try:
         with torch.no_grad():
@@ -127,7 +127,7 @@ def generate(
     """Run text/image-to-video for ``request``; returns decoded frames uint8 ``[F, H, W, 3]``.
 
     ``attention`` picks the DiT's self-attention kernel (``auto``, ``sdpa``, ``xformers``, ``bsa``);
-    ``shift`` defaults to the family's (12 for LongCat-Video). ``config`` (a ``TrainConfig``,
+    ``shift`` defaults to the family's. ``config`` (a ``TrainConfig``,
     optional): its attention settings and its memory settings (quantised base, group offload,
     block swap) apply to the DiT.
     """
@@ -174,7 +174,7 @@ def generate(
         negative_mask,
         steps=request.steps,
         guidance=request.guidance,
-        shift=spec.flow_shift if shift is None else shift,
+        shift=shift,
         num_cond_latents=num_cond_latents,
         distill=request.distill,
         progress=progress,
@@ -271,7 +271,7 @@ def render_validation(
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             latents = denoise(
                 model, latents.to(device), prompt_embeds, prompt_mask, negative_embeds, negative_mask,
-                steps=steps, guidance=guidance, shift=spec.flow_shift, num_cond_latents=num_cond_latents,
+                steps=steps, guidance=guidance, num_cond_latents=num_cond_latents,
                 distill=distill, progress=progress,
             )
     finally:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from frametuner.sampling import cfg_zero_star, denoise, input_sigmas, sigmas
+from frametuner.models.longcat_video.sampling import cfg_zero_star, input_sigmas, sigmas
+from frametuner.sampling import denoise
 
 from ..conftest import assert_close
 
@@ -139,7 +140,15 @@ def test_public_signatures():
         "steps", "guidance", "shift", "num_cond_latents", "distill",
     ]
     defaults = {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
-    assert defaults | {"progress": False} == dict(negative_embeds=None, negative_mask=None, steps=50, guidance=4.0, shift=12.0, num_cond_latents=0, distill=False, progress=False)
+    # steps/guidance/shift default to the model family's (None = ask the family): LongCat's 50, 4.0, 12.0.
+    assert {k: defaults[k] for k in ("negative_embeds", "negative_mask", "steps", "guidance", "shift", "num_cond_latents", "distill", "progress")} == dict(
+        negative_embeds=None, negative_mask=None, steps=None, guidance=None, shift=None, num_cond_latents=0, distill=False, progress=False
+    )
+    from frametuner.models.registry import family_defaults
+
+    longcat = family_defaults("longcat_video")
+    assert (longcat.steps, longcat.guidance, longcat.shift) == (50, 4.0, 12.0)
     assert all(params[name].kind is inspect.Parameter.KEYWORD_ONLY for name in ("steps", "guidance", "shift", "num_cond_latents", "distill"))
+    from frametuner.models.longcat_video import sampling  # the family's schedule keeps its public signature
     sigma_params = inspect.signature(sampling.sigmas).parameters
     assert [(name, p.default) for name, p in sigma_params.items()] == [("steps", inspect.Parameter.empty), ("shift", 12.0), ("distill", False)]

@@ -1,9 +1,14 @@
-"""The sampling schedule: the sigmas and timesteps LongCat-Video's pipeline denoises through.
+"""LongCat-Video's sampler: its schedule, CFG-Zero* guidance, sign flip and float32 Euler steps.
 
 Upstream hands ``linspace(1, 0.001, steps)`` (or, for the distilled ``cfg_step_lora``,
 a subset of a 50-step grid) to diffusers' ``FlowMatchEulerDiscreteScheduler``, whose
 ``set_timesteps`` applies the shift on top. Going through the same scheduler class keeps
-the float32 rounding identical to the reference.
+the float32 rounding identical to the reference. The DiT predicts ``x0 - noise``;
+upstream negates the guided prediction and lets the scheduler step with it, which is
+``x <- x + (sigma_next - sigma) * (-pred)`` in float32.
+
+``frametuner.sampling.denoise`` runs the loop; this module is what makes it LongCat's
+(:class:`LongCatSamplingLoop`, built by ``LongCatVideoSpec.sampling_loop``).
 """
 
 from __future__ import annotations
@@ -12,11 +17,17 @@ import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
+from ..family import DenoiseSettings, TextConditioning
+from .info import INFO
+
 NUM_TRAIN_TIMESTEPS = 1000
 # The distilled LoRA was trained on a fixed 50-step grid; fewer steps pick from it.
 NUM_DISTILL_GRID_STEPS = 50
 # Upstream stops the linear ramp just above zero; the scheduler appends the terminal 0.
 FINAL_INPUT_SIGMA = 0.001
+# Keeps CFG-Zero*'s projection finite when the unconditional prediction is all zeros.
+CFG_ZERO_EPS = 1e-8
+DEFAULT_SHIFT = INFO.defaults.shift
 
 
 def input_sigmas(steps: int, distill: bool = False) -> torch.Tensor:
@@ -34,13 +45,94 @@ def input_sigmas(steps: int, distill: bool = False) -> torch.Tensor:
     return grid[torch.from_numpy(picks)].float() / NUM_TRAIN_TIMESTEPS
 
 
-def make_scheduler(shift: float = 12.0) -> FlowMatchEulerDiscreteScheduler:
+def make_scheduler(shift: float = DEFAULT_SHIFT) -> FlowMatchEulerDiscreteScheduler:
     """LongCat-Video's scheduler config: fixed shift, no resolution-dependent shifting."""
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=shift, use_dynamic_shifting=False)
 
 
-def sigmas(steps: int, shift: float = 12.0, distill: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def sigmas(steps: int, shift: float = DEFAULT_SHIFT, distill: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sigmas [steps + 1] ending in 0, timesteps [steps] = 1000 * shifted sigma)``, float32 on the CPU."""
     scheduler = make_scheduler(shift)
     scheduler.set_timesteps(steps, sigmas=input_sigmas(steps, distill).numpy(), device="cpu")
     return scheduler.sigmas.to(torch.float32), scheduler.timesteps.to(torch.float32)
+
+
+def cfg_zero_star(uncond: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
+    """CFG-Zero*: scale the unconditional prediction by its least-squares fit to the conditional one.
+
+    ``st = <cond, uncond> / |uncond|^2`` per sample over all elements (condition frames
+    included, as upstream), then ``uncond*st + g*(cond - uncond*st)``.
+    """
+    flat_uncond, flat_cond = uncond.flatten(1), cond.flatten(1)
+    st = (flat_cond * flat_uncond).sum(1, keepdim=True) / ((flat_uncond**2).sum(1, keepdim=True) + CFG_ZERO_EPS)
+    scaled_uncond = uncond * st.view(-1, *([1] * (uncond.dim() - 1)))
+    return scaled_uncond + guidance * (cond - scaled_uncond)
+
+
+def sampling_problems(steps: int, guidance: float, distill: bool) -> list[str]:
+    """What is wrong with these settings for LongCat's sampler (empty when fine)."""
+    if distill and steps > NUM_DISTILL_GRID_STEPS:
+        return [f"--distill picks steps from a {NUM_DISTILL_GRID_STEPS}-step grid; use at most {NUM_DISTILL_GRID_STEPS} steps, not {steps}"]
+    return []
+
+
+class LongCatSamplingLoop:
+    """One LongCat sampling run: CFG batch ``[negative, positive]`` through the DiT in one call,
+    CFG-Zero*, and the Euler step on the noisy frames only (conditioning frames never move).
+
+    Family keywords (``settings.options``): none yet.
+    """
+
+    def __init__(self, model, latents: torch.Tensor, text: TextConditioning, settings: DenoiseSettings):
+        if settings.options:
+            raise TypeError(f"denoise() got keyword(s) LongCat-Video's sampler does not take: {', '.join(sorted(settings.options))}")
+        if settings.conditioning:
+            raise TypeError(f"LongCat-Video takes no conditioning beyond text and latents, got {', '.join(sorted(settings.conditioning))}")
+        self.model = model
+        self.settings = settings
+        device = latents.device
+        batch, _, frames = latents.shape[:3]
+        self.batch, self.frames = batch, frames
+        self.k = settings.num_cond_latents
+        self.use_cfg = settings.guidance > 1.0
+        if self.use_cfg:
+            self.text = torch.cat([text.negative_embeds, text.prompt_embeds]).to(device)
+            self.text_mask = torch.cat([text.negative_mask, text.prompt_mask]).to(device)
+        else:
+            self.text, self.text_mask = text.prompt_embeds.to(device), text.prompt_mask.to(device)
+        sigma, timesteps = sigmas(settings.steps, shift=settings.shift, distill=settings.distill)
+        self.sigmas, self.timesteps = sigma.to(device), timesteps.to(device)
+        self.step_sizes = self.sigmas[1:] - self.sigmas[:-1]  # float32, as the scheduler computes sigma_next - sigma
+        self.copies = 2 if self.use_cfg else 1
+        # Per-frame timestep: condition frames are clean (0); t * 1 and t * 0 are exact in float32.
+        self.noisy_frames = (torch.arange(frames, device=device) >= self.k).to(torch.float32) if self.k else None
+
+    def forward(self, latents: torch.Tensor, index: int) -> torch.Tensor:
+        """The DiT's raw float32 output for the CFG batch (``[negative; positive]`` when guided)."""
+        t = self.timesteps[index].expand(self.batch * self.copies)
+        if self.noisy_frames is not None:
+            t = t[:, None] * self.noisy_frames
+        model_input = torch.cat([latents] * self.copies) if self.copies > 1 else latents
+        return self.model(
+            hidden_states=model_input,
+            timestep=t,
+            encoder_hidden_states=self.text,
+            encoder_attention_mask=self.text_mask,
+            num_cond_latents=self.k,
+        ).float()
+
+    def guide(self, prediction: torch.Tensor) -> torch.Tensor:
+        if not self.use_cfg:
+            return prediction
+        uncond, cond = prediction.chunk(2)
+        return cfg_zero_star(uncond, cond, self.settings.guidance)
+
+    def predict(self, latents: torch.Tensor, index: int) -> torch.Tensor:
+        return self.guide(self.forward(latents, index))
+
+    def step(self, latents: torch.Tensor, prediction: torch.Tensor, index: int) -> torch.Tensor:
+        # Upstream negates the prediction (the DiT predicts x0 - noise) and steps x + dt * (-pred);
+        # x - dt * pred is the same float32 result without materialising -pred.
+        k = self.k
+        latents[:, :, k:] -= self.step_sizes[index] * prediction[:, :, k:]
+        return latents

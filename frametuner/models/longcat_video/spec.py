@@ -1,4 +1,7 @@
-"""Everything frametuner needs to know about LongCat-Video, in one place."""
+"""LongCat-Video as a model family: everything frametuner needs to know about it, in one place.
+
+Facts without torch (defaults, flavours) are in ``info.py``; the sampler in ``sampling.py``.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +12,14 @@ import torch
 
 from ..components import resolve_component
 from ..loading import load_blockwise
-from ..registry import family_info
-from ..spec import LatentGeometry, ModelSpec
+from ..family import DenoiseSettings, ModelFamily, TextConditioning, TrainingInputs, frame_mask, per_sample_cond
+from .info import INFO
 from .lora_layout import LORA_LAYOUT
-from .text import TextEncoder, clean_prompt, text_encoder_identity
+from .sampling import NUM_TRAIN_TIMESTEPS, LongCatSamplingLoop, sampling_problems
+from .text import TextEncoder, text_encoder_identity
 from .tiny import FULL_DIT_CONFIG, build_tiny_transformer, ensure_tiny_checkpoint
-from .transformer import LongCatVideoTransformer3DModel
-from .vae import VideoVAE, denormalise_latents, normalise_latents, vae_identity
+from .transformer import LongCatSingleStreamBlock, LongCatVideoTransformer3DModel
+from .vae import VideoVAE, vae_identity
 
 # Upstream's released LoRAs (cfg_step_lora, refinement_lora) wrap these Linear layers.
 DEFAULT_LORA_TARGETS = (
@@ -31,24 +35,20 @@ DEFAULT_LORA_TARGETS = (
 OPTIONAL_LORA_TARGETS = ("adaLN_modulation.1", "final_layer.adaLN_modulation.1", "final_layer.linear")
 
 
-class LongCatVideoSpec(ModelSpec):
-    family = "longcat_video"
-    geometry = LatentGeometry(channels=16, vae_stride=(4, 8, 8), patch_size=(1, 2, 2))
-    flow_shift = 12.0
-    bucket_alignment = 64
-    default_fps = 15
-    default_frames = 93
-    text_max_length = 512
+class LongCatVideoSpec(ModelFamily):
+    name = INFO.name
+    geometry = INFO.geometry
     default_lora_targets = DEFAULT_LORA_TARGETS
     optional_lora_targets = OPTIONAL_LORA_TARGETS
     lora_layout = LORA_LAYOUT
     transformer_class = LongCatVideoTransformer3DModel
+    shard_units = (LongCatSingleStreamBlock.__name__,)  # blocks checkpoint themselves
     subfolders = {"transformer": "dit", "text_encoder": "text_encoder", "tokenizer": "tokenizer", "vae": "vae", "scheduler": "scheduler", "lora": "lora"}
 
     def checkpoint_root(self, flavour: str, pretrained_model_name_or_path: str | None) -> str | Path:
         if pretrained_model_name_or_path:
             return pretrained_model_name_or_path
-        info = family_info(self.family).flavours[flavour]
+        info = self.info.flavours[flavour]
         if info.hub_id is None:
             return ensure_tiny_checkpoint()
         return info.hub_id
@@ -73,8 +73,8 @@ class LongCatVideoSpec(ModelSpec):
             model = LongCatVideoTransformer3DModel.from_pretrained(
                 root, subfolder=self.subfolders["transformer"], torch_dtype=dtype, low_cpu_mem_usage=True
             ).to(device)
-        model.text_virtual_length = self.text_max_length  # the release was trained on 512-padded text
-        return model
+        model.text_virtual_length = self.defaults.text_length  # the release was trained on 512-padded text
+        return self.tag_model(model)
 
     def configure_attention(self, model, config) -> None:
         """``attention_implementation`` + ``bsa_*`` (merged with the checkpoint's ``bsa_params``) onto the DiT."""
@@ -91,11 +91,12 @@ class LongCatVideoSpec(ModelSpec):
         """
         if flavour == "tiny":
             model = torch.nn.Module.to(build_tiny_transformer(), device=device, dtype=dtype)
-            model.text_virtual_length = self.text_max_length
-            return model
+            model.text_virtual_length = self.defaults.text_length
+            return self.tag_model(model)
         with torch.device("meta"):
             model = LongCatVideoTransformer3DModel(**FULL_DIT_CONFIG)
-        model.text_virtual_length = self.text_max_length
+        model.text_virtual_length = self.defaults.text_length
+        self.tag_model(model)
         # nn.Module.to: diffusers' ModelMixin.to warns about float32 modules on every dtype cast.
         model = torch.nn.Module.to(model, dtype=dtype)
         if torch.device(device).type == "meta":
@@ -113,17 +114,13 @@ class LongCatVideoSpec(ModelSpec):
         return model
 
     # ------------------------------------------------------------------ encoders
-    clean_prompt = staticmethod(clean_prompt)
-    normalise_latents = staticmethod(normalise_latents)
-    denormalise_latents = staticmethod(denormalise_latents)
-
     def load_text_encoder(self, root: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> TextEncoder:
         """umT5 from ``<root>/text_encoder`` + ``<root>/tokenizer``; prompts padded to ``text_max_length``."""
         return TextEncoder.from_pretrained(
             root,
             device=device,
             dtype=dtype,
-            max_length=self.text_max_length,
+            max_length=self.defaults.text_length,
             text_encoder_subfolder=self.subfolders["text_encoder"],
             tokenizer_subfolder=self.subfolders["tokenizer"],
         )
@@ -137,8 +134,60 @@ class LongCatVideoSpec(ModelSpec):
             resolve_component(root, self.subfolders["text_encoder"]),
             resolve_component(root, self.subfolders["tokenizer"]),
             dtype=dtype,
-            max_length=self.text_max_length,
+            max_length=self.defaults.text_length,
         )
 
     def vae_identity(self, root: str | Path, *, dtype: torch.dtype = torch.float32) -> str:
         return vae_identity(resolve_component(root, self.subfolders["vae"]), dtype=dtype)
+
+    # ------------------------------------------------------------------ training
+    def training_inputs(self, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor, num_cond_latents: int | torch.Tensor = 0) -> TrainingInputs:
+        """``x_s = (1 - s) x0 + s noise``, timestep ``1000 s``, target ``x0 - noise`` (the DiT's
+        raw output is the negative of the usual velocity; training toward ``noise - x0``
+        destroys the pretrained model). Each sample's first K latent frames stay clean with
+        timestep 0 and are left out of the loss."""
+        x0, noise = x0.float(), noise.float()
+        batch, _, frames = x0.shape[:3]
+        k = per_sample_cond(num_cond_latents, batch, frames, device=x0.device)
+        noisy_frames = frame_mask(k, frames)  # [B, T]: 1 noisy, 0 conditioning
+        s = sigmas.float().to(x0.device).view(-1, 1, 1, 1, 1)
+        noisy = (1 - s) * x0 + s * noise
+        keep = noisy_frames[:, None, :, None, None]
+        noisy = torch.where(keep.bool(), noisy, x0)
+        # t * 1 and t * 0 are exact in float32: the same per-frame timesteps as the sampler's.
+        timesteps = (sigmas.float().to(x0.device) * float(NUM_TRAIN_TIMESTEPS))[:, None] * noisy_frames
+        return TrainingInputs(noisy, timesteps, x0 - noise, keep.clone(), k)
+
+    def training_forward(self, model, inputs: TrainingInputs, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """The DiT on ``inputs``: one call per distinct conditioning length K in the batch
+        (the DiT takes one K per call: conditioning tokens attend only to themselves)."""
+        ks = inputs.num_cond_latents
+        values = sorted(set(ks.tolist()))
+        if len(values) == 1:
+            return model(
+                hidden_states=inputs.noisy_latents,
+                timestep=inputs.timesteps,
+                encoder_hidden_states=text,
+                encoder_attention_mask=text_mask,
+                num_cond_latents=values[0],
+            )
+        parts, order = [], []
+        for value in values:
+            rows = (ks == value).nonzero().flatten()
+            order.append(rows)
+            parts.append(model(
+                hidden_states=inputs.noisy_latents[rows],
+                timestep=inputs.timesteps[rows],
+                encoder_hidden_states=text[rows],
+                encoder_attention_mask=text_mask[rows],
+                num_cond_latents=value,
+            ))
+        prediction = torch.cat(parts)
+        return prediction[torch.argsort(torch.cat(order))]
+
+    # ------------------------------------------------------------------ sampling
+    def sampling_loop(self, model, latents: torch.Tensor, text: TextConditioning, settings: DenoiseSettings) -> LongCatSamplingLoop:
+        return LongCatSamplingLoop(model, latents, text, settings)
+
+    def sampling_problems(self, settings: DenoiseSettings) -> list[str]:
+        return sampling_problems(settings.steps, settings.guidance, settings.distill)
