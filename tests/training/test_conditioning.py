@@ -160,3 +160,23 @@ def test_data_inspect_counts_the_clips_that_fall_back(tmp_path, capsys, monkeypa
     # 9 frames = 3 latent frames: 13 conditioning frames (4 latent frames) leave none to train.
     assert "t2v 0.5 / i2v 0.25 / vc 0.25 (5, 13 frames)" in out and "1 too short for vc 13 frames" in out
     assert "too short for vc 5" not in out and "too short for i2v" not in out
+
+
+def test_the_first_latent_frames_of_a_clip_are_its_first_frames_encoded_alone():
+    """Why conditioning can come from a clip's own cached latents: the Wan VAE is causal in
+    time (frame 0 alone, then groups of 4, each seeing only earlier frames), so latent frame 0
+    is the clip's frame 0 encoded as an image (i2v) and the first K latent frames are its first
+    1 + 4(K-1) frames encoded as a video (continuation), up to float32 rounding (CPU convolutions
+    of different lengths may differ in the last bit). The last frames of a clip are not: they
+    carry the clip's earlier frames in the causal cache."""
+    from frametuner.models.longcat_video.tiny import build_tiny_vae
+    from frametuner.models.longcat_video.vae import VideoVAE
+
+    vae = VideoVAE(build_tiny_vae(), identity="tiny", dtype=torch.float32)
+    clip = torch.randint(0, 256, (9, 16, 16, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    latents = vae.encode(clip)
+    assert latents.shape[1] == 3
+    same = dict(rtol=0, atol=1e-6)  # the latents are O(1): a few float32 ulps
+    torch.testing.assert_close(latents[:, :1], vae.encode(clip[:1]), **same)  # i2v: the image encoded alone
+    torch.testing.assert_close(latents[:, :2], vae.encode(clip[:5]), **same)  # continuation: 5 frames = 2 latent frames
+    assert not torch.allclose(latents[:, -2:], vae.encode(clip[-5:]), atol=1e-3)
