@@ -47,7 +47,7 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", required=True, help="what the video shows")
     parser.add_argument("--negative_prompt", default="", help="what to steer away from (default: the empty prompt, as upstream)")
     parser.add_argument("--image", help="first frame for image-to-video (resized and centre-cropped to --resolution)")
-    parser.add_argument("--lora", action="append", default=[], metavar="PATH[:MULTIPLIER]", help="LoRA file, repeatable (PEFT or upstream format); multiplier default 1.0")
+    parser.add_argument("--lora", action="append", default=[], metavar="PATH[:MULTIPLIER]", help="LoRA, repeatable: any file or folder training writes (the PEFT folder lora/peft or its adapter_model.safetensors, lora_upstream.safetensors, lora_comfyui.safetensors) or a PEFT/upstream/ComfyUI file from elsewhere; multiplier default 1.0")
     parser.add_argument("--resolution", default="480x832", help="HEIGHTxWIDTH, multiples of 16 (default 480x832)")
     parser.add_argument("--num_frames", type=int, default=93, help="frames, 4k+1 (default 93)")
     parser.add_argument("--steps", type=int, default=None, help=f"denoising steps (default {DEFAULT_STEPS}; {DISTILL_STEPS} with --distill)")

@@ -3,9 +3,11 @@
 ``frametuner sample`` must refuse a LoRA made for another architecture before it spends
 minutes loading 54 GB of weights, so this reads only the safetensors header (names and
 shapes, no tensors) and compares it with a DiT built on the ``meta`` device (no memory).
-It understands the layouts ``frametuner.lora.apply_lora`` reads: upstream LongCat-Video
-(``lora___lorahyphen___...lora_down/lora_up[.blocks.i]``), PEFT/diffusers (``lora_A/lora_B``)
-and ComfyUI-style ``lora_down/lora_up`` keys.
+It understands every file and folder ``frametuner.lora.apply_lora`` reads (and training
+writes): upstream LongCat-Video (``lora___lorahyphen___...lora_down/lora_up[.blocks.i]``),
+PEFT/diffusers (``lora_A/lora_B``; a PEFT folder means its ``adapter_model.safetensors``)
+and ComfyUI (the wrapper's layer names, mapped back to the model's by the family's
+LoRA layout, the same mapping :mod:`frametuner.lora.formats` reads them with).
 """
 
 from __future__ import annotations
@@ -46,8 +48,17 @@ def read_lora_header(path: str | Path) -> dict[str, tuple[int, ...]]:
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        from ..lora.formats import PEFT_WEIGHTS_NAME
+
+        if not (path / PEFT_WEIGHTS_NAME).is_file():
+            raise LoraFileError(
+                f"{path}: a folder LoRA must hold {PEFT_WEIGHTS_NAME} (the PEFT folder training writes as lora/peft); "
+                "give that folder or a LoRA .safetensors file"
+            )
+        path = path / PEFT_WEIGHTS_NAME
     if not path.is_file():
-        raise LoraFileError(f"{path}: file not found; give the path of a LoRA .safetensors file")
+        raise LoraFileError(f"{path}: file not found; give the path of a LoRA .safetensors file or a PEFT folder")
     try:
         with safe_open(str(path), framework="pt") as handle:
             return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
@@ -67,8 +78,46 @@ def _module_path(raw: str) -> str:
     return raw
 
 
-def lora_modules(header: dict[str, tuple[int, ...]], path: str | Path = "") -> dict[str, LoraModule]:
-    """Group a LoRA file's keys by the module they wrap; raises if nothing in it is a LoRA weight."""
+def _is_comfyui(header: dict[str, tuple[int, ...]], layout) -> bool:
+    lora_keys = [key for key in header if ".lora_A." in key or ".lora_B." in key]
+    return bool(lora_keys) and all(key.startswith(layout.comfyui_prefix) for key in lora_keys) and not any(
+        key.startswith(UPSTREAM_PREFIX) for key in header
+    )
+
+
+def _comfyui_modules(header: dict[str, tuple[int, ...]], path: str | Path, layout) -> dict[str, LoraModule]:
+    """ComfyUI keys name the wrapper's separate Linears (``self_attn.k``): group them under the
+    model's (fused) layer, one up block per part, the parts' downs stacked as upstream's are."""
+    from ..lora.errors import LoraFormatError
+    from ..lora.formats import comfyui_key_to_module
+
+    downs: dict[str, dict[int, tuple[int, ...]]] = defaultdict(dict)
+    modules: dict[str, LoraModule] = defaultdict(LoraModule)
+    for key, shape in header.items():
+        try:
+            module, part, _, slot = comfyui_key_to_module(key, layout)
+        except LoraFormatError as error:
+            raise LoraFileError(f"{path}: {error}") from None
+        if slot == "down":
+            downs[module][part] = shape
+        elif slot == "up":
+            modules[module].ups[part] = shape
+    for module, parts in downs.items():
+        shapes = [parts[i] for i in sorted(parts)]
+        if all(len(shape) == 2 and shape[1] == shapes[0][1] for shape in shapes):
+            modules[module].down = (sum(shape[0] for shape in shapes), shapes[0][1])
+        else:
+            modules[module].down = shapes[0]
+    return dict(modules)
+
+
+def lora_modules(header: dict[str, tuple[int, ...]], path: str | Path = "", layout=None) -> dict[str, LoraModule]:
+    """Group a LoRA file's keys by the module they wrap; raises if nothing in it is a LoRA weight.
+
+    ``layout`` (the family's :class:`LoraLayout`) maps ComfyUI names back to the model's layers.
+    """
+    if layout is not None and _is_comfyui(header, layout):
+        return _comfyui_modules(header, path, layout)
     modules: dict[str, LoraModule] = defaultdict(LoraModule)
     unknown = []
     for key, shape in header.items():
@@ -118,9 +167,20 @@ def _module_problem(name: str, entry: LoraModule, layer) -> str | None:
 
 def lora_fit_problems(path: str | Path, model) -> list[str]:
     """Every way the LoRA at ``path`` does not fit ``model`` (a DiT, e.g. on the meta device)."""
-    modules = lora_modules(read_lora_header(path), path)
+    modules = lora_modules(read_lora_header(path), path, _layout_of(model))
     layers = dict(model.named_modules())
     return [problem for name, entry in sorted(modules.items()) if (problem := _module_problem(name, entry, layers.get(name)))]
+
+
+def _layout_of(model):
+    """The model's family's LoRA layout (None for a model of no registered family)."""
+    from ..lora.errors import LoraError
+    from ..lora.layout import layout_for_model
+
+    try:
+        return layout_for_model(model)
+    except LoraError:
+        return None
 
 
 def describe_misfit(path: str | Path, problems: list[str], model_label: str = "this model") -> str:
