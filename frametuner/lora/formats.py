@@ -71,20 +71,6 @@ def detect_format(path: str | Path, *, family: str = DEFAULT_FAMILY) -> str:
     return _format_of_keys(keys, path, layout_for_family(family))
 
 
-def lora_weights_file(path: str | Path) -> Path:
-    """The safetensors file that holds a LoRA's tensors: ``path`` itself, or a PEFT
-    folder's ``adapter_model.safetensors`` (what training writes as ``lora/peft``)."""
-    path = Path(path)
-    if path.is_dir():
-        weights_file = path / PEFT_WEIGHTS_NAME
-        if not weights_file.is_file():
-            raise LoraFormatError(f"{path}: a folder LoRA must hold {PEFT_WEIGHTS_NAME} (PEFT format); give the folder training wrote or a .safetensors file")
-        return weights_file
-    if not path.exists():
-        raise LoraError(f"{path}: no such LoRA file")
-    return path
-
-
 def read_lora(path: str | Path, *, family: str = DEFAULT_FAMILY) -> LoraWeights:
     """Any of the three formats (detected from the keys) as :class:`LoraWeights`."""
     path = Path(path)
