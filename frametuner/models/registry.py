@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from .spec import LatentGeometry
 
 # Torch-free modules that each call register_family() for one family.
-FAMILY_MODULES = ("frametuner.models.longcat_video.info",)
+FAMILY_MODULES = ("frametuner.models.longcat_video.info", "frametuner.models.wan.info")
 
 
 @dataclass(frozen=True)

@@ -51,14 +51,10 @@ def text_embeds(valid: int, seed: int, length: int = 512) -> tuple[torch.Tensor,
 
 
 def denoise_wan(model, latents, prompt, prompt_mask, negative, negative_mask, *, steps, guidance, shift=3.0, conditioning=None):
-    """frametuner's sampling of a Wan DiT (the generic loop over Wan's SamplingLoop)."""
-    from frametuner.models.wan.sampling import WanSamplingLoop
+    """frametuner's sampling of a Wan DiT: the generic ``sampling.denoise`` over Wan's loop."""
+    from frametuner.sampling import denoise
 
-    loop = WanSamplingLoop(
-        model, latents, prompt, prompt_mask, negative, negative_mask, steps=steps, guidance=guidance, shift=shift, conditioning=conditioning
+    return denoise(
+        model, latents, prompt, prompt_mask, negative, negative_mask,
+        steps=steps, guidance=guidance, shift=shift, conditioning=conditioning,
     )
-    x = latents.clone()
-    with torch.no_grad():
-        for i in range(len(loop.timesteps)):
-            x = loop.step(x, loop.predict(x, i), i)
-    return x

@@ -1,0 +1,258 @@
+"""Wan 2.1 as a model family: everything frametuner needs to know about it, in one place.
+
+Facts without torch (defaults, flavours) are in ``info.py``; DiT sizes in ``configs.py``;
+the sampler in ``sampling.py``; image-to-video conditioning in ``conditioning.py``.
+
+Objective (Wan's, as diffusers' pipeline and Wan's own code sample it): ``x_s = (1 - s) x0
++ s noise`` with ``s`` shifted by ``k s / (1 + (k - 1) s)`` (k = 3), the DiT called at
+timestep ``1000 s`` and trained toward the velocity ``noise - x0``. The text goes in
+zero-padded to 512 tokens, without a mask.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..components import resolve_component
+from ..family import DenoiseSettings, ModelFamily, TextConditioning, TrainingInputs, frame_mask, per_sample_cond
+from ..loading import load_blockwise
+from ..longcat_video.text import TextEncoder, text_encoder_identity
+from ..longcat_video.vae import VideoVAE, vae_identity
+from .configs import DIT_CONFIGS
+from .info import INFO
+from .lora_layout import DEFAULT_LORA_TARGETS, LORA_LAYOUT, OPTIONAL_LORA_TARGETS
+from .sampling import WanSamplingLoop, pad_text
+from .transformer import WanTransformer
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def keep_fp32_modules(model: torch.nn.Module) -> torch.nn.Module:
+    """Float32 for the layers diffusers keeps in float32 whatever the load dtype
+    (``_keep_in_fp32_modules``: RoPE tables, time embedder, modulation tables, norms), as
+    ``from_pretrained(torch_dtype=bf16)`` does; every other path (blockwise loading,
+    random builds) ends in the same dtypes."""
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, module in model.named_modules():
+        if any(part in keep for part in name.split(".")):
+            torch.nn.Module.to(module, dtype=torch.float32)
+    for name, param in model.named_parameters():
+        if name.split(".")[-1] in keep and param.is_floating_point():
+            param.data = param.data.float()
+    return model
+
+
+class WanSpec(ModelFamily):
+    name = INFO.name
+    geometry = INFO.geometry
+    default_lora_targets = DEFAULT_LORA_TARGETS
+    optional_lora_targets = OPTIONAL_LORA_TARGETS
+    lora_layout = LORA_LAYOUT
+    transformer_class = WanTransformer
+    shard_units = ("WanTransformerBlock",)
+    subfolders = {
+        "transformer": "transformer",
+        "text_encoder": "text_encoder",
+        "tokenizer": "tokenizer",
+        "vae": "vae",
+        "scheduler": "scheduler",
+        "image_encoder": "image_encoder",
+        "image_processor": "image_processor",
+    }
+
+    # ------------------------------------------------------------------ loading
+    def checkpoint_root(self, flavour: str, pretrained_model_name_or_path: str | None) -> str | Path:
+        if pretrained_model_name_or_path:
+            return pretrained_model_name_or_path
+        info = self.info.flavours[flavour]
+        if info.hub_id is None:
+            from .tiny import ensure_tiny_checkpoint
+
+            return ensure_tiny_checkpoint(flavour)
+        return info.hub_id
+
+    def load_transformer(
+        self,
+        root: str | Path,
+        *,
+        dtype: torch.dtype = torch.bfloat16,
+        device: str | torch.device = "cpu",
+        prepare_block: Callable[[torch.nn.Module], None] | None = None,
+    ) -> WanTransformer:
+        """``<root>/transformer`` as :class:`WanTransformer`; with ``prepare_block``
+        (quantisation) block by block, so the whole model never exists in ``dtype``."""
+        if prepare_block is not None:
+            folder = resolve_component(root, self.subfolders["transformer"])
+            model = load_blockwise(WanTransformer, folder, dtype=dtype, device=device, prepare_block=prepare_block)
+            keep_fp32_modules(model)
+            _reset_rope(model, device)
+        else:
+            model = WanTransformer.from_pretrained(root, subfolder=self.subfolders["transformer"], torch_dtype=dtype, low_cpu_mem_usage=True)
+            model = model.to(device)
+        return self.tag_model(model.eval())
+
+    def build_transformer(self, *, flavour: str = "t2v-14b", device: str | torch.device = "meta", dtype: torch.dtype = torch.bfloat16) -> WanTransformer:
+        """Random-weight DiT of a flavour, materialised directly on ``device`` in ``dtype``.
+
+        Built on the meta device first, so a 14B bf16 model on a GPU never exists in float32
+        or on the CPU. Weights ~ N(0, 0.02), biases 0, norm weights 1. ``tiny`` and
+        ``tiny-i2v`` give the seeded tiny models (the tiny checkpoints' weights).
+        """
+        if flavour in ("tiny", "tiny-i2v"):
+            from .tiny import build_tiny_transformer
+
+            model = build_tiny_transformer(flavour, model_class=WanTransformer)
+            model = keep_fp32_modules(torch.nn.Module.to(model, device=device, dtype=dtype))
+            return self.tag_model(model)
+        with torch.device("meta"):
+            model = WanTransformer(**DIT_CONFIGS[flavour])
+        self.tag_model(model)
+        model = keep_fp32_modules(torch.nn.Module.to(model, dtype=dtype))
+        if torch.device(device).type == "meta":
+            return model
+        model = model.to_empty(device=device)
+        generator = torch.Generator(device=device).manual_seed(0)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith(".weight") and param.dim() == 1 and name.split(".")[-2].startswith("norm"):  # RMSNorm / affine LayerNorm weights
+                    param.fill_(1.0)
+                elif param.dim() >= 2:
+                    param.normal_(0.0, 0.02, generator=generator)
+                else:
+                    param.zero_()
+        _reset_rope(model, device)
+        return model
+
+    # ------------------------------------------------------------------ encoders
+    def load_text_encoder(self, root: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> TextEncoder:
+        """umT5 from ``<root>/text_encoder`` + ``<root>/tokenizer``, prompts cleaned and padded to 512 as
+        ``WanPipeline`` does (frametuner's shared umT5 code: the same cache entries as LongCat's)."""
+        return TextEncoder.from_pretrained(
+            root, device=device, dtype=dtype, max_length=self.defaults.text_length,
+            text_encoder_subfolder=self.subfolders["text_encoder"], tokenizer_subfolder=self.subfolders["tokenizer"],
+        )
+
+    def load_vae(self, root: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> VideoVAE:
+        """The Wan 2.1 VAE from ``<root>/vae`` (shared code; latents ``(z - mean) / std`` as the pipeline)."""
+        return VideoVAE.from_pretrained(root, device=device, dtype=dtype, subfolder=self.subfolders["vae"])
+
+    def text_encoder_identity(self, root: str | Path, *, dtype: torch.dtype = torch.float32) -> str:
+        return text_encoder_identity(
+            resolve_component(root, self.subfolders["text_encoder"]),
+            resolve_component(root, self.subfolders["tokenizer"]),
+            dtype=dtype,
+            max_length=self.defaults.text_length,
+        )
+
+    def vae_identity(self, root: str | Path, *, dtype: torch.dtype = torch.float32) -> str:
+        return vae_identity(resolve_component(root, self.subfolders["vae"]), dtype=dtype)
+
+    def _has_image_encoder(self, root: str | Path) -> bool:
+        local = Path(root).expanduser()
+        if local.exists():
+            return (local / self.subfolders["image_encoder"]).is_dir()
+        return "I2V" in str(root)
+
+    def load_image_encoder(self, root: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        """CLIP ViT-H/14 (``image_encoder/`` + ``image_processor/``) of an image-to-video checkpoint; None for text-to-video."""
+        if not self._has_image_encoder(root):
+            return None
+        from .conditioning import ImageEncoder
+
+        return ImageEncoder.from_pretrained(
+            root, device=device, dtype=dtype,
+            encoder_subfolder=self.subfolders["image_encoder"], processor_subfolder=self.subfolders["image_processor"],
+        )
+
+    def image_encoder_identity(self, root: str | Path, *, dtype: torch.dtype = torch.float32) -> str | None:
+        if not self._has_image_encoder(root):
+            return None
+        from .conditioning import image_encoder_identity
+
+        return image_encoder_identity(
+            resolve_component(root, self.subfolders["image_encoder"]), resolve_component(root, self.subfolders["image_processor"]), dtype=dtype
+        )
+
+    # ------------------------------------------------------------------ training
+    def training_inputs(self, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor, num_cond_latents: int | torch.Tensor = 0) -> TrainingInputs:
+        """``x_s = (1 - s) x0 + s noise``, timestep ``1000 s`` (the same for every frame),
+        target the velocity ``noise - x0``, every frame in the loss.
+
+        Wan 2.1 has no clean-frame conditioning (its image-to-video model reads the image
+        through extra input channels instead), so ``num_cond_latents`` must be 0.
+        """
+        x0, noise = x0.float(), noise.float()
+        batch, _, frames = x0.shape[:3]
+        k = per_sample_cond(num_cond_latents, batch, frames, device=x0.device)
+        if bool((k != 0).any()):
+            raise ValueError(
+                "Wan 2.1 does not train on clean conditioning frames (image-to-video or video continuation samples); "
+                "set the dataset's conditioning mix to text-to-video only"
+            )
+        s = sigmas.float().to(x0.device).view(-1, 1, 1, 1, 1)
+        noisy = (1 - s) * x0 + s * noise
+        timesteps = (sigmas.float().to(x0.device) * float(NUM_TRAIN_TIMESTEPS))[:, None].expand(-1, frames).clone()
+        loss_mask = frame_mask(k, frames)[:, None, :, None, None]
+        return TrainingInputs(noisy, timesteps, noise - x0, loss_mask, k)
+
+    def training_forward(self, model, inputs: TrainingInputs, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """The DiT at timestep ``[B]`` on the noisy latents, text zero-padded to 512 rows (no mask)."""
+        if inputs.conditioning:
+            raise ValueError(f"Wan's training forward takes no conditioning extras (got {sorted(inputs.conditioning)})")
+        if _in_channels(model) != inputs.noisy_latents.shape[1]:
+            raise ValueError(
+                "training the image-to-video Wan needs its image conditioning (mask and condition latents, CLIP features), "
+                "which frametuner does not cache yet; train a text-to-video flavour"
+            )
+        text = pad_text(text, text_mask, self.defaults.text_length)
+        return model(
+            hidden_states=inputs.noisy_latents,
+            timestep=inputs.timesteps[:, 0],
+            encoder_hidden_states=text,
+            return_dict=False,
+        )[0]
+
+    # ------------------------------------------------------------------ sampling
+    def sampling_problems(self, settings: DenoiseSettings) -> list[str]:
+        problems = super().sampling_problems(settings)
+        if settings.num_cond_latents:
+            problems.append("Wan 2.1 conditions image-to-video through its input channels, not clean latent frames (num_cond_latents must be 0)")
+        if settings.options:
+            problems.append(f"Wan's sampler takes no options {sorted(settings.options)}")
+        return problems
+
+    def sampling_loop(self, model, latents: torch.Tensor, text: TextConditioning, settings: DenoiseSettings) -> WanSamplingLoop:
+        problems = self.sampling_problems(settings)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return WanSamplingLoop(
+            model,
+            latents,
+            text.prompt_embeds,
+            text.prompt_mask,
+            text.negative_embeds,
+            text.negative_mask,
+            steps=settings.steps,
+            guidance=settings.guidance,
+            shift=settings.shift,
+            conditioning=settings.conditioning,
+            text_length=self.defaults.text_length,
+        )
+
+
+def _in_channels(model) -> int:
+    from ..family import unwrap_model
+
+    return int(unwrap_model(model).config.in_channels)
+
+
+def _reset_rope(model: WanTransformer, device: str | torch.device) -> None:
+    """Recompute the RoPE tables (non-persistent buffers: empty after ``to_empty`` or a meta build)."""
+    from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+    rope = model.rope
+    fresh = WanRotaryPosEmbed(rope.attention_head_dim, rope.patch_size, rope.max_seq_len)
+    model.rope = fresh.to(device)
