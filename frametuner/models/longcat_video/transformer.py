@@ -25,6 +25,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from .attention import AttentionSettings, block_compile_context, cross_attention, resolve_backend, self_attention
+from .kv_cache import ConditionCache
 from .rope import RotaryEmbedding3D, apply_rope
 
 Grid = tuple[int, int, int]
@@ -132,7 +133,24 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.settings = settings
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], grid: Grid, num_cond_latents: int) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        grid: Grid,
+        num_cond_latents: int,
+        cond_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        return_kv: bool = False,
+    ):
+        """Self-attention of the tokens of ``x`` (patch grid ``grid``).
+
+        Without ``cond_kv`` the first ``num_cond_latents`` frames of ``x`` are condition
+        frames (all of them: every token attends only among ``x``). With ``cond_kv`` (the
+        cached keys/values of ``num_cond_latents`` condition frames, RoPE applied) ``x``
+        holds only the noisy frames, whose ``rope`` rows continue after the condition's;
+        they attend to the cached tokens and to themselves. ``return_kv`` also returns
+        this call's keys (after RMSNorm and RoPE) and values.
+        """
         batch, tokens, channels = x.shape
         qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, D]
@@ -140,7 +158,15 @@ class SelfAttention(nn.Module):
         q = apply_rope(self.q_norm(q), cos, sin)
         k = apply_rope(self.k_norm(k), cos, sin)
 
-        if num_cond_latents > 0:
+        if cond_kv is not None:
+            # One cache serves every sample (both CFG branches): broadcast it to the batch.
+            cached_k, cached_v = (_batch_cache(t, batch) for t in cond_kv)
+            full_grid = (grid[0] + num_cond_latents, grid[1], grid[2])
+            out = self_attention(
+                q, torch.cat([cached_k, k], dim=2), torch.cat([cached_v, v], dim=2),
+                grid_q=grid, grid_k=full_grid, settings=self.settings,
+            )
+        elif 0 < num_cond_latents < grid[0]:
             # Condition tokens attend only to condition tokens; noise tokens attend to all.
             split = num_cond_latents * (tokens // grid[0])
             cond_grid = (num_cond_latents, grid[1], grid[2])
@@ -155,7 +181,19 @@ class SelfAttention(nn.Module):
             out = torch.cat([out_cond, out_noise], dim=2)
         else:
             out = self_attention(q, k, v, grid_q=grid, grid_k=grid, settings=self.settings)
-        return self.proj(out.transpose(1, 2).reshape(batch, tokens, channels))
+        out = self.proj(out.transpose(1, 2).reshape(batch, tokens, channels))
+        return (out, k, v) if return_kv else out
+
+
+def _batch_cache(cached: torch.Tensor, batch: int) -> torch.Tensor:
+    """Cached ``[b, heads, N, D]`` for a batch of ``batch`` = copies x b (CFG stacks copies)."""
+    if cached.shape[0] == batch:
+        return cached
+    if cached.shape[0] == 1:
+        return cached.expand(batch, -1, -1, -1)
+    if batch % cached.shape[0]:
+        raise ValueError(f"a condition cache of batch {cached.shape[0]} cannot serve a batch of {batch}")
+    return cached.repeat(batch // cached.shape[0], 1, 1, 1)
 
 
 class CrossAttention(nn.Module):
@@ -234,14 +272,19 @@ class LongCatSingleStreamBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        text: torch.Tensor,
+        text: torch.Tensor | None,
         text_bias: torch.Tensor | None,
         t_emb: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         grid: Grid,
         num_cond_latents: int = 0,
-    ) -> torch.Tensor:
-        args = (x, text, text_bias, t_emb, rope, grid, num_cond_latents)
+        cond_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        return_kv: bool = False,
+    ):
+        """One block. ``cond_kv``/``return_kv``: see :class:`SelfAttention`. When every frame
+        of ``x`` is a condition frame (``num_cond_latents == grid[0]``, building a
+        :class:`ConditionCache`) cross-attention is skipped and ``text`` may be None."""
+        args = (x, text, text_bias, t_emb, rope, grid, num_cond_latents, cond_kv, return_kv)
         if self.checkpoint_policy == "none" or not torch.is_grad_enabled():
             return self._forward(*args)
         # Checkpointing inside the block's own forward keeps the module tree intact and lets
@@ -254,7 +297,7 @@ class LongCatSingleStreamBlock(nn.Module):
         kwargs = {"context_fn": context_fn} if context_fn is not None else {}
         return checkpoint(self._forward, *args, use_reentrant=False, preserve_rng_state=False, **kwargs)
 
-    def _forward(self, x, text, text_bias, t_emb, rope, grid, num_cond_latents):
+    def _forward(self, x, text, text_bias, t_emb, rope, grid, num_cond_latents, cond_kv=None, return_kv=False):
         batch, tokens, channels = x.shape
         frames = grid[0]
         # [B, T, 1, C] each, float32
@@ -264,15 +307,22 @@ class LongCatSingleStreamBlock(nn.Module):
         per_frame = (batch, frames, tokens // frames, channels)
 
         x_mod = _modulate(self.mod_norm_attn, x.view(per_frame), shift_msa, scale_msa).view(batch, tokens, channels)
-        attn = self.attn(x_mod, rope, grid, num_cond_latents)
+        attn = self.attn(x_mod, rope, grid, num_cond_latents, cond_kv, return_kv)
+        if return_kv:
+            attn, keys, values = attn
         x = (x.view(per_frame).float() + gate_msa * attn.view(per_frame).float()).to(x.dtype).view(batch, tokens, channels)
 
-        x = x + self.cross_attn(self.pre_crs_attn_norm(x).to(x.dtype), text, text_bias, grid, num_cond_latents)
+        # Condition frames inside x (with a cache, x holds only noisy frames) get no
+        # cross-attention; when x is all condition, the zero output is skipped.
+        cond_in_x = 0 if cond_kv is not None else num_cond_latents
+        if cond_in_x < frames:
+            x = x + self.cross_attn(self.pre_crs_attn_norm(x).to(x.dtype), text, text_bias, grid, cond_in_x)
 
         x_mod = _modulate(self.mod_norm_ffn, x.view(per_frame), shift_mlp, scale_mlp).view(batch, tokens, channels)
         ffn = self.ffn(x_mod)
         x = (x.view(per_frame).float() + gate_mlp * ffn.view(per_frame).float()).to(x.dtype)
-        return x.view(batch, tokens, channels)
+        x = x.view(batch, tokens, channels)
+        return (x, keys, values) if return_kv else x
 
 
 class FinalLayer(nn.Module):
@@ -481,6 +531,20 @@ class LongCatVideoTransformer3DModel(ModelMixin, ConfigMixin):
         return x.reshape(batch, self.out_channels, num_t * p_t, num_h * p_h, num_w * p_w)
 
     # ------------------------------------------------------------------ forward
+    def _patch_grid(self, hidden_states: torch.Tensor) -> Grid:
+        _, _, frames, height, width = hidden_states.shape
+        p_t, p_h, p_w = self.patch_size
+        if height % p_h or width % p_w:
+            raise ValueError(f"latent height/width {height}x{width} must be multiples of the patch size {self.patch_size}")
+        return (frames // p_t, height // p_h, width // p_w)
+
+    def _timestep_embedding(self, timestep: torch.Tensor, batch: int, frames: int, dtype: torch.dtype) -> torch.Tensor:
+        if timestep.dim() == 1:
+            timestep = timestep[:, None].expand(-1, frames)
+        # Upstream rounds timesteps to the model dtype before embedding; the released
+        # weights were trained that way, so keep it.
+        return self.t_embedder(timestep.to(dtype).float().flatten()).view(batch, frames, -1)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -488,37 +552,77 @@ class LongCatVideoTransformer3DModel(ModelMixin, ConfigMixin):
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None = None,
         num_cond_latents: int = 0,
+        condition_cache: ConditionCache | None = None,
     ) -> torch.Tensor:
         """Predict ``x0 - noise`` for latents ``[B, 16, T, H, W]``; returns float32.
 
         ``timestep`` is ``[B]`` or per latent frame ``[B, T]`` (sigma * 1000); text is
         ``[B, 1, L, C]`` or ``[B, L, C]`` with mask ``[B, L]`` (1 = real token).
+        ``num_cond_latents``: the first frames are clean conditions (timestep 0 is the
+        caller's to give). With ``condition_cache`` (from :meth:`build_condition_cache`)
+        ``hidden_states`` holds only the noisy frames that follow the cached condition
+        frames (``num_cond_latents`` is then 0 or the cache's), and the output covers them.
         """
-        batch, _, frames, height, width = hidden_states.shape
-        p_t, p_h, p_w = self.patch_size
-        if height % p_h or width % p_w:
-            raise ValueError(f"latent height/width {height}x{width} must be multiples of the patch size {self.patch_size}")
-        grid: Grid = (frames // p_t, height // p_h, width // p_w)
+        batch = hidden_states.shape[0]
+        grid = self._patch_grid(hidden_states)
         num_cond_latents = int(num_cond_latents)
-        if not 0 <= num_cond_latents < frames:
-            raise ValueError(f"num_cond_latents={num_cond_latents} must be in [0, {frames})")
+        if condition_cache is not None:
+            if num_cond_latents not in (0, condition_cache.num_latents):
+                raise ValueError(f"num_cond_latents={num_cond_latents} but the condition cache holds {condition_cache.num_latents} frames")
+            if tuple(condition_cache.grid[1:]) != grid[1:]:
+                raise ValueError(f"the condition cache was built on patch grid {condition_cache.grid}, the latents have {grid}")
+            num_cond_latents = condition_cache.num_latents
+        elif not 0 <= num_cond_latents < grid[0]:
+            raise ValueError(f"num_cond_latents={num_cond_latents} must be in [0, {grid[0]})")
 
         dtype = self.x_embedder.proj.weight.dtype
-        if timestep.dim() == 1:
-            timestep = timestep[:, None].expand(-1, grid[0])
-        # Upstream rounds timesteps to the model dtype before embedding; the released
-        # weights were trained that way, so keep it.
-        t_emb = self.t_embedder(timestep.to(dtype).float().flatten()).view(batch, grid[0], -1)
-
+        t_emb = self._timestep_embedding(timestep, batch, grid[0], dtype)
         x = self.x_embedder(hidden_states.to(dtype))
         text, text_bias = self._text_inputs(encoder_hidden_states, encoder_attention_mask, dtype)
-        rope = self.rope.tables(grid, x.device)
+        if condition_cache is None:
+            rope = self.rope.tables(grid, x.device)
+        else:  # the noisy frames' positions continue after the condition frames'
+            cos, sin = self.rope.tables((grid[0] + num_cond_latents, grid[1], grid[2]), x.device)
+            skip = num_cond_latents * grid[1] * grid[2]
+            rope = (cos[skip:], sin[skip:])
         self._plan_checkpointing(x)
 
         self._log_attention_choice(x.device, grid, num_cond_latents)
         with block_compile_context(self.attention_settings, x.device):
             for index, block in enumerate(self.blocks):
-                x = self._run_block(index, block, x, text, text_bias, t_emb, rope, grid, num_cond_latents)
+                if condition_cache is None:
+                    x = self._run_block(index, block, x, text, text_bias, t_emb, rope, grid, num_cond_latents)
+                else:
+                    cached = condition_cache.layer(index)
+                    x = self._run_block(index, block, x, text, text_bias, t_emb, rope, grid, num_cond_latents, cached)
 
         x = self.final_layer(x, t_emb, grid)
         return self.unpatchify(x, grid).float()
+
+    @torch.no_grad()
+    def build_condition_cache(self, cond_latents: torch.Tensor, *, return_output: bool = False):
+        """Run the clean condition latents ``[b, 16, K, H, W]`` once and keep every block's keys/values.
+
+        The condition tokens are treated exactly as in a forward over all frames: timestep 0,
+        self-attention among themselves, no cross-attention (so no text is needed). Returns
+        a :class:`ConditionCache` (and, with ``return_output``, the DiT output on the
+        condition frames, which sampling does not need). Inference only.
+        """
+        batch = cond_latents.shape[0]
+        grid = self._patch_grid(cond_latents)
+        dtype = self.x_embedder.proj.weight.dtype
+        timestep = torch.zeros(batch, grid[0], device=cond_latents.device)
+        t_emb = self._timestep_embedding(timestep, batch, grid[0], dtype)
+        x = self.x_embedder(cond_latents.to(dtype))
+        rope = self.rope.tables(grid, x.device)
+        keys, values = [], []
+        with block_compile_context(self.attention_settings, x.device):
+            for index, block in enumerate(self.blocks):
+                # Every frame is a condition frame: no text, attention among themselves only.
+                x, k, v = self._run_block(index, block, x, None, None, t_emb, rope, grid, grid[0], None, True)
+                keys.append(k)
+                values.append(v)
+        cache = ConditionCache(grid[0], grid, keys, values)
+        if not return_output:
+            return cache
+        return cache, self.unpatchify(self.final_layer(x, t_emb, grid), grid).float()
