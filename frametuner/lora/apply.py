@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .delta import LoraWeights, LowRankDelta
 from .errors import LoraMismatchError
 from .formats import read_lora
-from .layout import fused_outputs, layout_for_model
+from .layout import family_for_model, fused_outputs, layout_for_model
 
 CONTAINER = "frametuner_loras"  # attribute under each adapted layer
 _ids = itertools.count()
@@ -111,7 +111,7 @@ def apply_lora(model: nn.Module, path: str | Path | LoraWeights, multiplier: flo
     Several calls stack: their contributions add. Nothing is applied unless every layer
     fits; otherwise :class:`LoraMismatchError` names the first key that does not.
     """
-    weights = path if isinstance(path, LoraWeights) else read_lora(path)
+    weights = path if isinstance(path, LoraWeights) else read_lora(path, family=family_for_model(model))
     source = str(path) if not isinstance(path, LoraWeights) else "(in-memory LoRA)"
     layout = layout_for_model(model)
     layers = check_fits(model, weights, source)
