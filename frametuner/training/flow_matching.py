@@ -1,18 +1,18 @@
-"""LongCat-Video's flow-matching objective.
+"""Flow matching: the random draws of a training step and the loss.
 
-``x_s = (1 - s) x0 + s noise``, timestep ``s * 1000``, and the DiT's raw output is trained
-toward ``x0 - noise`` (the negative of the usual velocity; training toward
-``noise - x0`` destroys the pretrained model). ``s`` is drawn from a distribution and
-then shifted: ``s' = k s / (1 + (k - 1) s)`` with k = 12. Image-to-video samples keep
-their first ``num_cond_latents`` latent frames clean with timestep 0 and leave them out
-of the loss.
+``s`` is drawn from a distribution and then shifted: ``s' = k s / (1 + (k - 1) s)`` with
+the family's training shift (or ``flow_schedule_shift``). What the denoiser sees for a
+level ``s`` and what it is trained toward (``x_s = (1 - s) x0 + s noise`` and the
+target's sign, the timestep units, the conditioning frames) is the family's
+(``ModelFamily.training_inputs``); the loss is the squared error over each sample's
+noised frames.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+
+from ..models.family import TrainingInputs
 
 
 def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
@@ -24,7 +24,7 @@ def sample_sigmas(
     *,
     generator: torch.Generator,
     distribution: str = "uniform",
-    shift: float = 12.0,
+    shift: float,
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
 ) -> torch.Tensor:
@@ -59,30 +59,19 @@ def sample_noise(shape: tuple[int, ...], seeds: torch.Tensor, device: torch.devi
     ])
 
 
-@dataclass
-class FlowMatchingInputs:
-    noisy_latents: torch.Tensor  # [B, C, T, H, W]
-    timesteps: torch.Tensor  # [B, T], sigma * 1000, 0 on condition frames
-    target: torch.Tensor  # x0 - noise, float32
-    num_cond_latents: int
+def flow_matching_loss(prediction: torch.Tensor, inputs: TrainingInputs) -> torch.Tensor:
+    """Mean squared error in float32 over each sample's noised frames, averaged over samples.
 
-
-def make_inputs(x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor, num_cond_latents: int = 0) -> FlowMatchingInputs:
-    """Noise ``x0`` to level ``sigmas`` per sample; condition frames stay clean."""
-    x0 = x0.float()
-    noise = noise.float()
-    s = sigmas.float().view(-1, 1, 1, 1, 1)
-    noisy = (1 - s) * x0 + s * noise
-    frames = x0.shape[2]
-    timesteps = (sigmas.float() * 1000.0)[:, None].expand(-1, frames).clone()
-    if num_cond_latents:
-        noisy[:, :, :num_cond_latents] = x0[:, :, :num_cond_latents]
-        timesteps[:, :num_cond_latents] = 0.0
-    return FlowMatchingInputs(noisy, timesteps, x0 - noise, num_cond_latents)
-
-
-def flow_matching_loss(prediction: torch.Tensor, inputs: FlowMatchingInputs) -> torch.Tensor:
-    """Mean squared error in float32 over the noised frames only."""
-    k = inputs.num_cond_latents
-    error = prediction[:, :, k:].float() - inputs.target[:, :, k:]
-    return error.square().mean()
+    ``inputs`` comes from the family (``ModelFamily.training_inputs``): its ``target`` is the
+    family's objective and its ``loss_mask`` leaves each sample's conditioning frames out.
+    """
+    ks = inputs.num_cond_latents
+    if bool((ks == ks[0]).all()):  # one K for the batch: the plain mean over the noised frames
+        k = int(ks[0])
+        error = prediction[:, :, k:].float() - inputs.target[:, :, k:]
+        return error.square().mean()
+    mask = inputs.loss_mask.to(prediction.device)
+    squared = (prediction.float() - inputs.target).square() * mask
+    per_element = prediction[0, :, 0].numel()  # C * H * W: one latent frame of one sample
+    counts = mask.flatten(1).sum(1) * per_element
+    return (squared.flatten(1).sum(1) / counts).mean()

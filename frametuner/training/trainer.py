@@ -26,7 +26,7 @@ from .checkpoint import cleanup_stale_staging, load_checkpoint, resolve_resume, 
 from .data import TrainingData
 from .distributed import build_accelerator, end_run
 from .events import EventLog
-from .flow_matching import flow_matching_loss, make_inputs, sample_noise, sample_seeds, sample_sigmas
+from .flow_matching import flow_matching_loss, sample_noise, sample_seeds, sample_sigmas
 from .optim import build_lr_scheduler, build_optimizer
 
 log = logging.getLogger(__name__)
@@ -211,28 +211,29 @@ class Trainer:
         if config.caption_dropout_probability > 0:
             drop = torch.rand(local * world, generator=self.generator)[mine] < config.caption_dropout_probability
             text, text_mask = self._drop_captions(text, text_mask, drop)
-        k = int(batch.get("num_cond_latents", 0))
+        # Conditioning frames per sample: an int for the batch, or a [B] tensor (a mixed batch).
+        k = batch.get("num_cond_latents", 0)
         sigmas = sample_sigmas(
             local * world,
             generator=self.generator,
             distribution=config.timestep_sampling,
-            shift=config.flow_schedule_shift,
+            shift=self.training_shift,
             logit_mean=config.logit_mean,
             logit_std=config.logit_std,
         )[mine]
         seeds = sample_seeds(local * world, generator=self.generator)[mine]
         noise = sample_noise(tuple(latents.shape[1:]), seeds, device)
-        inputs = make_inputs(latents, noise, sigmas.to(device), num_cond_latents=k)
+        inputs = self.spec.training_inputs(latents, noise, sigmas.to(device), num_cond_latents=k)
         # accelerate autocasts a prepared model's forward, except under FSDP2 (which has its own policy).
         with self.accelerator.autocast() if self.sharded else nullcontext():
-            prediction = self.model(
-                hidden_states=inputs.noisy_latents,
-                timestep=inputs.timesteps,
-                encoder_hidden_states=text.to(device),
-                encoder_attention_mask=text_mask.to(device),
-                num_cond_latents=k,
-            )
+            prediction = self.spec.training_forward(self.model, inputs, text.to(device), text_mask.to(device))
         return flow_matching_loss(prediction, inputs)
+
+    @property
+    def training_shift(self) -> float:
+        """The sigma shift of the timestep draw: ``flow_schedule_shift``, else the family's."""
+        shift = self.config.flow_schedule_shift
+        return self.spec.defaults.training_shift if shift is None else shift
 
     def step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One micro-batch: forward, loss, backward and (at accumulation boundaries) the

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from frametuner.training.flow_matching import flow_matching_loss, make_inputs, sample_sigmas, shift_sigmas
+from frametuner.models.registry import load_spec
+from frametuner.training.flow_matching import flow_matching_loss, sample_sigmas, shift_sigmas
+
+make_inputs = load_spec("longcat_video").training_inputs  # LongCat's objective: x0 - noise, timestep 1000 s
 
 
 def test_target_sign_x0_minus_noise():

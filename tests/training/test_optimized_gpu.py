@@ -42,7 +42,10 @@ def loss_and_grads(model, text, mask, num_cond=0):
     g = torch.Generator(device="cuda").manual_seed(1)
     x0 = torch.randn(1, 16, 8, 16, 32, device="cuda", generator=g)
     noise = torch.randn(x0.shape, device="cuda", generator=g)
-    from frametuner.training.flow_matching import flow_matching_loss, make_inputs
+    from frametuner.models.registry import load_spec
+    from frametuner.training.flow_matching import flow_matching_loss
+
+    make_inputs = load_spec("longcat_video").training_inputs
 
     inputs = make_inputs(x0, noise, torch.tensor([0.7], device="cuda"), num_cond_latents=num_cond)
     model.zero_grad(set_to_none=True)
