@@ -69,6 +69,10 @@ def parse_resolution(text: str) -> tuple[int, int]:
     return height, width
 
 
+# validation_continuation's value that continues the eval dataset's clips instead of a file.
+CONTINUE_EVAL_DATASET = "eval_dataset"
+
+
 def check_frame_count(frames: int) -> int:
     if frames < 1 or (frames - 1) % 4:
         lower = max(1, frames - (frames - 1) % 4) if frames >= 1 else 1
@@ -181,6 +185,14 @@ class TrainConfig(BaseModel):
     validation_video_crf: int = _field(18, "validation", "H.264 quality of validation videos (lower = better)", ge=0, le=51)
     validation_using_datasets: bool = _field(False, "validation", "Take validation captions (and i2v images) from eval_dataset_id")
     eval_dataset_id: str | None = _field(None, "validation", "Dataset id used for validation prompts/images")
+    validation_continuation: str | None = _field(
+        None, "validation", "Also render a continuation: a video file (its last validation_cond_frames frames are continued, with each validation prompt), or 'eval_dataset' (each clip of eval_dataset_id continued from its first frames)",
+        path=PATH_INPUT, path_keywords=(CONTINUE_EVAL_DATASET,),
+    )
+    validation_cond_frames: int = _field(13, "validation", "Conditioning frames of continuation and long validation videos (4k+1, below validation_num_video_frames; upstream: 13)", ge=1)
+    validation_segments: int = _field(
+        0, "validation", "Also render a long video per validation prompt: its video plus N continuation segments, with a contact sheet per segment (0 = off)", ge=0, le=64
+    )
 
     # ------------------------------------------------------------------ memory
     enable_group_offload: bool = _field(False, "memory", "Offload DiT weights to the CPU with diffusers' group offloading")
@@ -276,6 +288,18 @@ class TrainConfig(BaseModel):
                 "optimizer 'adamw8bit' cannot step FSDP-sharded weights; use optimizer 'adamw' "
                 "(optimizer_state_dtype 'bf16' halves its memory for full fine-tuning) or distributed.strategy 'ddp'"
             )
+        if self.validation_continuation == CONTINUE_EVAL_DATASET and not self.eval_dataset_id:
+            raise ValueError("validation_continuation 'eval_dataset' continues the clips of eval_dataset_id, which is not set; name the dataset id")
+        if self.validation_continuation or self.validation_segments:
+            try:
+                check_frame_count(self.validation_cond_frames)
+            except ValueError as error:
+                raise ValueError(f"validation_cond_frames: {error}") from None
+            if self.validation_cond_frames >= self.validation_num_video_frames:
+                raise ValueError(
+                    f"validation_cond_frames {self.validation_cond_frames} leaves no frame to generate in "
+                    f"{self.validation_num_video_frames}-frame validation videos; lower it (upstream: 13) or raise validation_num_video_frames"
+                )
         if self.validation_using_datasets and not self.eval_dataset_id:
             raise ValueError("validation_using_datasets is true but eval_dataset_id is not set; name the dataset id to validate with")
         return self

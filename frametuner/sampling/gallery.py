@@ -17,9 +17,16 @@ from pathlib import Path
 INDEX_NAME = "index.html"
 
 
-def validation_stem(step: int, prompt_index: int) -> str:
-    """File name stem for one validation: sorts by step, then prompt."""
-    return f"step{step:06d}_prompt{prompt_index:02d}"
+# What a validation record shows: a prompt's video (t2v, or i2v from an eval dataset image), a
+# continuation of given frames, or a long video of several segments.
+KINDS = ("prompt", "continuation", "long")
+KIND_LABELS = {"prompt": "", "continuation": "continuation", "long": "long video"}
+
+
+def validation_stem(step: int, prompt_index: int, kind: str = "prompt") -> str:
+    """File name stem for one validation: sorts by step, then prompt (then kind)."""
+    stem = f"step{step:06d}_prompt{prompt_index:02d}"
+    return stem if kind == "prompt" else f"{stem}_{kind}"
 
 
 @dataclass
@@ -33,9 +40,15 @@ class ValidationRecord:
     contact_sheet: str | None = None
     latents: str | None = None  # set while decoding is deferred
     settings: dict = field(default_factory=dict)
+    kind: str = "prompt"  # see KINDS
+    segment_sheets: list[str] = field(default_factory=list)  # long videos: one contact sheet per segment
+
+    @property
+    def stem(self) -> str:
+        return validation_stem(self.step, self.prompt_index, self.kind)
 
     def save(self, folder: Path) -> Path:
-        path = folder / f"{validation_stem(self.step, self.prompt_index)}.json"
+        path = folder / f"{self.stem}.json"
         write_text_atomic(path, json.dumps(asdict(self), indent=2))
         return path
 
@@ -75,6 +88,8 @@ th.step { white-space: nowrap; }
 video, img { max-width: 28rem; display: block; }
 .pending { color: #888; font-style: italic; }
 .links { font-size: 0.8rem; }
+.segments img { max-width: 28rem; margin-top: 0.3rem; }
+.segments figcaption { font-size: 0.8rem; color: #555; }
 """
 
 
@@ -91,18 +106,34 @@ def _cell(record: ValidationRecord | None) -> str:
         parts.append('<span class="pending">decoding pending</span>')
     if record.video and record.contact_sheet:
         parts.append(f'<div class="links"><a href="{html.escape(record.contact_sheet, quote=True)}">contact sheet</a></div>')
+    if record.segment_sheets:  # one sheet per segment, stacked, so drift shows at a glance
+        figures = "".join(
+            f'<figure><figcaption>segment {number}</figcaption><a href="{html.escape(sheet, quote=True)}">'
+            f'<img src="{html.escape(sheet, quote=True)}" alt="segment {number} contact sheet"></a></figure>'
+            for number, sheet in enumerate(record.segment_sheets)
+        )
+        parts.append(f'<div class="segments">{figures}</div>')
     return f"<td>{''.join(parts)}</td>"
 
 
+def _column_label(kind: str, index: int, prompt: str) -> str:
+    label = KIND_LABELS.get(kind, kind)
+    return f"#{index}{' ' + label if label else ''}: {prompt}"
+
+
 def render_index(records: list[ValidationRecord], title: str = "Validation") -> str:
-    prompts: dict[int, str] = {}
-    by_step: dict[int, dict[int, ValidationRecord]] = {}
+    # One column per (prompt, kind): a prompt's video, then its continuation and long video.
+    prompts: dict[tuple[int, int, str], str] = {}
+    by_step: dict[int, dict[tuple[int, int, str], ValidationRecord]] = {}
+    order = {kind: number for number, kind in enumerate(KINDS)}
     for record in records:
-        prompts.setdefault(record.prompt_index, record.prompt)
-        by_step.setdefault(record.step, {})[record.prompt_index] = record
+        column = (record.prompt_index, order.get(record.kind, len(KINDS)), record.kind)
+        prompts.setdefault(column, record.prompt)
+        by_step.setdefault(record.step, {})[column] = record
     columns = sorted(prompts)
     header = "".join(
-        f'<th class="prompt">#{index}: {html.escape(prompts[index])}</th>' for index in columns
+        f'<th class="prompt">{html.escape(_column_label(kind, index, prompts[(index, rank, kind)]))}</th>'
+        for index, rank, kind in columns
     )
     rows = "\n".join(
         f'<tr><th class="step">step {step}</th>{"".join(_cell(by_step[step].get(index)) for index in columns)}</tr>'

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .denoising import denoise
-from .gallery import ValidationRecord, validation_stem, write_index
+from .gallery import ValidationRecord, write_index
 from .video import DEFAULT_CRF, temporary_beside, write_contact_sheet, write_video
 
 log = logging.getLogger("frametuner.sampling")
@@ -207,10 +207,11 @@ class ValidationOutputs:
     contact_sheet: Path | None = None
     latents: Path | None = None  # set when decoding was deferred (no VAE given)
     frames: torch.Tensor | None = None  # uint8 [F, H, W, 3], for TensorBoard
+    segment_sheets: list[Path] = field(default_factory=list)  # long videos: a contact sheet per segment
 
 
 def _write_outputs(folder: Path, record: ValidationRecord, frames: torch.Tensor, fps: int, crf: int) -> ValidationOutputs:
-    stem = validation_stem(record.step, record.prompt_index)
+    stem = record.stem
     video = write_video(frames, folder / f"{stem}.mp4", fps=fps, crf=crf)
     sheet = write_contact_sheet(frames, folder / f"{stem}.png", prompt=record.prompt, step=record.step)
     record.video, record.contact_sheet = video.name, sheet.name
@@ -243,12 +244,14 @@ def render_validation(
     device: torch.device | str | None = None,
     progress: bool = False,
     write: bool = True,
+    kind: str = "prompt",
 ) -> ValidationOutputs | None:
     """One validation video from an already loaded DiT and cached prompt embeddings.
 
     Writes ``<validation_dir>/step{step:06d}_prompt{i:02d}.mp4`` + ``.png`` + ``.json`` and
     rebuilds ``index.html``. ``cond_latents`` (normalised ``[C, k, h, w]``) makes it
-    image-to-video. ``device`` (default: where the model's first parameter is) holds the
+    image-to-video (``k`` = 1) or a continuation (``kind="continuation"``, ``k`` = its
+    conditioning latent frames). ``device`` (default: where the model's first parameter is) holds the
     latents. With ``vae=None`` the final latents are saved instead and
     :func:`decode_pending_validations` turns them into videos later (no VAE in memory
     during training). The model is put in eval mode and restored; the global RNG
@@ -280,11 +283,13 @@ def render_validation(
         return None
 
     settings = dict(height=height, width=width, num_frames=num_frames, steps=steps, guidance=guidance, seed=seed, fps=fps, crf=crf, distill=distill, image_to_video=num_cond_latents > 0)
-    record = ValidationRecord(step, prompt_index, prompt, settings=settings)
+    if kind == "continuation":
+        settings.update(image_to_video=False, cond_latent_frames=num_cond_latents)
+    record = ValidationRecord(step, prompt_index, prompt, settings=settings, kind=kind)
     if vae is None:
         from safetensors.torch import save_file
 
-        path = folder / f"{validation_stem(step, prompt_index)}.latents.safetensors"
+        path = folder / f"{record.stem}.latents.safetensors"
         folder.mkdir(parents=True, exist_ok=True)
         temporary = temporary_beside(path)
         save_file({"latents": latents[0].cpu().contiguous()}, str(temporary))

@@ -72,8 +72,10 @@ class RunProgress:
                     "step": event.get("step"),
                     "prompt_index": event.get("prompt_index", 0),
                     "prompt": event.get("prompt", ""),
+                    "kind": event.get("kind", "prompt"),  # prompt | continuation | long
                     "video": self._file(event.get("video")),
                     "contact_sheet": self._file(event.get("contact_sheet")),
+                    "segment_sheets": [path for path in map(self._file, event.get("segment_sheets") or []) if path],
                 }
             )
         elif kind == "checkpoint":

@@ -71,7 +71,10 @@ class CachedTrainingData:
 @dataclass
 class ValidationPrompt:
     prompt: str
-    cond_latents: torch.Tensor | None = None  # [C, 1, h, w] for image-to-video
+    cond_latents: torch.Tensor | None = None  # [C, k, h, w]: image-to-video (k = 1) or a continuation's frames
+    kind: str = "prompt"  # "prompt" (t2v, or i2v from an eval dataset) or "continuation"
+    index: int | None = None  # column in validation/index.html (default: its position)
+    size: tuple[int, int] | None = None  # (height, width) of its conditioning latents; default validation_resolution
 
 
 class Validator:
@@ -106,6 +109,9 @@ class Validator:
                 prompts.append(ValidationPrompt(sample.caption, cond))
         else:
             prompts = [ValidationPrompt(p) for p in validation_prompts(config)[:-1]]  # last one is the negative prompt
+        for index, item in enumerate(prompts):
+            item.index = index
+        prompts += continuation_prompts(config, spec, scan, latent_cache, prompts)
         if not prompts:
             return None
         return cls(config, spec, prompts, text_cache)
@@ -135,8 +141,18 @@ class Validator:
         elif writer:
             self.deferred = True
         negative_text = self.text_cache.load(config.validation_negative_prompt)
+        long_videos = config.validation_segments > 0 and any(item.kind == "prompt" for item in self.prompts)
+        if long_videos and (vae is None or trainer.sharded):  # each segment re-encodes the last one's frames
+            if writer:
+                log.warning(
+                    "validation_segments: long validation videos skipped at step %d (%s)",
+                    step, "not rendered under FSDP" if trainer.sharded else "the VAE does not fit beside the DiT now",
+                )
+            long_videos = False
         try:
-            for index, item in enumerate(self.prompts):
+            for position, item in enumerate(self.prompts):
+                index = item.index if item.index is not None else position
+                size = item.size or (height, width)
                 # Both prompts padded to the longer one (the CFG batch needs one length); the
                 # DiT's text_virtual_length makes this exactly upstream's 512-token padding.
                 text = self.text_cache.load(item.prompt)
@@ -147,14 +163,26 @@ class Validator:
                     model, vae, spec=self.spec, validation_dir=self.folder, step=step, prompt_index=index,
                     prompt=item.prompt, prompt_embeds=embeds[None], prompt_mask=mask[None],
                     negative_embeds=negative[None], negative_mask=negative_mask[None],
-                    height=height, width=width, num_frames=config.validation_num_video_frames,
+                    height=size[0], width=size[1], num_frames=config.validation_num_video_frames,
                     steps=config.validation_num_inference_steps, guidance=config.validation_guidance,
-                    seed=config.validation_seed if config.validation_seed is not None else (config.seed or 0),
-                    fps=config.validation_fps, crf=config.validation_video_crf, cond_latents=item.cond_latents,
-                    device=device, write=writer,
+                    seed=self.seed, fps=config.validation_fps, crf=config.validation_video_crf, cond_latents=item.cond_latents,
+                    device=device, write=writer, kind=item.kind,
                 )
                 if writer:
-                    self._report(trainer, step, index, item.prompt, outputs)
+                    self._report(trainer, step, index, item.prompt, outputs, kind=item.kind)
+                if long_videos and item.kind == "prompt" and outputs is not None and outputs.frames is not None:
+                    from ..sampling.validation import render_long_validation
+
+                    long = render_long_validation(
+                        model, vae, outputs.frames, spec=self.spec, validation_dir=self.folder, step=step, prompt_index=index,
+                        prompt=item.prompt, prompt_embeds=embeds[None], prompt_mask=mask[None],
+                        negative_embeds=negative[None], negative_mask=negative_mask[None],
+                        segments=config.validation_segments, cond_frames=config.validation_cond_frames,
+                        height=size[0], width=size[1], num_frames=config.validation_num_video_frames,
+                        steps=config.validation_num_inference_steps, guidance=config.validation_guidance, seed=self.seed,
+                        fps=config.validation_fps, crf=config.validation_video_crf, device=device,
+                    )
+                    self._report(trainer, step, index, item.prompt, long, kind="long")
         finally:
             if vae is not None:
                 del vae
@@ -162,11 +190,17 @@ class Validator:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
 
-    def _report(self, trainer, step: int, index: int, prompt: str, outputs) -> None:
+    @property
+    def seed(self) -> int:
+        config = self.config
+        return config.validation_seed if config.validation_seed is not None else (config.seed or 0)
+
+    def _report(self, trainer, step: int, index: int, prompt: str, outputs, kind: str = "prompt") -> None:
         relative = lambda p: str(Path(p).resolve().relative_to(self.output_dir.resolve())) if p is not None else None  # noqa: E731
         trainer.events.emit(
-            "validation", step=step, prompt_index=index, prompt=prompt,
+            "validation", step=step, prompt_index=index, prompt=prompt, kind=kind,
             video=relative(outputs.video), contact_sheet=relative(outputs.contact_sheet), latents=relative(outputs.latents),
+            segment_sheets=[relative(p) for p in outputs.segment_sheets],
         )
         if outputs.contact_sheet is not None and self.config.report_to == "tensorboard":
             import numpy as np
@@ -174,7 +208,8 @@ class Validator:
 
             tracker = trainer.accelerator.get_tracker("tensorboard", unwrap=True)
             sheet = np.asarray(Image.open(outputs.contact_sheet).convert("RGB"))
-            tracker.add_image(f"validation/prompt{index:02d}", sheet, global_step=step, dataformats="HWC")
+            tag = f"validation/prompt{index:02d}" + ("" if kind == "prompt" else f"_{kind}")
+            tracker.add_image(tag, sheet, global_step=step, dataformats="HWC")
 
     def finish(self) -> None:
         """Decode validations that were deferred for lack of memory (the DiT is gone by now)."""
@@ -186,6 +221,58 @@ class Validator:
         vae = self.spec.load_vae(self.root, device=device, dtype=self.spec.encoder_dtype(self.config.mixed_precision))
         decoded = decode_pending_validations(self.folder, vae)
         log.info("decoded %d deferred validation videos into %s", len(decoded), self.folder)
+
+
+def continuation_prompts(config, spec, scan, latent_cache, prompts: list[ValidationPrompt]) -> list[ValidationPrompt]:
+    """The continuation validations of ``validation_continuation``.
+
+    ``"eval_dataset"``: each clip of ``eval_dataset_id`` continued from its first
+    ``validation_cond_frames`` frames, whose latents are the first latent frames of the
+    clip's cache entry (the Wan VAE is causal: docs/conditioning.md), at the clip's size.
+    A video file: its last ``validation_cond_frames`` frames at ``validation_resolution``,
+    encoded once here (before the DiT is loaded), continued with each validation prompt.
+    """
+    from ..config import resolve_input_path
+    from ..config.schema import CONTINUE_EVAL_DATASET
+
+    source = config.validation_continuation
+    if not source:
+        return []
+    frames = config.validation_cond_frames
+    k = spec.geometry.latent_frames(frames)
+    start = len(prompts)
+    if source == CONTINUE_EVAL_DATASET:
+        items = []
+        for sample in scan.dataset_samples(config.eval_dataset_id):
+            latents = latent_cache.load(sample)["latents"]
+            if latents.shape[1] <= k:
+                log.warning("validation_continuation: %s has %d frames, too few to continue from %d; skipped", sample.source.path, sample.bucket.frames, frames)
+                continue
+            items.append(ValidationPrompt(sample.caption, latents[:, :k], "continuation", start + len(items), (sample.bucket.height, sample.bucket.width)))
+        return items
+    path = resolve_input_path(config, source)
+    if path is None or not Path(path).is_file():
+        raise ConfigError([f"'validation_continuation': {path} is not a video file; give a video (or 'eval_dataset')"])
+    cond = encode_continuation_video(config, spec, path)
+    texts = list(dict.fromkeys(item.prompt for item in prompts)) or [""]
+    return [ValidationPrompt(text, cond, "continuation", start + number) for number, text in enumerate(texts)]
+
+
+def encode_continuation_video(config, spec, path) -> torch.Tensor:
+    """Normalised latents ``[C, K, h, w]`` of the last ``validation_cond_frames`` frames of ``path``."""
+    from ..sampling.validation import read_last_frames
+
+    height, width = config.validation_size
+    pixels = read_last_frames(path, config.validation_cond_frames, height, width)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    root = spec.checkpoint_root(config.model_flavour, config.pretrained_model_name_or_path)
+    vae = spec.load_vae(root, device=device, dtype=spec.encoder_dtype(config.mixed_precision))
+    latents = vae.encode(pixels).float().cpu()
+    del vae
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return latents
 
 
 def scan_and_cache(config, state):

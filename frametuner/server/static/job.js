@@ -61,6 +61,9 @@ function outputPath(path) {
   return path ? `output/${path}` : null;
 }
 
+// What a validation shows besides a prompt's video (frametuner/sampling/gallery.py KINDS).
+const KIND_LABELS = { continuation: "continuation: ", long: "long video: " };
+
 function renderValidations() {
   const box = $("validations");
   if (!run.validations.size) return;
@@ -69,9 +72,12 @@ function renderValidations() {
     el("h3", {}, `step ${step}`),
     el("div", { class: "val-items" }, ...run.validations.get(step).map((v) => el("figure", {},
       v.video ? el("video", { src: fileUrl(job.id, outputPath(v.video)), controls: true, loop: true, muted: true, preload: "auto", playsinline: true }) : null,
-      el("figcaption", {}, v.prompt || `prompt ${v.prompt_index}`),
+      el("figcaption", {}, (KIND_LABELS[v.kind] || "") + (v.prompt || `prompt ${v.prompt_index}`)),
       v.contact_sheet ? el("a", { href: fileUrl(job.id, outputPath(v.contact_sheet)), target: "_blank" },
         el("img", { class: "sheet", src: fileUrl(job.id, outputPath(v.contact_sheet)), alt: `contact sheet, step ${step}` })) : null,
+      // Long videos: one contact sheet per segment, so drift from segment to segment shows at a glance.
+      ...(v.segment_sheets || []).map((sheet, n) => el("a", { href: fileUrl(job.id, outputPath(sheet)), target: "_blank", title: `segment ${n}` },
+        el("img", { class: "sheet segment", src: fileUrl(job.id, outputPath(sheet)), alt: `segment ${n} contact sheet, step ${step}` }))),
     ))),
   ))));
 }
@@ -99,7 +105,8 @@ function onTrainerEvent(event) {
       break;
     case "validation": {
       const list = run.validations.get(event.step) || [];
-      run.validations.set(event.step, list.filter((v) => v.prompt_index !== event.prompt_index).concat([event]));
+      const kind = (v) => v.kind || "prompt";
+      run.validations.set(event.step, list.filter((v) => v.prompt_index !== event.prompt_index || kind(v) !== kind(event)).concat([event]));
       renderValidations();
       break;
     }
