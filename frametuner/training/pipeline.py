@@ -28,9 +28,10 @@ class CachedTrainingData:
     ``text_virtual_length`` restores upstream's 512-token semantics exactly.
     """
 
-    def __init__(self, dataset, sampler):
+    def __init__(self, dataset, sampler, mixes: dict | None = None):
         self.dataset = dataset
         self.sampler = sampler
+        self.mixes = mixes or {}  # dataset id -> the ConditioningMix its samples train with
         self._empty: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
@@ -43,7 +44,8 @@ class CachedTrainingData:
         text_cache, latent_cache = caches or open_config_caches(config)
         dataset = CachedDataset(scan.samples, text_cache=text_cache, latent_cache=latent_cache, pad_to=None)
         sampler = BucketBatchSampler.from_scan(scan, config, num_replicas=num_replicas, rank=rank)
-        return cls(dataset, sampler)
+        mixes = {result.config.id: result.config.conditioning_mix for result in scan.datasets.values()}
+        return cls(dataset, sampler, mixes)
 
     def batches_per_epoch(self) -> int:
         return len(self.sampler)
@@ -52,7 +54,10 @@ class CachedTrainingData:
         if self.sampler.epoch != epoch:
             self.sampler.set_epoch(epoch)
         for indices in self.sampler:
-            yield self.dataset.collate([self.dataset[i] for i in indices])
+            batch = self.dataset.collate([self.dataset[i] for i in indices])
+            # A batch holds one dataset's samples (the sampler's groups), so one mix per batch.
+            batch["conditioning"] = self.mixes.get(self.dataset.samples[indices[0]].dataset_id)
+            yield batch
 
     def state_dict(self) -> dict[str, Any]:
         return self.sampler.state_dict()
@@ -319,6 +324,14 @@ def train(config) -> int:
     spec = load_spec(config.model_family)
     state = process_state()
     scan = scan_and_cache(config, state)
+    if state.is_main_process:
+        from ..data.report import conditioning_table
+
+        table = conditioning_table(scan)  # the mix per dataset and the clips too short for a drawn mode
+        if table is not None:
+            from rich.console import Console
+
+            Console(stderr=True).print(table)
     caches = open_config_caches(config)
     data = CachedTrainingData.from_scan(scan, config, caches=caches, num_replicas=state.num_processes, rank=state.process_index)
     validator = Validator.from_config(config, spec, scan, caches=caches)
