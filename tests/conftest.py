@@ -10,6 +10,7 @@ import torch
 
 TESTS = Path(__file__).resolve().parent
 REFERENCE = TESTS / "fixtures" / "longcat_reference"
+VC_REFERENCE = TESTS / "fixtures" / "longcat_reference_vc"  # video continuation (same tiny DiT)
 SHARED = TESTS.parent.parent / "shared"
 SHARED_MEDIA = SHARED / "fixtures" / "media"
 
@@ -28,6 +29,13 @@ def cases() -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(REFERENCE / "cases.safetensors")
+
+
+@pytest.fixture(scope="session")
+def vc_cases() -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(VC_REFERENCE / "cases.safetensors")
 
 
 @pytest.fixture(scope="session")

@@ -70,6 +70,8 @@ def denoise(
     num_cond_latents: int = 0,
     distill: bool = False,
     progress: bool = False,
+    use_kv_cache: bool | None = None,
+    enhance_hf: bool | None = None,
     conditioning: dict[str, Any] | None = None,
     **options: Any,
 ) -> torch.Tensor:
@@ -83,7 +85,15 @@ def denoise(
     beyond text, e.g. image embeddings) and further keywords (``options``) go to the
     family's sampler, which refuses what it does not know. The family is found from the
     model (:func:`~frametuner.models.family.family_of`).
+
+    ``use_kv_cache`` and ``enhance_hf`` are family options named here because callers of
+    video continuation pass them (None = the family's default; LongCat: both off here,
+    on in video continuation, as upstream's generate_vc): the condition frames' keys and
+    values computed once instead of every step, and a schedule with a high-frequency tail.
     """
+    for name, value in (("use_kv_cache", use_kv_cache), ("enhance_hf", enhance_hf)):
+        if value is not None:
+            options[name] = bool(value)
     if latents.dim() != 5:
         raise ValueError(f"latents must be [B, C, T, H, W], got {tuple(latents.shape)}")
     batch, _, frames = latents.shape[:3]

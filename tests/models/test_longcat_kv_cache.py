@@ -10,18 +10,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from frametuner.models.longcat_video.rope import apply_rope
 
-from ..conftest import TESTS, assert_close
-
-VC_REFERENCE = TESTS / "fixtures" / "longcat_reference_vc"
-
-
-@pytest.fixture(scope="module")
-def vc_cases() -> dict[str, torch.Tensor]:
-    return load_file(VC_REFERENCE / "cases.safetensors")
+from ..conftest import assert_close
 
 
 def _text(vc):

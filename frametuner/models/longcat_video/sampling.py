@@ -57,6 +57,23 @@ def sigmas(steps: int, shift: float = DEFAULT_SHIFT, distill: bool = False) -> t
     return scheduler.sigmas.to(torch.float32), scheduler.timesteps.to(torch.float32)
 
 
+# enhance_hf (upstream generate_vc's default): the shifted schedule above this timestep is
+# kept, then a uniform tail 500, 450, ..., 50 refines high frequencies.
+ENHANCE_HF_FROM = 500.0
+ENHANCE_HF_TAIL_STEPS = 10
+
+
+def enhance_hf_sigmas(steps: int, shift: float = DEFAULT_SHIFT) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upstream's ``enhance_hf`` schedule: the timesteps of :func:`sigmas` strictly above 500,
+    then 500, 450, ..., 50; sigmas are timesteps / 1000 then 0 (no shift on the tail).
+    ``steps`` = 50 gives 56 DiT calls, 4 gives 13. Not for the distilled schedule."""
+    _, timesteps = sigmas(steps, shift=shift)
+    tail = torch.linspace(ENHANCE_HF_FROM, 0.0, ENHANCE_HF_TAIL_STEPS + 1, dtype=torch.float32)[:-1]
+    timesteps = torch.cat([timesteps[timesteps > ENHANCE_HF_FROM], tail])
+    sigma = torch.cat([timesteps / NUM_TRAIN_TIMESTEPS, torch.zeros(1)])
+    return sigma, timesteps
+
+
 def cfg_zero_star(uncond: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
     """CFG-Zero*: scale the unconditional prediction by its least-squares fit to the conditional one.
 
@@ -69,25 +86,45 @@ def cfg_zero_star(uncond: torch.Tensor, cond: torch.Tensor, guidance: float) -> 
     return scaled_uncond + guidance * (cond - scaled_uncond)
 
 
-def sampling_problems(steps: int, guidance: float, distill: bool) -> list[str]:
+# Keywords LongCat's sampler takes through ``denoise(**options)``, with their defaults there.
+# (Video continuation turns both on, as upstream's generate_vc: see sampling.long_video.)
+SAMPLING_OPTIONS = {"use_kv_cache": False, "enhance_hf": False}
+
+
+def sampling_problems(steps: int, guidance: float, distill: bool, options: dict | None = None) -> list[str]:
     """What is wrong with these settings for LongCat's sampler (empty when fine)."""
+    problems = []
     if distill and steps > NUM_DISTILL_GRID_STEPS:
-        return [f"--distill picks steps from a {NUM_DISTILL_GRID_STEPS}-step grid; use at most {NUM_DISTILL_GRID_STEPS} steps, not {steps}"]
-    return []
+        problems.append(f"--distill picks steps from a {NUM_DISTILL_GRID_STEPS}-step grid; use at most {NUM_DISTILL_GRID_STEPS} steps, not {steps}")
+    if distill and (options or {}).get("enhance_hf"):
+        problems.append("enhance_hf (the high-frequency refinement tail) does not combine with the distilled schedule: turn one of them off")
+    return problems
 
 
 class LongCatSamplingLoop:
     """One LongCat sampling run: CFG batch ``[negative, positive]`` through the DiT in one call,
     CFG-Zero*, and the Euler step on the noisy frames only (conditioning frames never move).
 
-    Family keywords (``settings.options``): none yet.
+    Family keywords (``settings.options``, defaults in ``SAMPLING_OPTIONS``):
+
+    * ``use_kv_cache``: with conditioning frames, run them through the DiT once
+      (:meth:`~.transformer.LongCatVideoTransformer3DModel.build_condition_cache`) and give
+      every step only the noisy frames. As upstream's generate_vc, CFG-Zero*'s scale is
+      then computed over the noisy frames only; without the cache over all frames
+      (condition frames included), so the two modes are close but not the same video.
+    * ``enhance_hf``: upstream's high-frequency schedule (:func:`enhance_hf_sigmas`).
     """
 
     def __init__(self, model, latents: torch.Tensor, text: TextConditioning, settings: DenoiseSettings):
-        if settings.options:
-            raise TypeError(f"denoise() got keyword(s) LongCat-Video's sampler does not take: {', '.join(sorted(settings.options))}")
+        options = {**SAMPLING_OPTIONS, **settings.options}
+        unknown = sorted(set(options) - set(SAMPLING_OPTIONS))
+        if unknown:
+            raise TypeError(f"denoise() got keyword(s) LongCat-Video's sampler does not take: {', '.join(unknown)}")
         if settings.conditioning:
             raise TypeError(f"LongCat-Video takes no conditioning beyond text and latents, got {', '.join(sorted(settings.conditioning))}")
+        problems = sampling_problems(settings.steps, settings.guidance, settings.distill, options)
+        if problems:
+            raise ValueError("; ".join(problems))
         self.model = model
         self.settings = settings
         device = latents.device
@@ -100,16 +137,33 @@ class LongCatSamplingLoop:
             self.text_mask = torch.cat([text.negative_mask, text.prompt_mask]).to(device)
         else:
             self.text, self.text_mask = text.prompt_embeds.to(device), text.prompt_mask.to(device)
-        sigma, timesteps = sigmas(settings.steps, shift=settings.shift, distill=settings.distill)
+        if options["enhance_hf"]:
+            sigma, timesteps = enhance_hf_sigmas(settings.steps, shift=settings.shift)
+        else:
+            sigma, timesteps = sigmas(settings.steps, shift=settings.shift, distill=settings.distill)
         self.sigmas, self.timesteps = sigma.to(device), timesteps.to(device)
         self.step_sizes = self.sigmas[1:] - self.sigmas[:-1]  # float32, as the scheduler computes sigma_next - sigma
         self.copies = 2 if self.use_cfg else 1
         # Per-frame timestep: condition frames are clean (0); t * 1 and t * 0 are exact in float32.
         self.noisy_frames = (torch.arange(frames, device=device) >= self.k).to(torch.float32) if self.k else None
+        # The condition frames never change: their keys/values are computed once, for both CFG branches.
+        self.cache = model.build_condition_cache(latents[:, :, : self.k]) if options["use_kv_cache"] and self.k else None
 
     def forward(self, latents: torch.Tensor, index: int) -> torch.Tensor:
-        """The DiT's raw float32 output for the CFG batch (``[negative; positive]`` when guided)."""
-        t = self.timesteps[index].expand(self.batch * self.copies)
+        """The DiT's raw float32 output for the CFG batch (``[negative; positive]`` when guided);
+        with the condition cache, on the noisy frames only."""
+        rows = self.batch * self.copies
+        if self.cache is not None:
+            noisy = latents[:, :, self.k :]
+            return self.model(
+                hidden_states=torch.cat([noisy] * self.copies) if self.copies > 1 else noisy,
+                timestep=self.timesteps[index].expand(rows, noisy.shape[2]),
+                encoder_hidden_states=self.text,
+                encoder_attention_mask=self.text_mask,
+                num_cond_latents=self.k,
+                condition_cache=self.cache,
+            ).float()
+        t = self.timesteps[index].expand(rows)
         if self.noisy_frames is not None:
             t = t[:, None] * self.noisy_frames
         model_input = torch.cat([latents] * self.copies) if self.copies > 1 else latents
@@ -134,5 +188,11 @@ class LongCatSamplingLoop:
         # Upstream negates the prediction (the DiT predicts x0 - noise) and steps x + dt * (-pred);
         # x - dt * pred is the same float32 result without materialising -pred.
         k = self.k
-        latents[:, :, k:] -= self.step_sizes[index] * prediction[:, :, k:]
+        if prediction.shape[2] != latents.shape[2]:  # cached: the prediction covers the noisy frames only
+            latents[:, :, k:] -= self.step_sizes[index] * prediction
+        else:
+            latents[:, :, k:] -= self.step_sizes[index] * prediction[:, :, k:]
         return latents
+
+    def close(self) -> None:
+        self.cache = None  # several GB at 480p: free it with the run

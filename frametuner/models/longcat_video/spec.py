@@ -190,4 +190,4 @@ class LongCatVideoSpec(ModelFamily):
         return LongCatSamplingLoop(model, latents, text, settings)
 
     def sampling_problems(self, settings: DenoiseSettings) -> list[str]:
-        return sampling_problems(settings.steps, settings.guidance, settings.distill)
+        return sampling_problems(settings.steps, settings.guidance, settings.distill, settings.options)
