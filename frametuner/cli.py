@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = data_sub.add_parser("inspect", help="scan the datasets: counts, buckets, skipped files by reason, total frames")
     _add_config_flag(inspect)
     inspect.add_argument("--workers", type=int, default=None, help="files probed in parallel (default: min(8, CPUs))")
+
+    from .caption.command import add_caption_arguments
+
+    caption = sub.add_parser("caption", help="write the missing caption files of clips and images with a vision-language model", allow_abbrev=False)
+    add_caption_arguments(caption)
     return parser
 
 
@@ -277,6 +282,13 @@ def cmd_data(args: argparse.Namespace, extra: list[str]) -> int:
     if problems:
         raise ConfigError(problems)
     return 0
+
+
+@command("caption")
+def cmd_caption(args: argparse.Namespace, extra: list[str]) -> int:
+    from .caption.command import run_caption_command
+
+    return run_caption_command(args)
 
 
 # Subcommands whose extra flags are config keys (checked by the config loader, with
