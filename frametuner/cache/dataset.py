@@ -23,11 +23,13 @@ class CachedDataset(Dataset):
     gives the grouping key for a batch sampler, and :meth:`collate` enforces it.
     """
 
-    def __init__(self, samples: Sequence[Sample], *, text_cache: TextCache, latent_cache: LatentCache, pad_to: int | None = 512):
+    def __init__(self, samples: Sequence[Sample], *, text_cache: TextCache, latent_cache: LatentCache, pad_to: int | None | str = "max_length"):
+        """``pad_to``: ``"max_length"`` pads text to the encoder's length (the text cache's
+        ``max_length``, the family's), None to the batch's longest caption, an int to that."""
         self.samples = list(samples)
         self.text_cache = text_cache
         self.latent_cache = latent_cache
-        self.pad_to = pad_to
+        self.pad_to = text_cache.max_length if pad_to == "max_length" else pad_to
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -57,7 +59,7 @@ class CachedDataset(Dataset):
         return collate_cached(items, pad_to=self.pad_to)
 
 
-def collate_cached(items: list[dict[str, Any]], *, pad_to: int | None = 512) -> dict[str, Any]:
+def collate_cached(items: list[dict[str, Any]], *, pad_to: int | None = None) -> dict[str, Any]:
     """Stack items of one group into a batch; text zero-padded to ``pad_to`` with an int64 mask.
 
     ``pad_to=None`` pads only to the longest caption of the batch: the DiT's

@@ -19,11 +19,12 @@ from .store import CorruptCacheEntry, atomic_save, cache_key, check_entry, read_
 class TextCache:
     """``<cache_dir>/text/<key>.safetensors``: ``text`` ``[n, C]`` (valid tokens only) and ``length`` ``[]`` int64.
 
-    Only the n real tokens are stored (a 512 x 4096 float32 row block is 8 MB, most
-    captions are < 100 tokens); :func:`pad_text` zero-pads back to the DiT's text length.
+    Only the n real tokens are stored (a full padded row block of a large encoder is megabytes,
+    most captions are < 100 tokens); :func:`pad_text` zero-pads back to ``max_length``, the
+    encoder's (the family's) text length.
     """
 
-    def __init__(self, cache_dir: str | Path, *, encoder_identity: str, dtype: torch.dtype, max_length: int = 512):
+    def __init__(self, cache_dir: str | Path, *, encoder_identity: str, dtype: torch.dtype, max_length: int):
         self.folder = Path(cache_dir) / "text"
         self.encoder_identity = encoder_identity
         self.dtype = dtype

@@ -5,14 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
 from ..config import ConfigError, resolve_input_path
+from ..config.precision import torch_dtype
 from .build import CacheReport, cache_samples, open_caches
 
 log = logging.getLogger(__name__)
-
-STORAGE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}
 
 
 def cache_dir_for(config) -> Path:
@@ -33,7 +30,7 @@ def validation_prompts(config) -> list[str]:
 def cache_settings(config, spec) -> dict:
     """Dtypes that key the caches: embeddings stored in the training dtype, encoders per the spec."""
     encoder_dtype = spec.encoder_dtype(config.mixed_precision)
-    return {"text_dtype": STORAGE_DTYPES[config.mixed_precision], "text_encoder_dtype": encoder_dtype, "vae_dtype": encoder_dtype}
+    return {"text_dtype": torch_dtype(config.mixed_precision), "text_encoder_dtype": encoder_dtype, "vae_dtype": encoder_dtype}
 
 
 def open_config_caches(config):

@@ -13,14 +13,14 @@ from typing import Any, Literal
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from ..models import registry
 from .conditioning import ConditioningMix
 
 GROUPS = ("model", "data", "lora", "optimisation", "validation", "memory", "logging", "distributed")
 
-QUANTISED_PRECISIONS = ("int8-quanto", "int4-quanto", "fp8-torchao")
+from .precision import QUANTISED_PRECISIONS
 BasePrecision = Literal["no_change", "bf16", "fp16", "fp32", "int8-quanto", "int4-quanto", "fp8-torchao"]
 LoraFormat = Literal["peft", "upstream", "comfyui"]
 
@@ -54,33 +54,44 @@ def path_fields(model: type[BaseModel]) -> dict[str, str]:
     return found
 
 
-def parse_resolution(text: str) -> tuple[int, int]:
-    """``"480x832"`` -> (height, width); both must be positive multiples of 16."""
+# The model family a config trains when it names none (the one family name outside models/).
+DEFAULT_MODEL_FAMILY = "longcat_video"
+
+
+def parse_resolution(text: str, family: str = DEFAULT_MODEL_FAMILY) -> tuple[int, int]:
+    """``"HxW"`` -> (height, width); both must be positive multiples of the family's pixel grid."""
+    info = registry.family_info(family)
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
     if not match:
-        raise ValueError(f"{text!r} is not HEIGHTxWIDTH (for example '480x832')")
-    height, width = int(match.group(1)), int(match.group(2))
-    bad = [str(v) for v in (height, width) if v <= 0 or v % 16]
-    if bad:
-        raise ValueError(
-            f"{text!r}: height and width must be positive multiples of 16 (VAE stride 8 x patch 2); "
-            f"{', '.join(bad)} is not; try '{max(16, round(height / 16) * 16)}x{max(16, round(width / 16) * 16)}'"
-        )
-    return height, width
+        raise ValueError(f"{text!r} is not HEIGHTxWIDTH (for example '{info.defaults.resolution}')")
+    return info.check_size(int(match.group(1)), int(match.group(2)), text)
 
 
 # validation_continuation's value that continues the eval dataset's clips instead of a file.
 CONTINUE_EVAL_DATASET = "eval_dataset"
 
 
-def check_frame_count(frames: int) -> int:
-    if frames < 1 or (frames - 1) % 4:
-        lower = max(1, frames - (frames - 1) % 4) if frames >= 1 else 1
-        raise ValueError(
-            f"{frames} frames is not 4k+1 (the VAE packs the first frame alone, then groups of 4); "
-            f"use {lower} or {lower + 4}"
-        )
-    return frames
+def check_frame_count(frames: int, family: str = DEFAULT_MODEL_FAMILY) -> int:
+    """``frames`` if the family's VAE can pack it (its frame rule), else ValueError with the nearest valid counts."""
+    return registry.family_info(family).check_frames(frames)
+
+
+# Keys whose default is the model family's (``null`` in the schema): filled in at validation
+# from ``FamilyDefaults`` unless the config sets them.
+FAMILY_DEFAULTS = {
+    "flow_schedule_shift": lambda d: d.training_shift,
+    "aspect_bucket_alignment": lambda d: d.bucket_alignment,
+    "validation_resolution": lambda d: d.resolution,
+    "validation_num_video_frames": lambda d: d.frames,
+    "validation_guidance": lambda d: d.guidance,
+    "validation_fps": lambda d: d.fps,
+}
+
+
+def _family_of(info: ValidationInfo) -> str:
+    """The model family of the config being validated (a bad one was reported already: the default then)."""
+    family = (info.data or {}).get("model_family")
+    return family if family in registry.families() else DEFAULT_MODEL_FAMILY
 
 
 class DistributedConfig(BaseModel):
@@ -97,9 +108,9 @@ class TrainConfig(BaseModel):
     _config_file: str | None = PrivateAttr(default=None)  # the file itself, for messages
 
     # ------------------------------------------------------------------ model
-    model_family: str = _field("longcat_video", "model", "Model family (see `frametuner models`)")
+    model_family: str = _field(DEFAULT_MODEL_FAMILY, "model", "Model family (see `frametuner models`)")
     model_flavour: str | None = _field(
-        None, "model", "Flavour of the family: 'final' (the release, hub meituan-longcat/LongCat-Video) or 'tiny' (local random model for demos)"
+        None, "model", "Flavour of the family (see `frametuner models`): the released checkpoint, or 'tiny' (local random model for demos); null = the family's default"
     )
     model_type: Literal["lora", "full"] = _field("lora", "model", "Train a LoRA adapter or all DiT weights")
     pretrained_model_name_or_path: str | None = _field(
@@ -116,7 +127,7 @@ class TrainConfig(BaseModel):
     bsa_sparsity: float | None = _field(None, "model", "Block-sparse attention: fraction of key chunks skipped (0.9375 = keep 1/16)", ge=0.0, lt=1.0)
     bsa_chunk_3d_shape: list[int] | None = _field(None, "model", "Block-sparse attention chunk (t, h, w) in latent patches, default [4, 4, 4]")
     bsa_cdf_threshold: float | None = _field(None, "model", "Block-sparse attention: keep key chunks until this softmax mass", gt=0.0, le=1.0)
-    flow_schedule_shift: float = _field(12.0, "model", "Flow-matching sigma shift s' = k s / (1 + (k-1) s); LongCat uses 12", gt=0.0)
+    flow_schedule_shift: float | None = _field(None, "model", "Flow-matching sigma shift s' = k s / (1 + (k-1) s) of training (and sampling); null = the family's", gt=0.0)
     gradient_checkpointing: bool = _field(True, "model", "Recompute each block in the backward to save memory")
     gradient_checkpointing_policy: Literal["auto", "full", "save_attention"] = _field(
         "auto", "model", "full: recompute whole blocks; save_attention: keep attention outputs (faster, ~0.3 GB/block at 480p); auto: save them in as many blocks as activation_memory_budget_gb allows"
@@ -129,7 +140,7 @@ class TrainConfig(BaseModel):
     # ------------------------------------------------------------------ data
     data_backend_config: str | None = _field(None, "data", "Path of the dataset list (JSON/JSONC); required to train", path=PATH_INPUT)
     train_batch_size: int = _field(1, "data", "Clips per step per GPU (a batch never mixes buckets)", ge=1)
-    aspect_bucket_alignment: int = _field(64, "data", "Pixel grid of bucket sizes (64 makes 720p eligible for block-sparse attention)", ge=16, multiple_of=16)
+    aspect_bucket_alignment: int | None = _field(None, "data", "Pixel grid of bucket sizes; null = the family's (64 for a family whose block-sparse attention wants it)", ge=16, multiple_of=16)
     cache_dir: str | None = _field(None, "data", "Where latents and text embeddings are cached; default <output_dir>/cache", path=PATH_OUTPUT)
     caption_dropout_probability: float = _field(0.0, "data", "Probability of training a sample with the empty caption", ge=0.0, le=1.0)
     dataloader_num_workers: int = _field(0, "data", "Background workers reading cache files", ge=0)
@@ -176,12 +187,12 @@ class TrainConfig(BaseModel):
     validation_prompt_file: str | None = _field(None, "validation", "Text file with one validation prompt per line", path=PATH_INPUT)
     validation_negative_prompt: str = _field("", "validation", "Negative prompt for CFG ('' = the empty prompt, as upstream)")
     validation_steps: int = _field(500, "validation", "Validate every N steps (also at step 0 and at the end)", ge=1)
-    validation_resolution: str = _field("480x832", "validation", "HEIGHTxWIDTH of validation videos, multiples of 16")
-    validation_num_video_frames: int = _field(93, "validation", "Frames of validation videos (4k+1)")
+    validation_resolution: str | None = _field(None, "validation", "HEIGHTxWIDTH of validation videos, multiples of the family's pixel grid (16); null = the family's")
+    validation_num_video_frames: int | None = _field(None, "validation", "Frames of validation videos, by the family's frame rule (4k+1); null = the family's")
     validation_num_inference_steps: int = _field(40, "validation", "Sampling steps", ge=1)
-    validation_guidance: float = _field(4.0, "validation", "Classifier-free guidance scale (1.0 = off)", ge=0.0)
+    validation_guidance: float | None = _field(None, "validation", "Classifier-free guidance scale (1.0 = off); null = the family's", ge=0.0)
     validation_seed: int | None = _field(42, "validation", "Seed of validation noise (null = the training seed)")
-    validation_fps: int = _field(15, "validation", "Frame rate written into validation videos (the base model's is 15)", ge=1)
+    validation_fps: int | None = _field(None, "validation", "Frame rate written into validation videos; null = the family's", ge=1)
     validation_video_crf: int = _field(18, "validation", "H.264 quality of validation videos (lower = better)", ge=0, le=51)
     validation_using_datasets: bool = _field(False, "validation", "Take validation captions (and i2v images) from eval_dataset_id")
     eval_dataset_id: str | None = _field(None, "validation", "Dataset id used for validation prompts/images")
@@ -228,14 +239,15 @@ class TrainConfig(BaseModel):
 
     @field_validator("validation_resolution")
     @classmethod
-    def _resolution(cls, value: str) -> str:
-        parse_resolution(value)
+    def _resolution(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            parse_resolution(value, _family_of(info))
         return value
 
     @field_validator("validation_num_video_frames")
     @classmethod
-    def _frames(cls, value: int) -> int:
-        return check_frame_count(value)
+    def _frames(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return value if value is None else check_frame_count(value, _family_of(info))
 
     @field_validator("bsa_chunk_3d_shape")
     @classmethod
@@ -258,6 +270,9 @@ class TrainConfig(BaseModel):
             )
         if self.model_type == "full" and self.base_model_precision in QUANTISED_PRECISIONS:
             raise ValueError(
+        for key, default in FAMILY_DEFAULTS.items():  # unset keys follow the family (also after model_family changes)
+            if key not in self.model_fields_set or getattr(self, key) is None:
+                object.__setattr__(self, key, default(info.defaults))
                 f"model_type 'full' cannot train a quantised base ({self.base_model_precision}); "
                 "use base_model_precision 'bf16' for full fine-tuning, or model_type 'lora'"
             )
@@ -292,7 +307,7 @@ class TrainConfig(BaseModel):
             raise ValueError("validation_continuation 'eval_dataset' continues the clips of eval_dataset_id, which is not set; name the dataset id")
         if self.validation_continuation or self.validation_segments:
             try:
-                check_frame_count(self.validation_cond_frames)
+                check_frame_count(self.validation_cond_frames, self.model_family)
             except ValueError as error:
                 raise ValueError(f"validation_cond_frames: {error}") from None
             if self.validation_cond_frames >= self.validation_num_video_frames:
@@ -311,7 +326,7 @@ class TrainConfig(BaseModel):
 
     @property
     def validation_size(self) -> tuple[int, int]:
-        return parse_resolution(self.validation_resolution)
+        return parse_resolution(self.validation_resolution, self.model_family)
 
     def group_of(self, key: str) -> str:
         return field_group(key)

@@ -28,12 +28,12 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from ..config.precision import QUANTISED_PRECISIONS
 from .errors import MemoryOptionError
 
 log = logging.getLogger(__name__)
 
 QUANTO_WEIGHTS = {"int8-quanto": "qint8", "int4-quanto": "qint4"}
-QUANTISED_PRECISIONS = ("int8-quanto", "int4-quanto", "fp8-torchao")
 FP8_MIN_CAPABILITY = (8, 9)  # Ada / Hopper: float8 tensor cores and torchao's float8 kernels
 
 

@@ -36,10 +36,18 @@ log = logging.getLogger("frametuner.sampling")
 # Config keys that matter to sampling; the rest (data, optimiser, ...) are not flags of `sample`.
 SAMPLE_CONFIG_GROUPS = ("model", "memory")
 TRAINING_ONLY_KEYS = ("model_type", "gradient_checkpointing", "gradient_checkpointing_cpu_offload")
-DEFAULT_STEPS, DEFAULT_GUIDANCE = 50, 4.0
-DISTILL_STEPS, DISTILL_GUIDANCE = 16, 1.0  # the released cfg_step_lora's settings
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-_DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "no": "float32"}
+
+
+def _with_distill(value, distilled) -> str:
+    return f"{value}" if distilled is None else f"{value}; {distilled} with --distill"
+
+
+def _family_defaults(describe) -> str:
+    """A default as each model family has it: ``"the family's: a: 93, b: 81"``."""
+    from ..models.registry import families
+
+    return "the family's: " + ", ".join(f"{name}: {describe(info)}" for name, info in families().items())
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,12 +56,12 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--negative_prompt", default="", help="what to steer away from (default: the empty prompt, as upstream)")
     parser.add_argument("--image", help="first frame for image-to-video (resized and centre-cropped to --resolution)")
     parser.add_argument("--lora", action="append", default=[], metavar="PATH[:MULTIPLIER]", help="LoRA, repeatable: any file or folder training writes (the PEFT folder lora/peft or its adapter_model.safetensors, lora_upstream.safetensors, lora_comfyui.safetensors) or a PEFT/upstream/ComfyUI file from elsewhere; multiplier default 1.0")
-    parser.add_argument("--resolution", default="480x832", help="HEIGHTxWIDTH, multiples of 16 (default 480x832)")
-    parser.add_argument("--num_frames", type=int, default=93, help="frames, 4k+1 (default 93)")
-    parser.add_argument("--steps", type=int, default=None, help=f"denoising steps (default {DEFAULT_STEPS}; {DISTILL_STEPS} with --distill)")
-    parser.add_argument("--guidance", type=float, default=None, help=f"CFG scale, 1 = off (default {DEFAULT_GUIDANCE}; {DISTILL_GUIDANCE} with --distill)")
+    parser.add_argument("--resolution", default=None, help=f"HEIGHTxWIDTH, multiples of the family's pixel grid (default {_family_defaults(lambda i: i.defaults.resolution)})")
+    parser.add_argument("--num_frames", type=int, default=None, help=f"frames, by the family's frame rule (default {_family_defaults(lambda i: f'{i.defaults.frames}, {i.frame_stride}k+1')})")
+    parser.add_argument("--steps", type=int, default=None, help=f"denoising steps (default {_family_defaults(lambda i: _with_distill(i.defaults.steps, i.defaults.distill_steps))})")
+    parser.add_argument("--guidance", type=float, default=None, help=f"CFG scale, 1 = off (default {_family_defaults(lambda i: _with_distill(i.defaults.guidance, i.defaults.distill_guidance))})")
     parser.add_argument("--seed", type=int, default=42, help="noise seed (same seed, same video on any device)")
-    parser.add_argument("--fps", type=int, default=None, help="frame rate written into the mp4 (default: the model's, 15)")
+    parser.add_argument("--fps", type=int, default=None, help=f"frame rate written into the mp4 (default {_family_defaults(lambda i: i.defaults.fps)})")
     parser.add_argument("--crf", type=int, default=DEFAULT_CRF, help=f"H.264 quality, lower is better (default {DEFAULT_CRF})")
     parser.add_argument("--distill", action="store_true", help="the distilled schedule of upstream's cfg_step_lora (pass that LoRA with --lora)")
     parser.add_argument("--output", default="out.mp4", help="the mp4 to write; a contact sheet goes beside it as .png")
@@ -89,8 +97,11 @@ def build_request(args: argparse.Namespace, spec):
     from .pipeline import SampleRequest
 
     problems: list[str] = []
-    size = _check(problems, "--resolution", parse_resolution, args.resolution)
-    frames = _check(problems, "--num_frames", check_frame_count, args.num_frames)
+    defaults = spec.defaults
+    resolution = args.resolution if args.resolution is not None else defaults.resolution
+    size = _check(problems, "--resolution", lambda text: parse_resolution(text, spec.name), resolution)
+    num_frames = args.num_frames if args.num_frames is not None else defaults.frames
+    frames = _check(problems, "--num_frames", lambda value: check_frame_count(value, spec.name), num_frames)
     settings = DenoiseSettings(steps=args.steps, guidance=args.guidance, distill=args.distill).resolved(spec.defaults)
     steps, guidance = settings.steps, settings.guidance
     if steps < 1:
@@ -111,8 +122,8 @@ def build_request(args: argparse.Namespace, spec):
     if args.image:
         image = Path(args.image)
         problems.extend(_image_problems(image))
-        if frames is not None and frames < 1 + spec.geometry.vae_stride[0]:
-            problems.append(f"--num_frames {frames}: image-to-video keeps the first latent frame fixed; use at least {1 + spec.geometry.vae_stride[0]} frames")
+        if frames is not None and frames < 1 + spec.info.frame_stride:
+            problems.append(f"--num_frames {frames}: image-to-video keeps the first latent frame fixed; use at least {1 + spec.info.frame_stride} frames")
     loras = []
     for text in args.lora:
         try:
@@ -124,7 +135,7 @@ def build_request(args: argparse.Namespace, spec):
     if problems:
         raise ConfigError(problems)
     if args.distill and not loras:
-        log.warning("--distill without --lora: the distilled schedule is made for upstream's lora/cfg_step_lora.safetensors; pass it with --lora")
+        log.warning("--distill without --lora: the distilled schedule is made for the family's distilled LoRA (see its README entry); pass it with --lora")
     return SampleRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt, image=image, loras=loras,
         height=size[0], width=size[1], num_frames=frames, steps=steps, guidance=guidance,
@@ -199,9 +210,9 @@ def pick_device(name: str):
 
 def sampling_dtype(config: TrainConfig):
     """Explicit base precision (bf16/fp16/fp32) wins; otherwise the compute precision."""
-    import torch
+    from ..config.precision import base_weight_dtype
 
-    return getattr(torch, _DTYPE_NAMES.get(config.base_model_precision, _DTYPE_NAMES[config.mixed_precision]))
+    return base_weight_dtype(config)
 
 
 def run_sample(args: argparse.Namespace) -> int:

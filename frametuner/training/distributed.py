@@ -9,8 +9,8 @@ Strategies (``distributed.strategy``):
 
 - ``ddp``: every rank holds the whole DiT; gradients are all-reduced (PyTorch DDP).
 - ``fsdp``: FSDP2 through accelerate's plugin (``fsdp_version=2``): one shard unit per
-  :class:`LongCatSingleStreamBlock`, plus the root. Blocks checkpoint themselves, so the
-  plugin's own activation checkpointing stays off.
+  block (the family's ``shard_units``), plus the root. Blocks checkpoint themselves (the
+  block protocol), so the plugin's own activation checkpointing stays off.
 
 Randomness is drawn for the *global* batch and sliced per rank (see
 :meth:`Trainer.training_step`), so N ranks with batch b train exactly like one process
@@ -33,6 +33,8 @@ from typing import Any, Sequence
 
 import torch
 
+from ..config.precision import compute_dtype
+
 log = logging.getLogger(__name__)
 
 # NVLink SHARP / multicast stay off: on shared hosts they can take GPUs out of service.
@@ -43,10 +45,6 @@ SHUTDOWN_GRACE_S = 900
 # Rank 0 validates while the others wait at a barrier (DDP); a 720p validation with a few
 # prompts takes tens of minutes, far past NCCL's 10-minute default.
 COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
-# The unit FSDP2 shards: every block's weights are gathered just for its forward/backward.
-SHARD_UNIT = "LongCatSingleStreamBlock"
-
-
 def launched_world_size() -> int:
     """Processes of this run as set by the launcher (torchrun, accelerate); 1 when not launched."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -199,15 +197,19 @@ def fsdp_plugin(config):
     from accelerate import FullyShardedDataParallelPlugin
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
-    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
+    from ..models.registry import load_spec
+
+    compute = compute_dtype(config.mixed_precision)
+    # The unit FSDP2 shards: every block's weights are gathered just for its forward/backward.
+    shard_units = list(load_spec(config.model_family).shard_units)
     gather_dtype = compute if config.model_type == "full" else None
     return FullyShardedDataParallelPlugin(
         fsdp_version=2,
         auto_wrap_policy="transformer_based_wrap",
-        transformer_cls_names_to_wrap=[SHARD_UNIT],
+        transformer_cls_names_to_wrap=shard_units,
         reshard_after_forward=config.distributed.fsdp_reshard_after_forward,
         mixed_precision_policy=MixedPrecisionPolicy(param_dtype=gather_dtype, reduce_dtype=torch.float32),
-        activation_checkpointing=False,  # LongCatSingleStreamBlock checkpoints itself
+        activation_checkpointing=False,  # blocks checkpoint themselves (enable_gradient_checkpointing)
         cpu_ram_efficient_loading=False,
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 import signal
 import time
 from contextlib import contextmanager, nullcontext
@@ -18,6 +19,7 @@ from typing import Any, Callable
 import torch
 
 from ..cache.entries import pad_text
+from ..config.precision import base_weight_dtype
 from ..lora.adapters import whole_tensor
 from ..memory import MemoryPlan, apply_memory_options, load_transformer, memory_mode, offloads_weights, quantise_transformer, staging_device
 from ..models.registry import load_spec
@@ -30,17 +32,6 @@ from .flow_matching import flow_matching_loss, sample_noise, sample_seeds, sampl
 from .optim import build_lr_scheduler, build_optimizer
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "no": torch.float32}
-
-
-def base_weight_dtype(config) -> torch.dtype:
-    """Storage dtype of the frozen base weights (of a quantised base: of the layers that
-    stay unquantised, the compute dtype)."""
-    if config.base_model_precision in DTYPES:
-        return DTYPES[config.base_model_precision]
-    return DTYPES[config.mixed_precision]
-
 
 def compiles_by_default(config, device: torch.device) -> bool:
     """Whether an unset ``compile_transformer`` compiles the DiT blocks: on CUDA, except under
@@ -95,6 +86,7 @@ class Trainer:
         # keeps its own rows. Its state is checkpointed; validation never draws from it.
         self.generator = torch.Generator().manual_seed(self.seed)
 
+        self.conditioning_counts: Counter = Counter()  # samples trained per mode ("vc->t2v": a fallback)
         self.model = model if model is not None else self._load_model()
         # A model handed in (benchmarks, tests, the server) gets the config's kernel choice too.
         self.spec.configure_attention(self.model, config)
@@ -214,6 +206,9 @@ class Trainer:
         # Conditioning frames per sample: an int for the batch, or a [B] tensor (a mixed batch).
         k = batch.get("num_cond_latents", 0)
         sigmas = sample_sigmas(
+        forward_groups = None
+        if batch.get("conditioning") is not None:  # the dataset's conditioning mix: a mode per sample
+            latents, k, forward_groups = self._draw_conditioning(batch, latents, local, world, mine)
             local * world,
             generator=self.generator,
             distribution=config.timestep_sampling,
@@ -225,6 +220,7 @@ class Trainer:
         noise = sample_noise(tuple(latents.shape[1:]), seeds, device)
         inputs = self.spec.training_inputs(latents, noise, sigmas.to(device), num_cond_latents=k)
         # accelerate autocasts a prepared model's forward, except under FSDP2 (which has its own policy).
+        inputs.forward_groups = forward_groups
         with self.accelerator.autocast() if self.sharded else nullcontext():
             prediction = self.spec.training_forward(self.model, inputs, text.to(device), text_mask.to(device))
         return flow_matching_loss(prediction, inputs)
@@ -236,6 +232,30 @@ class Trainer:
         return self.spec.defaults.training_shift if shift is None else shift
 
     def step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _draw_conditioning(self, batch: dict[str, Any], latents: torch.Tensor, local: int, world: int, mine: slice):
+        """Each sample's mode (t2v, i2v, continuation) from the batch's conditioning mix.
+
+        Drawn from the step generator for the global batch like the sigmas (a resumed run
+        and N ranks draw what one uninterrupted process would); a clip too short for its mode
+        trains as t2v. The clean frames are the clip's own cached latents, except that an
+        i2v sample with a conditioning image (``image_latents``) gets the image in frame 0.
+        Returns the latents, ``num_cond_latents`` ``[B]`` and every K of the global batch
+        (each rank runs one forward per K, so that their collectives stay in step).
+        """
+        plan = draw_conditioning(
+            batch["conditioning"], local * world, latent_frames=latents.shape[2],
+            temporal_stride=self.spec.geometry.vae_stride[0], generator=self.generator,
+        )
+        rows = plan[mine]
+        images = batch.get("image_latents")
+        i2v = [row for row, item in enumerate(rows) if item.mode == "i2v"]
+        if images is not None and i2v:
+            latents = latents.clone()
+            latents[i2v, :, :1] = images[i2v].to(latents)
+        k = torch.tensor([item.num_cond_latents for item in rows], dtype=torch.int64)
+        self.conditioning_counts.update(item.mode if not item.fallback else f"{item.drawn}->t2v" for item in rows)
+        return latents, k, tuple(sorted({item.num_cond_latents for item in plan}))
+
         """One micro-batch: forward, loss, backward and (at accumulation boundaries) the
         optimizer step. Returns the loss and the pre-clip gradient norm, both on the device
         (no host sync here; the benchmark times exactly this)."""
