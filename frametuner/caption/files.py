@@ -172,22 +172,21 @@ def write_caption(media: Path, text: str, *, overwrite: bool = False) -> bool:
             handle.write(text.strip() + "\n")
             handle.flush()
             os.fsync(handle.fileno())
-        if overwrite or not has_caption(media):
-            if overwrite:
-                os.replace(temporary, target)
-                return True
-            if target.exists():  # empty: nothing to lose, replace it
-                os.replace(temporary, target)
-                return True
-            try:
-                os.link(temporary, target)
-            except FileExistsError:
-                return False
-            except OSError:  # a filesystem without hard links: checked just above, close enough
-                if target.exists():
-                    return False
-                os.replace(temporary, target)
+        if overwrite:
+            os.replace(temporary, target)
             return True
-        return False
+        try:
+            os.link(temporary, target)  # fails if the name exists: never replaces a caption
+            return True
+        except FileExistsError:
+            if has_caption(media):
+                return False
+            os.replace(temporary, target)  # an empty caption file: nothing to lose
+            return True
+        except OSError:  # a filesystem without hard links (FAT, some network shares)
+            if target.exists() and has_caption(media):
+                return False
+            os.replace(temporary, target)
+            return True
     finally:
         temporary.unlink(missing_ok=True)
