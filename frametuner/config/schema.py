@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_serializer, model_validator
 
 from ..models import registry
 from .conditioning import ConditioningMix
@@ -79,12 +79,13 @@ def check_frame_count(frames: int, family: str = DEFAULT_MODEL_FAMILY) -> int:
 # Keys whose default is the model family's (``null`` in the schema): filled in at validation
 # from ``FamilyDefaults`` unless the config sets them.
 FAMILY_DEFAULTS = {
-    "flow_schedule_shift": lambda d: d.training_shift,
-    "aspect_bucket_alignment": lambda d: d.bucket_alignment,
-    "validation_resolution": lambda d: d.resolution,
-    "validation_num_video_frames": lambda d: d.frames,
-    "validation_guidance": lambda d: d.guidance,
-    "validation_fps": lambda d: d.fps,
+    "flow_schedule_shift": lambda info: info.defaults.training_shift,
+    "aspect_bucket_alignment": lambda info: info.defaults.bucket_alignment,
+    "validation_resolution": lambda info: info.defaults.resolution,
+    "validation_num_video_frames": lambda info: info.defaults.frames,
+    "validation_guidance": lambda info: info.defaults.guidance,
+    "validation_fps": lambda info: info.defaults.fps,
+    "lora_export_formats": lambda info: list(info.lora_formats),
 }
 
 
@@ -155,9 +156,9 @@ class TrainConfig(BaseModel):
     lora_target_modules: list[str] | None = _field(
         None, "lora", "Module names to wrap; null = the family default (upstream's released LoRA targets)"
     )
-    init_lora: str | None = _field(None, "lora", "Start from this LoRA file (PEFT, upstream or ComfyUI format)", path=PATH_INPUT)
-    lora_export_formats: list[LoraFormat] = _field(
-        ["peft", "upstream", "comfyui"], "lora", "LoRA files written at each checkpoint and at the end"
+    init_lora: str | None = _field(None, "lora", "Start from this LoRA file (any format of the family: PEFT, upstream, ComfyUI)", path=PATH_INPUT)
+    lora_export_formats: list[LoraFormat] | None = _field(
+        None, "lora", "LoRA files written at each checkpoint and at the end; null = every format the family has (peft, upstream, comfyui)"
     )
 
     # ------------------------------------------------------------------ optimisation
@@ -272,7 +273,13 @@ class TrainConfig(BaseModel):
             raise ValueError(
         for key, default in FAMILY_DEFAULTS.items():  # unset keys follow the family (also after model_family changes)
             if key not in self.model_fields_set or getattr(self, key) is None:
-                object.__setattr__(self, key, default(info.defaults))
+                object.__setattr__(self, key, default(info))
+        foreign = [fmt for fmt in self.lora_export_formats if fmt not in info.lora_formats]
+        if foreign:
+            raise ValueError(
+                f"lora_export_formats: {self.model_family} LoRAs cannot be written as {', '.join(foreign)}; "
+                f"its formats are {', '.join(info.lora_formats)}"
+            )
                 f"model_type 'full' cannot train a quantised base ({self.base_model_precision}); "
                 "use base_model_precision 'bf16' for full fine-tuning, or model_type 'lora'"
             )
@@ -330,6 +337,18 @@ class TrainConfig(BaseModel):
 
     def group_of(self, key: str) -> str:
         return field_group(key)
+    @model_serializer(mode="wrap")
+    def _family_defaults_as_null(self, handler):
+        """A key holding its family's default is written as null ("the family's"), so a saved
+        config stays right for another family and reads back to the same values."""
+        data = handler(self)
+        if isinstance(data, dict):
+            info = registry.family_info(self.model_family)
+            for key, default in FAMILY_DEFAULTS.items():
+                if key in data and getattr(self, key) == default(info):
+                    data[key] = None
+        return data
+
 
 
 def field_group(key: str) -> str:
