@@ -4,28 +4,52 @@ A checkpoint is a folder ``checkpoint-<step>`` holding the trainable weights and
 optimizer state (``trainable.safetensors`` + ``optimizer.pt``, or for a sharded FSDP run
 ``sharded/``, written by every rank with torch.distributed.checkpoint), the LR-scheduler
 state, each rank's RNG states (``rng_rank<r>.pt``), and in ``trainer_state.json`` the
-global step, the data sampler position and the number of ranks. It is assembled in a
-hidden staging folder and renamed into place (:func:`begin_checkpoint`, the ranks'
-writers, :func:`commit_checkpoint`), so a kill during a save leaves the previous
-checkpoints intact and never a half-written one under a real name.
+global step, the data sampler position and the number of ranks.
+
+Nothing is lost to a kill or a full disk:
+
+- A checkpoint is assembled in a hidden staging folder ``.checkpoint-<step>.partial``
+  (:func:`begin_checkpoint`, the ranks' writers, :func:`commit_checkpoint`). Its
+  completion marker (``checkpoint_complete.json``: every file and its size) is written
+  last, after every other file is on disk; a folder counts as a checkpoint only with a
+  marker whose files are all there (:func:`is_complete`).
+- It then replaces an existing checkpoint of the same step (a finished run resumed and
+  saved again) by renames only: the old folder becomes ``.checkpoint-<step>.old``, the
+  new one takes its name, and only then is the old one deleted. A folder is deleted by
+  renaming it to ``.checkpoint-<step>.deleting`` first, so no half-deleted folder ever
+  keeps a real name (the same for ``checkpoints_total_limit`` pruning).
+- At the next start :func:`recover_checkpoints` finishes what a kill interrupted: a
+  complete ``.partial`` or ``.old`` left without its checkpoint is put back in place,
+  everything else hidden is deleted. ``latest`` skips an incomplete checkpoint with a
+  warning naming it.
+- An ``OSError`` while saving (a full disk) removes the staging folder and becomes one
+  :class:`~frametuner.storage.StorageError` line; the previous checkpoints are untouched.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
 import shutil
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..storage import StorageError, folder_bytes, storage_error
+
+log = logging.getLogger(__name__)
+
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+HIDDEN_PATTERN = re.compile(r"^\.(checkpoint-\d+)\.(partial|old|deleting)$")  # staging, replaced, being deleted
+COMPLETE_FILE = "checkpoint_complete.json"  # written last: the checkpoint's files and sizes
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -37,24 +61,61 @@ def rng_file(rank: int) -> str:
     return f"rng_rank{rank}.pt"
 
 
-def list_checkpoints(folder: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temporary folders are never listed)."""
-    folder = Path(folder)
+def is_complete(path: str | Path) -> bool:
+    """True when ``path`` holds a completion marker and every file it lists, at its size."""
+    return incomplete_reason(path) is None
+
+
+def incomplete_reason(path: str | Path) -> str | None:
+    """Why ``path`` is not a complete checkpoint (None when it is one)."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / COMPLETE_FILE).read_text())
+        files = manifest["files"]
+    except FileNotFoundError:
+        return f"no {COMPLETE_FILE} (an interrupted save, or not a frametuner checkpoint)"
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"unreadable {COMPLETE_FILE} ({error})"
+    for name, size in files.items():
+        try:
+            found = (path / name).stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if found != size:
+            return f"{name} has {found} bytes, {size} were written"
+    return None
+
+
+def _step_folders(folder: Path) -> list[tuple[int, Path]]:
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name)) and (p / STATE_FILE).exists()]
-    return [p for _, p in sorted(found)]
+    return sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name)) and p.is_dir())
+
+
+def list_checkpoints(folder: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first (incomplete and temporary folders are never listed)."""
+    return [p for _, p in _step_folders(Path(folder)) if is_complete(p)]
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The newest complete checkpoint; a newer incomplete one is skipped with a warning naming it."""
+    for _, path in reversed(_step_folders(Path(folder))):
+        reason = incomplete_reason(path)
+        if reason is None:
+            return path
+        log.warning("skipping incomplete checkpoint %s: %s", path, reason)
+    return None
 
 
 def resolve_resume(folder: str | Path, value: str | None) -> Path | None:
     if not value:
         return None
     if value == "latest":
-        checkpoints = list_checkpoints(folder)
-        return checkpoints[-1] if checkpoints else None
+        return latest_checkpoint(folder)
     path = Path(value)
-    if not (path / STATE_FILE).exists():
-        raise FileNotFoundError(f"resume_from_checkpoint={value!r}: {path / STATE_FILE} not found; pass 'latest' or a checkpoint folder")
+    reason = incomplete_reason(path)
+    if reason is not None:
+        raise FileNotFoundError(f"resume_from_checkpoint={value!r} is not a complete checkpoint: {reason}; pass 'latest' or a checkpoint folder")
     return path
 
 
@@ -94,8 +155,12 @@ def begin_checkpoint(folder: str | Path, step: int) -> Path:
     """Create an empty staging folder for ``step`` (main process; the ranks write into it after a barrier)."""
     staging = staging_folder(folder, step)
     if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+        if is_complete(staging):  # a finished save a kill kept from its rename: it is the newest copy
+            _install(staging, checkpoint_folder(folder, step))
+        else:
+            _discard(staging)
+    with saving(staging):
+        staging.mkdir(parents=True)
     return staging
 
 
@@ -142,25 +207,131 @@ def write_rank_state(staging: Path, rank: int, rng: dict[str, Any]) -> None:
 
 
 def commit_checkpoint(staging: Path, step: int, *, scheduler: Any, trainer_state: dict[str, Any], keep: int | None = None) -> Path:
-    """Finish the staging folder and rename it into ``checkpoint-<step>`` (main process, after
-    every rank wrote its part). Older checkpoints beyond ``keep`` go only after the new one is in place."""
+    """Finish the staging folder and put it in place as ``checkpoint-<step>`` (main process,
+    after every rank wrote its part). An existing checkpoint of that step is replaced only
+    once the new one is complete; older checkpoints beyond ``keep`` go only after that."""
     folder = staging.parent
     final = checkpoint_folder(folder, step)
-    try:
+    with saving(staging):
         torch.save(scheduler.state_dict(), staging / SCHEDULER_FILE)
-        # The state file is written last: its presence marks a complete checkpoint.
         (staging / STATE_FILE).write_text(json.dumps({"step": step, **trainer_state}, indent=2))
         _fsync_tree(staging)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        _write_marker(staging, step)
+        _install(staging, final)
     if keep is not None:
-        for old in list_checkpoints(folder)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(folder, keep, protect=final)
     return final
+
+
+@contextmanager
+def saving(staging: Path) -> Iterator[None]:
+    """Around the writes of a save: an ``OSError`` (a full disk, a lost mount) removes the
+    staging folder and is raised again as one :class:`StorageError` line; the previous
+    checkpoints are untouched."""
+    try:
+        yield
+    except OSError as error:
+        written = folder_bytes(staging)
+        shutil.rmtree(staging, ignore_errors=True)
+        previous = latest_checkpoint(staging.parent)
+        needed = max(written, folder_bytes(previous) if previous is not None else 0)
+        kept = f"the previous checkpoint {previous.name} is intact" if previous is not None else "no earlier checkpoint exists"
+        raise storage_error(
+            error, staging.parent, needed=needed, what=f"saving checkpoint {staging.name[1:-len('.partial')]}",
+            fix=f"the partial save was removed and {kept}; free space (or set output_dir on a larger disk), then run again with --resume_from_checkpoint latest",
+        ) from None
+
+
+def _write_marker(staging: Path, step: int) -> None:
+    """The completion marker: the checkpoint's files and sizes, written (and synced) last."""
+    files = {p.relative_to(staging).as_posix(): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file() and p.name != COMPLETE_FILE}
+    marker = staging / COMPLETE_FILE
+    with open(marker, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps({"step": step, "files": files}, indent=1))
+        handle.flush()
+        os.fsync(handle.fileno())
+    _fsync_dir(staging)
+
+
+def _hidden(path: Path, kind: str) -> Path:
+    """``.checkpoint-<step>.<kind>`` beside ``path`` (a real or a hidden checkpoint folder)."""
+    match = HIDDEN_PATTERN.match(path.name)
+    name = match.group(1) if match else path.name
+    return path.parent / f".{name}.{kind}"
+
+
+def _install(source: Path, final: Path) -> None:
+    """Put the complete folder ``source`` in place as ``final``; an existing ``final`` is
+    moved aside first and deleted only once ``source`` holds the name."""
+    old = _hidden(final, "old")
+    if final.exists():
+        if old.exists():
+            _discard(old)
+        os.replace(final, old)
+    os.replace(source, final)
+    _fsync_dir(final.parent)
+    if old.exists():
+        _discard(old)
+
+
+def _discard(path: Path) -> None:
+    """Delete a folder: renamed to a ``.deleting`` name first, so a kill mid-delete never
+    leaves a half-deleted folder under a name that counts."""
+    doomed = _hidden(path, "deleting")
+    if path != doomed:
+        if doomed.exists():
+            shutil.rmtree(doomed)
+        os.replace(path, doomed)
+        _fsync_dir(path.parent)
+    shutil.rmtree(doomed)
+
+
+def prune_checkpoints(folder: str | Path, keep: int, protect: Path | None = None) -> list[Path]:
+    """Delete the oldest complete checkpoints beyond ``keep`` (never ``protect``, the one
+    just saved); returns what was deleted."""
+    complete = [p for p in list_checkpoints(folder) if p != protect]
+    doomed = complete[: max(0, len(complete) - (keep - (protect is not None)))]
+    for path in doomed:
+        _discard(path)
+    return doomed
+
+
+def recover_checkpoints(folder: str | Path) -> list[str]:
+    """Finish what a killed save left behind (main process, before resuming); returns what was done.
+
+    A complete ``.partial`` is the newest copy of its step: it is put in place. A complete
+    ``.old`` whose checkpoint is missing or incomplete is put back. Everything else
+    hidden (incomplete copies, half-deleted folders) is deleted.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    done = []
+    hidden = sorted((m.group(2), p) for p in folder.iterdir() if (m := HIDDEN_PATTERN.match(p.name)))
+    order = {"deleting": 0, "partial": 1, "old": 2}
+    for kind, path in sorted(hidden, key=lambda item: order[item[0]]):
+        if not path.exists():
+            continue
+        final = folder / HIDDEN_PATTERN.match(path.name).group(1)
+        if kind == "deleting" or not is_complete(path) or (kind == "old" and is_complete(final)):
+            _discard(path)
+            continue
+        if final.exists() and not is_complete(final):
+            _discard(final)
+        if kind == "old":
+            os.replace(path, final)
+            _fsync_dir(folder)
+        else:
+            _install(path, final)
+        message = f"recovered {final.name} from a save a kill interrupted ({path.name})"
+        log.warning(message)
+        done.append(message)
+    return done
+
+
+def cleanup_stale_staging(folder: str | Path) -> None:
+    """Old name of :func:`recover_checkpoints` (which keeps a complete copy instead of deleting it)."""
+    recover_checkpoints(folder)
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -168,6 +339,20 @@ def _fsync_tree(folder: Path) -> None:
         if path.is_file():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make renames inside ``folder`` durable (a no-op where directories cannot be opened)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
 
 
 def load_checkpoint(path: str | Path, rank: int = 0) -> dict[str, Any]:
@@ -178,6 +363,9 @@ def load_checkpoint(path: str | Path, rank: int = 0) -> dict[str, Any]:
     when the run had fewer ranks (``rng_rank`` says whose).
     """
     path = Path(path)
+    reason = incomplete_reason(path)
+    if reason is not None:
+        raise FileNotFoundError(f"{path} is not a complete checkpoint: {reason}")
     saved = path / rng_file(rank)
     rng_rank = rank if saved.exists() else 0
     state: dict[str, Any] = {
@@ -191,11 +379,3 @@ def load_checkpoint(path: str | Path, rank: int = 0) -> dict[str, Any]:
         state["weights"] = load_file(path / WEIGHTS_FILE)
         state["optimizer"] = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
     return state
-
-
-def cleanup_stale_staging(folder: str | Path) -> None:
-    """Remove temporary folders a killed save left behind."""
-    folder = Path(folder)
-    if folder.is_dir():
-        for path in folder.glob(".checkpoint-*"):
-            shutil.rmtree(path, ignore_errors=True)
