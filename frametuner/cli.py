@@ -16,6 +16,7 @@ from .config import (
     reject_unknown_flags,
     unimplemented_settings,
 )
+from .storage import StorageError
 
 log = logging.getLogger("frametuner")
 
@@ -317,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in error.messages:
             print(f"error: {line}", file=sys.stderr)
         return 2
+    except StorageError as error:  # a full disk while caching or saving: one line, nothing lost
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -24,7 +24,7 @@ from ..lora.adapters import whole_tensor
 from ..memory import MemoryPlan, apply_memory_options, load_transformer, memory_mode, offloads_weights, quantise_transformer, staging_device
 from ..models.registry import load_spec
 from . import checkpoint as ckpt
-from .checkpoint import cleanup_stale_staging, load_checkpoint, resolve_resume, restore_rng_state, rng_state
+from .checkpoint import load_checkpoint, recover_checkpoints, resolve_resume, restore_rng_state, rng_state
 from .data import TrainingData
 from .distributed import build_accelerator, end_run
 from .events import EventLog
@@ -300,17 +300,19 @@ class Trainer:
             ckpt.begin_checkpoint(self.checkpoint_dir, step)
         accelerator.wait_for_everyone()
         model = accelerator.unwrap_model(self.model)
-        if self.sharded:
-            ckpt.write_sharded_state(staging, model, self.optimizer.optimizer)
-        elif accelerator.is_main_process:
-            ckpt.write_plain_state(staging, weights=self.trainable_state_dict(), optimizer=self.optimizer)
-        ckpt.write_rank_state(staging, accelerator.process_index, rng_state({"trainer": self.generator}))
+        with ckpt.saving(staging):  # a full disk: the partial goes, one clear error
+            if self.sharded:
+                ckpt.write_sharded_state(staging, model, self.optimizer.optimizer)
+            elif accelerator.is_main_process:
+                ckpt.write_plain_state(staging, weights=self.trainable_state_dict(), optimizer=self.optimizer)
+            ckpt.write_rank_state(staging, accelerator.process_index, rng_state({"trainer": self.generator}))
         lora = self._lora_weights() if self.config.model_type == "lora" else None
         accelerator.wait_for_everyone()
         path = ckpt.checkpoint_folder(self.checkpoint_dir, step)
         if accelerator.is_main_process:
             if lora is not None:
-                self._write_exports(staging, lora)
+                with ckpt.saving(staging):
+                    self._write_exports(staging, lora)
             trainer_state = {
                 "epoch": self.epoch,
                 "data": self.data.state_dict() if self.data else None,
@@ -447,7 +449,7 @@ class Trainer:
     def _train(self) -> dict[str, Any]:
         config = self.config
         if self.accelerator.is_main_process:
-            cleanup_stale_staging(self.checkpoint_dir)
+            recover_checkpoints(self.checkpoint_dir)  # finish what a killed save left
         self.accelerator.wait_for_everyone()
         resume = resolve_resume(self.checkpoint_dir, config.resume_from_checkpoint)
         if resume is not None:
