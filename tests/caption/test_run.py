@@ -187,3 +187,37 @@ def test_cli_caption_model_tiny(tmp_path, tiny_root, capsys):
     assert "captioned" in out and "2" in out
     assert main(["caption", "--model", "tiny", str(root)]) == 0  # nothing left: loads no model
     assert main(["caption", "--model", "tiny", str(tmp_path / "missing")]) == 2
+
+
+@pytest.mark.slow
+def test_sigkilled_cli_run_resumes_without_recaptioning(tmp_path, tiny_root):
+    """A real kill (SIGKILL, no clean-up) after the first captions, then the same command again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "clips"
+    for index in range(6):
+        write_clip(root / f"c{index}.mp4", 9 + index, height=48, width=64)
+    command = [sys.executable, "-m", "frametuner", "caption", "--model", "tiny", str(root)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    deadline = time.monotonic() + 120
+    while not list(root.glob("*.txt")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    first = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in root.glob("*.txt")}
+    assert 1 <= len(first) and not list(root.glob(".*.tmp"))[1:]  # at most the one in flight
+    for leftover in root.glob(".*.tmp"):
+        leftover.unlink()  # a kill between write and rename leaves a hidden temporary, never a half caption
+    assert all(data.strip() for data, _ in first.values())
+    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list(root.glob("*.txt"))) == 6
+    for path, (data, mtime) in first.items():  # written once: the rerun left them alone
+        assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime
+    import re
+
+    counts = dict(re.findall(r"│ (captioned|skipped \(had one\)|failed)\s*│\s*(\d+) │", result.stdout))
+    assert counts == {"captioned": str(6 - len(first)), "skipped (had one)": str(len(first)), "failed": "0"}
