@@ -56,6 +56,7 @@ def config_from_args(args: argparse.Namespace, extra: list[str]):
     """Config file + command-line overrides (CLI wins), warning loudly about unimplemented settings."""
     reject_unknown_flags(extra)
     config = load_config(args.config, overrides_from_args(args))
+    config._command = ["frametuner", *getattr(args, "argv", [])]  # what a stopped run's summary says to resume with
     for line in unimplemented_settings(config):
         log.warning("WARNING: %s", line)
     return config
@@ -137,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 @command("train")
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     config = config_from_args(args, extra)
+    # A first line at once: torch, diffusers and the model code take seconds to import.
+    log.info("train: %s %s of %s/%s -> %s (loading torch and the model code)", args.config, config.model_type, config.model_family, config.model_flavour, config.output_dir)
     from .training.distributed import needs_launch, relaunch
 
     if needs_launch(config):  # num_processes > 1: this same command on N ranks (accelerate launch)
@@ -161,11 +164,13 @@ def cmd_cache(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
     from pathlib import Path
 
+    log.info("demo: writing synthetic clips, a config and a dataset list to %s (then training the tiny model)", args.dir)
     from .demo import prepare_demo
 
     config_path = prepare_demo(args.dir)
     reject_unknown_flags(extra)
     config = load_config(config_path, {"output_dir": str(Path(args.dir) / "output"), **overrides_from_args(args)})
+    config._command = ["frametuner", *args.argv]
     log.info("demo: clips, config and datasets in %s", args.dir)
     from .training import train
 
@@ -211,6 +216,8 @@ def cmd_models(args: argparse.Namespace, extra: list[str]) -> int:
 
 @command("sample")
 def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
+    prompt = args.prompt if len(args.prompt) <= 60 else args.prompt[:57] + "..."
+    log.info("sample: %r -> %s (loading torch and the model code)", prompt, args.output)  # a first line at once
     from .sampling.command import run_sample
 
     return run_sample(args)

@@ -92,14 +92,40 @@ def add_config_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ..
         if group not in groups:
             groups[group] = parser.add_argument_group(f"config: {group}")
         annotation, optional = _unwrap_optional(info.annotation)
-        help_text = (info.description or "").replace("%", "%%")
+        choices = _literal_choices(annotation)
+        help_text = f"{info.description or ''} ({_choices_and_default(info, choices)})".replace("%", "%%")
         if annotation is bool:
             groups[group].add_argument(
                 f"--{name}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
             )
         else:
-            metavar = "JSON" if _is_structured(annotation) else name.upper()
+            if typing.get_origin(annotation) is typing.Literal:
+                metavar = "{" + ",".join(str(choice) for choice in choices) + "}"
+            else:
+                metavar = "JSON" if _is_structured(annotation) else name.upper()
             groups[group].add_argument(f"--{name}", default=argparse.SUPPRESS, metavar=metavar, help=help_text)
+
+
+def _literal_choices(annotation: Any) -> list[Any]:
+    """The allowed values of a ``Literal`` key, or of the items of a ``list[Literal]`` key."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return list(typing.get_args(annotation))
+    if typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation) or (Any,)
+        item, _ = _unwrap_optional(item)
+        if typing.get_origin(item) is typing.Literal:
+            return list(typing.get_args(item))
+    return []
+
+
+def _choices_and_default(info, choices: list[Any]) -> str:
+    """``choices: a, b; default: a`` for a flag's help (the schema is the one source of both)."""
+    default = info.get_default(call_default_factory=True)
+    if isinstance(default, BaseModel):
+        default = default.model_dump(mode="json")
+    shown = default if isinstance(default, str) else json.dumps(default)
+    text = f"default: {shown}"
+    return f"choices: {', '.join(str(choice) for choice in choices)}; {text}" if choices else text
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -107,6 +107,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     _config_dir: Path | None = PrivateAttr(default=None)  # folder of the file it came from
     _config_file: str | None = PrivateAttr(default=None)  # the file itself, for messages
+    _command: list[str] | None = PrivateAttr(default=None)  # the command line that started the run (resume hints)
 
     # ------------------------------------------------------------------ model
     model_family: str = _field(DEFAULT_MODEL_FAMILY, "model", "Model family (see `frametuner models`)")

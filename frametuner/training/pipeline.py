@@ -319,8 +319,11 @@ def train(config) -> int:
     from .distributed import process_state
     from .trainer import Trainer
 
-    if not config.data_backend_config:
-        raise ConfigError(["'data_backend_config' is not set: point it at your dataset list (JSON), e.g. \"config/datasets.json\""])
+    from ..config import validate_dataset_list
+
+    problems = validate_dataset_list(config)  # the one dataset validator (config check and the web UI's Check too)
+    if problems:
+        raise ConfigError([str(problem) for problem in problems])
     spec = load_spec(config.model_family)
     state = process_state()
     scan = scan_and_cache(config, state)
@@ -349,8 +352,9 @@ def train(config) -> int:
 
 
 def print_summary(config, result: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from ..console import console
 
     output = Path(config.output_dir)
     table = Table(title="frametuner: " + ("stopped" if "stopped" in result else "training finished"), show_header=False)
@@ -364,4 +368,25 @@ def print_summary(config, result: dict) -> None:
     if validation.exists():
         table.add_row("validation", str(validation))
     table.add_row("events", str(output / "events.jsonl"))
-    Console(stderr=True).print(table)
+    if "stopped" in result:
+        table.add_row("resume with", resume_command(config))
+    console().print(table)
+
+
+def resume_command(config) -> str:
+    """The exact command that continues a stopped run: the command line that started it
+    (or ``frametuner train --config FILE``) with ``--resume_from_checkpoint latest``."""
+    import shlex
+
+    command = list(config._command or [])
+    if not command:
+        command = ["frametuner", "train"] + (["--config", str(config._config_file)] if config._config_file else [])
+    kept, skip = [], False
+    for token in command:
+        if skip:
+            skip = False
+        elif token == "--resume_from_checkpoint":
+            skip = True
+        elif not token.startswith("--resume_from_checkpoint="):
+            kept.append(token)
+    return shlex.join([*kept, "--resume_from_checkpoint", "latest"])
