@@ -66,10 +66,18 @@ def _add_config_flag(parser: argparse.ArgumentParser, required: bool = True) -> 
     parser.add_argument("--config", required=required, help="config.json (JSON or JSON with // comments)")
 
 
+def _family_names() -> str:
+    from .models.registry import families
+
+    return ", ".join(info.display_name or name for name, info in families().items())
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .config.schema import DEFAULT_MODEL_FAMILY
+
     parser = argparse.ArgumentParser(
         prog="frametuner",
-        description="Fine-tune LongCat-Video with LoRA or full fine-tuning, and sample from it.",
+        description=f"Fine-tune video diffusion models ({_family_names()}) with LoRA or full fine-tuning, and sample from them.",
         epilog="Every config key is also a flag of train/cache/sample (e.g. --lora_rank 16); "
         "see `frametuner train --help`.",
     )
@@ -104,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     decode = sub.add_parser("decode", help="decode validation latents saved without a VAE into videos", allow_abbrev=False)
     add_decode_arguments(decode)
 
-    lora = sub.add_parser("lora", help="convert and inspect LoRA files (PEFT, upstream LongCat-Video, ComfyUI)")
+    lora = sub.add_parser("lora", help="convert and inspect LoRA files (PEFT, a family's upstream format, ComfyUI)")
     lora_sub = lora.add_subparsers(dest="lora_command", metavar="ACTION")
     lora_convert = lora_sub.add_parser("convert", help="convert a LoRA to another format (exact)")
     lora_convert.add_argument("src", help="LoRA file, or a PEFT folder")
@@ -112,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     lora_convert.add_argument("--to", required=True, choices=["peft", "upstream", "comfyui"])
     lora_info = lora_sub.add_parser("info", help="print a LoRA's format, rank, scale and layers")
     lora_info.add_argument("path", help="LoRA file, or a PEFT folder")
+    for lora_parser in (lora_convert, lora_info):
+        lora_parser.add_argument("--model_family", default=DEFAULT_MODEL_FAMILY, help=f"the family the LoRA is for (default {DEFAULT_MODEL_FAMILY})")
 
 
     server = sub.add_parser("server", help="web UI: configure, launch, watch and preview jobs")
@@ -235,10 +245,10 @@ def cmd_lora(args: argparse.Namespace, extra: list[str]) -> int:
 
     try:
         if args.lora_command == "convert":
-            print(convert(args.src, args.dst, to=args.to))
+            print(convert(args.src, args.dst, to=args.to, family=args.model_family))
             return 0
         if args.lora_command == "info":
-            weights = read_lora(args.path)
+            weights = read_lora(args.path, family=args.model_family)
             ranks = sorted(weights.ranks())
             scales = sorted({delta.scale for delta in weights.deltas.values()})
             print(f"{args.path}: {weights.format} format, {len(weights.deltas)} layers, rank {ranks}, scale {scales}")

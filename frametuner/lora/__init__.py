@@ -3,7 +3,7 @@
 - training (PEFT): :func:`add_lora`, :func:`add_lora_from_file`, :func:`lora_state_dict`,
   :func:`set_lora_state_dict`, :func:`export_lora`;
 - files: :func:`read_lora`, :func:`write_lora`, :func:`convert` between ``peft``,
-  ``upstream`` (LongCat-Video's own loader) and ``comfyui`` (ComfyUI-WanVideoWrapper);
+  ``upstream`` (the family's own loader's, where it has one) and ``comfyui`` (ComfyUI's names);
 - inference: :func:`apply_lora` (stacks), :func:`remove_loras`.
 
 Every format converts through one exact in-memory form, :class:`LowRankDelta`

@@ -21,7 +21,6 @@ from peft.tuners.lora import Linear as PeftLoraLinear
 from peft.tuners.lora import LoraLayer
 
 from ..config.errors import did_you_mean
-from ..models.registry import load_spec
 from .apply import _base_linear, check_fits
 from .delta import LoraWeights, LowRankDelta
 from .errors import LoraError
@@ -103,17 +102,22 @@ def add_lora(
     target_modules: Sequence[str] | None = None,
     adapter_name: str = ADAPTER_NAME,
     lora_dtype: torch.dtype = torch.float32,
+    family=None,
 ) -> LoraConfig:
     """Wrap the DiT's target Linears with new trainable LoRA adapters (PEFT), in place.
 
-    ``alpha`` defaults to ``rank`` (scale 1); ``target_modules`` to the family's default
-    (upstream's released LoRA targets). New ``lora_B`` are zero, so the model's output is
-    unchanged until training moves them. LoRA weights are kept in ``lora_dtype`` (float32:
-    the optimiser state's precision) whatever the base weights are stored in.
+    ``alpha`` defaults to ``rank`` (scale 1); ``target_modules`` to the family's
+    ``default_lora_targets``. ``family``: the model's ``ModelFamily`` (default: found from
+    the model). New ``lora_B`` are zero, so the model's output is unchanged until training
+    moves them. LoRA weights are kept in ``lora_dtype`` (float32: the optimiser state's
+    precision) whatever the base weights are stored in.
     """
-    family = family_for_model(model)
     if target_modules is None:
-        target_modules = load_spec(family).default_lora_targets
+        if family is None:
+            from ..models.family import family_of
+
+            family = family_of(model)
+        target_modules = family.default_lora_targets
     names = resolve_lora_targets(model, target_modules)
     config = LoraConfig(
         r=rank,

@@ -7,15 +7,15 @@ frametuner's = upstream's module path); per-layer rank/alpha via ``rank_pattern`
 ``alpha_pattern`` when they differ. The config is also stored in the safetensors header
 (``adapter_config``) so the file alone still converts.
 
-``upstream``: what LongCat-Video's ``load_lora`` reads: ``lora___lorahyphen___<module
-path with '.' -> '___lorahyphen___'>`` + ``.lora_down.weight [n*r, in]``,
+``upstream``: the family's own format (its ``LoraLayout.upstream``: what the family's reference
+``load_lora`` reads): ``<key_prefix><module path with '.' -> key_dot>`` + ``.lora_down.weight [n*r, in]``,
 ``.lora_up.weight [out, r]`` or ``.lora_up.blocks.<i>.weight [out/n, r]`` for fused
 layers, and ``.alpha_scale`` (0-dim float32). The loader takes ONE rank
 (``lora_network_dim``) for the whole file, so every layer is written at the same rank:
 the largest any layer needs, the others zero-padded (exact). The metadata records it.
 
-``comfyui``: kijai/ComfyUI-WanVideoWrapper's names for LongCat (see
-``models/longcat_video/lora_layout.py`` for what was read from its source):
+``comfyui``: ComfyUI's names for the family's layers (``LoraLayout.comfyui_names``; each
+family's ``lora_layout.py`` says what they were read from):
 ``diffusion_model.<wrapper module>.lora_A.weight`` / ``.lora_B.weight`` / ``.alpha``
 (= scale * rank), fused layers split into the wrapper's separate Linears.
 
@@ -37,16 +37,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..models.spec import LoraLayout
+from ..models.spec import LoraLayout, UpstreamLoraFormat
 from .delta import LoraWeights, LowRankDelta, SourceTensor
 from .errors import LoraError, LoraFormatError
-from .layout import DEFAULT_FAMILY, fused_outputs, is_root_layer, join_block, layout_for_family, split_block
+from .layout import DEFAULT_FAMILY, family_formats, fused_outputs, is_root_layer, join_block, layout_for_family, split_block
 
 log = logging.getLogger("frametuner.lora")
 
 FORMATS = ("peft", "upstream", "comfyui")
-UPSTREAM_PREFIX = "lora___lorahyphen___"
-UPSTREAM_DOT = "___lorahyphen___"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_KEY_PREFIX = "base_model.model."
@@ -79,7 +77,7 @@ def read_lora(path: str | Path, *, family: str = DEFAULT_FAMILY) -> LoraWeights:
     weights_file, config_file = _peft_files(path) if fmt == "peft" else (path, None)
     tensors, metadata = _load(weights_file)
     if fmt == "upstream":
-        deltas = _read_upstream(tensors)
+        deltas = _read_upstream(tensors, _upstream_of(layout, family))
     elif fmt == "comfyui":
         deltas = _read_comfyui(tensors, layout)
     else:
@@ -92,6 +90,8 @@ def write_lora(weights: LoraWeights, path: str | Path, to: str, *, family: str =
     """Write ``weights`` as format ``to``; returns the file (the folder for ``peft``)."""
     if to not in FORMATS:
         raise LoraError(f"unknown LoRA format {to!r}; use one of {', '.join(FORMATS)}")
+    if to not in family_formats(family):
+        raise LoraError(f"{family} LoRAs have no {to!r} format; use one of {', '.join(family_formats(family))}")
     if not weights.deltas:
         raise LoraError(f"{path}: refusing to write an empty LoRA (no layers)")
     path = Path(path)
@@ -99,12 +99,12 @@ def write_lora(weights: LoraWeights, path: str | Path, to: str, *, family: str =
     metadata = {key: weights.metadata[key] for key in CARRIED_METADATA if key in weights.metadata}
     if to == "upstream":
         tensors, rank = upstream_tensors(weights, layout)
-        metadata.update(_describe(weights, layout, rank, format_name="longcat_video_upstream"))
+        metadata.update(_describe(weights, layout, rank, format_name=_upstream_of(layout, family).name))
         metadata.update(lora_network_dim=str(rank), lora_network_alpha=metadata["alpha"])
         _save_atomic(tensors, path, metadata)
         return path
     if to == "comfyui":
-        metadata.update(_describe(weights, layout, None, format_name="comfyui_wanvideowrapper"))
+        metadata.update(_describe(weights, layout, None, format_name=layout.comfyui_format))
         _save_atomic(comfyui_tensors(weights, layout), path, metadata)
         return path
     # PEFT: a folder, or a named .safetensors with adapter_config.json beside it.
@@ -122,21 +122,27 @@ def convert(src_path: str | Path, dst_path: str | Path, to: str = "upstream", *,
 
 
 # ---------------------------------------------------------------------------- upstream
-def upstream_key(module: str) -> str:
-    return UPSTREAM_PREFIX + module.replace(".", UPSTREAM_DOT)
+def _upstream_of(layout: LoraLayout, family: str) -> UpstreamLoraFormat:
+    if layout.upstream is None:
+        raise LoraError(f"{family} LoRAs have no upstream format; use one of {', '.join(family_formats(family))}")
+    return layout.upstream
 
 
-def _read_upstream(tensors: dict[str, torch.Tensor]) -> dict[str, LowRankDelta]:
+def upstream_key(module: str, upstream: UpstreamLoraFormat) -> str:
+    return upstream.key_prefix + module.replace(".", upstream.key_dot)
+
+
+def _read_upstream(tensors: dict[str, torch.Tensor], upstream: UpstreamLoraFormat) -> dict[str, LowRankDelta]:
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         prefix, dot, leaf = key.partition(".")
-        if not prefix.startswith(UPSTREAM_PREFIX) or not dot:
-            raise LoraFormatError(f"unmapped key {key!r}: upstream LoRA keys are 'lora___lorahyphen___<module>.<leaf>'")
+        if not prefix.startswith(upstream.key_prefix) or not dot:
+            raise LoraFormatError(f"unmapped key {key!r}: upstream LoRA keys are '{upstream.key_prefix}<module>.<leaf>'")
         groups.setdefault(prefix, {})[leaf] = tensor
 
     deltas = {}
     for prefix, leaves in groups.items():
-        module = prefix[len(UPSTREAM_PREFIX) :].replace(UPSTREAM_DOT, ".")
+        module = prefix[len(upstream.key_prefix) :].replace(upstream.key_dot, ".")
         down, plain_up, alpha_scale = (leaves.pop(k, None) for k in ("lora_down.weight", "lora_up.weight", "alpha_scale"))
         blocks = {}
         for leaf in list(leaves):
@@ -182,7 +188,7 @@ def upstream_tensors(weights: LoraWeights, layout: LoraLayout) -> tuple[dict[str
         )
     tensors = {}
     for module, parts in planned.items():
-        prefix = upstream_key(module)
+        prefix = upstream_key(module, layout.upstream)
         parts = [part.padded(rank) for part in parts]
         tensors[f"{prefix}.lora_down.weight"] = torch.cat([part.down for part in parts], dim=0)
         if len(parts) == 1:
@@ -201,7 +207,7 @@ def comfyui_key(module: str, layout: LoraLayout) -> list[str]:
     names = layout.comfyui_names.get(local)
     if names is None:
         raise LoraFormatError(
-            f"layer {module!r} has no counterpart in ComfyUI-WanVideoWrapper's LongCat model "
+            f"layer {module!r} has no counterpart in the family's ComfyUI model "
             f"(mapped layers: {', '.join(sorted(layout.comfyui_names))}); leave it out of lora_target_modules"
         )
     return [layout.comfyui_prefix + join_block(block, name, layout) for name in names]
@@ -223,7 +229,7 @@ def comfyui_key_to_module(key: str, layout: LoraLayout) -> tuple[str, int, int, 
     block, local = split_block(key[len(layout.comfyui_prefix) : -len(suffix)], layout)
     inverse = _comfyui_inverse(layout)
     if local not in inverse or (block is None) != is_root_layer(inverse[local][0], layout):
-        raise LoraFormatError(f"unmapped key {key!r}: {local!r} is not a layer of LongCat-Video in ComfyUI-WanVideoWrapper")
+        raise LoraFormatError(f"unmapped key {key!r}: {local!r} is not a layer of this family's ComfyUI model")
     layer, part, parts = inverse[local]
     return join_block(block, layer, layout), part, parts, slots[suffix]
 
@@ -368,7 +374,7 @@ def _config_dict(config) -> dict:
 # ---------------------------------------------------------------------------- shared
 def _format_of_keys(keys: Iterable[str], where: Path, layout: LoraLayout) -> str:
     keys = list(keys)
-    if any(key.startswith(UPSTREAM_PREFIX) for key in keys):
+    if layout.upstream is not None and any(key.startswith(layout.upstream.key_prefix) for key in keys):
         return "upstream"
     lora_keys = [key for key in keys if ".lora_A." in key or ".lora_B." in key]
     if lora_keys and all(key.startswith(layout.comfyui_prefix) for key in lora_keys):
@@ -376,7 +382,7 @@ def _format_of_keys(keys: Iterable[str], where: Path, layout: LoraLayout) -> str
     if lora_keys:
         return "peft"
     raise LoraFormatError(
-        f"{where}: not a LoRA in a format frametuner reads (PEFT, upstream LongCat-Video or ComfyUI); "
+        f"{where}: not a LoRA in a format frametuner reads (PEFT, the family's upstream format or ComfyUI); "
         f"first keys: {', '.join(keys[:3]) or '(none)'}"
     )
 

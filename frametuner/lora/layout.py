@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import re
 
-from ..models.registry import families, load_spec
+from ..config.schema import DEFAULT_MODEL_FAMILY as DEFAULT_FAMILY
+from ..models.registry import family_info, load_spec
 from ..models.spec import LoraLayout
 from .errors import LoraError
-
-DEFAULT_FAMILY = "longcat_video"
 
 
 def layout_for_family(family: str = DEFAULT_FAMILY) -> LoraLayout:
@@ -18,14 +17,19 @@ def layout_for_family(family: str = DEFAULT_FAMILY) -> LoraLayout:
     return layout
 
 
+def family_formats(family: str = DEFAULT_FAMILY) -> tuple[str, ...]:
+    """The LoRA file formats the family has (its registry entry's ``lora_formats``)."""
+    return family_info(family).lora_formats
+
+
 def family_for_model(model) -> str:
-    """The registered family whose transformer class ``model`` (or the model under PEFT) is."""
-    model = unwrap_peft(model)
-    for name in families():
-        spec = load_spec(name)
-        if spec.transformer_class is not None and isinstance(model, spec.transformer_class):
-            return name
-    raise LoraError(f"{type(model).__name__} is not the transformer of a registered model family")
+    """The registered family whose denoiser ``model`` (or the model under PEFT) is."""
+    from ..models.family import family_of
+
+    try:
+        return family_of(model).name
+    except KeyError as error:
+        raise LoraError(str(error).strip('"')) from None
 
 
 def layout_for_model(model) -> LoraLayout:

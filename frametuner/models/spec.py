@@ -28,6 +28,20 @@ class LatentGeometry:
 
 
 @dataclass(frozen=True)
+class UpstreamLoraFormat:
+    """A family's own LoRA file format ("upstream": what its reference code loads).
+
+    Keys are ``<key_prefix><module path with '.' -> key_dot>.lora_down.weight`` /
+    ``.lora_up.weight`` (``.lora_up.blocks.<i>.weight`` for fused layers) / ``.alpha_scale``,
+    one rank per file (see ``frametuner.lora.formats``).
+    """
+
+    name: str  # written into the file's metadata ("format")
+    key_prefix: str
+    key_dot: str
+
+
+@dataclass(frozen=True)
 class LoraLayout:
     """How a family's layers appear in the LoRA file formats (read by ``frametuner.lora``).
 
@@ -47,3 +61,6 @@ class LoraLayout:
     comfyui_prefix: str = "diffusion_model."
     # Linear subclasses that compute in float32: their LoRA path must too.
     fp32_linear_types: tuple[type, ...] = ()
+    # The family's upstream format (None: the family has none) and the ComfyUI format's metadata name.
+    upstream: UpstreamLoraFormat | None = None
+    comfyui_format: str = "comfyui"

@@ -4,7 +4,7 @@
 minutes loading 54 GB of weights, so this reads only the safetensors header (names and
 shapes, no tensors) and compares it with a DiT built on the ``meta`` device (no memory).
 It understands every file and folder ``frametuner.lora.apply_lora`` reads (and training
-writes): upstream LongCat-Video (``lora___lorahyphen___...lora_down/lora_up[.blocks.i]``),
+writes): the family's upstream format (``<prefix>...lora_down/lora_up[.blocks.i]``, see its ``LoraLayout.upstream``),
 PEFT/diffusers (``lora_A/lora_B``; a PEFT folder means its ``adapter_model.safetensors``)
 and ComfyUI (the wrapper's layer names, mapped back to the model's by the family's
 LoRA layout, the same mapping :mod:`frametuner.lora.formats` reads them with).
@@ -17,8 +17,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-UPSTREAM_PREFIX = "lora___lorahyphen___"
-UPSTREAM_SEPARATOR = "___lorahyphen___"
 # Prefixes other tools put before the DiT's own module path.
 MODULE_PREFIXES = ("base_model.model.", "model.diffusion_model.", "diffusion_model.", "transformer.", "dit.")
 _IGNORED_SUFFIXES = ("alpha", "alpha_scale", "lora_magnitude_vector", "dora_scale")
@@ -65,13 +63,14 @@ def read_lora_header(path: str | Path) -> dict[str, tuple[int, ...]]:
     except Exception as error:  # safetensors raises several types for a bad header
         raise LoraFileError(
             f"{path}: cannot be read as safetensors ({type(error).__name__}: {error}); "
-            "LoRA files must be .safetensors (PEFT, upstream LongCat-Video or ComfyUI format)"
+            "LoRA files must be .safetensors (PEFT, the family's upstream or ComfyUI format)"
         ) from None
 
 
-def _module_path(raw: str) -> str:
-    if raw.startswith(UPSTREAM_PREFIX):
-        return raw[len(UPSTREAM_PREFIX) :].replace(UPSTREAM_SEPARATOR, ".")
+def _module_path(raw: str, layout=None) -> str:
+    upstream = getattr(layout, "upstream", None)
+    if upstream is not None and raw.startswith(upstream.key_prefix):
+        return raw[len(upstream.key_prefix) :].replace(upstream.key_dot, ".")
     for prefix in MODULE_PREFIXES:
         if raw.startswith(prefix):
             return raw[len(prefix) :]
@@ -80,8 +79,9 @@ def _module_path(raw: str) -> str:
 
 def _is_comfyui(header: dict[str, tuple[int, ...]], layout) -> bool:
     lora_keys = [key for key in header if ".lora_A." in key or ".lora_B." in key]
+    upstream = layout.upstream.key_prefix if layout.upstream is not None else None
     return bool(lora_keys) and all(key.startswith(layout.comfyui_prefix) for key in lora_keys) and not any(
-        key.startswith(UPSTREAM_PREFIX) for key in header
+        upstream and key.startswith(upstream) for key in header
     )
 
 
@@ -127,7 +127,7 @@ def lora_modules(header: dict[str, tuple[int, ...]], path: str | Path = "", layo
             continue
         if match["ignored"]:
             continue
-        module = modules[_module_path(match["module"])]
+        module = modules[_module_path(match["module"], layout)]
         if match["down"]:
             module.down = shape
         else:

@@ -27,7 +27,7 @@ LoRA keys are matched by the wrapper's ``standardize_lora_key_format`` +
 
 from __future__ import annotations
 
-from ..spec import LoraLayout
+from ..spec import LoraLayout, UpstreamLoraFormat
 from .transformer import FP32Linear
 
 LORA_LAYOUT = LoraLayout(
@@ -56,4 +56,6 @@ LORA_LAYOUT = LoraLayout(
     },
     comfyui_prefix="diffusion_model.",
     fp32_linear_types=(FP32Linear,),
+    upstream=UpstreamLoraFormat(name="longcat_video_upstream", key_prefix="lora___lorahyphen___", key_dot="___lorahyphen___"),
+    comfyui_format="comfyui_wanvideowrapper",
 )
