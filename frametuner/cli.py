@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--data-dir", default=None, help="jobs and the SQLite state (default $FRAMETUNER_DATA_DIR or ~/.local/share/frametuner)")
     server.add_argument("--token", default=None, help="access token (default: generated when --host is not loopback)")
     server.add_argument("--gpus", default=None, help="comma-separated GPU ids to run jobs on (default: all visible; CPU-only = one job at a time)")
+    server.add_argument(
+        "--allow-path", action="append", default=[], metavar="DIR",
+        help="a folder that configs submitted in the web UI may read (datasets, LoRAs, prompt files); repeatable. "
+        "Always allowed: the data dir and the examples. Outputs always go to the job's folder",
+    )
 
 
     data = sub.add_parser("data", help="look at the datasets before training")
@@ -280,7 +285,8 @@ def cmd_server(args: argparse.Namespace, extra: list[str]) -> int:
         token, generated = generate_token(), True
     gpus = [part.strip() for part in args.gpus.split(",") if part.strip()] if args.gpus is not None else None
     settings = ServerSettings(
-        data_dir=args.data_dir or default_data_dir(), host=args.host, port=args.port, token=token, gpus=gpus
+        data_dir=args.data_dir or default_data_dir(), host=args.host, port=args.port, token=token, gpus=gpus,
+        allow_paths=args.allow_path,
     )
     serve(settings, token_generated=generated)
     return 0

@@ -9,7 +9,7 @@ No torch here.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pathlib import Path
 
@@ -31,26 +31,34 @@ LoraFormat = Literal["peft", "upstream", "comfyui"]
 PATH_INPUT = "input"  # a file or folder the run reads (relative: beside the config/dataset file)
 PATH_OUTPUT = "output"  # a folder the run writes into
 PATH_MODEL = "model"  # a hub id, or a local model folder the run reads
-PATH_CHECKPOINT = "checkpoint"  # 'latest', or a checkpoint folder the run reads
 PATH_NAME = "name"  # one folder name the run creates under its output (no separators)
-PATH_KINDS = (PATH_INPUT, PATH_OUTPUT, PATH_MODEL, PATH_CHECKPOINT, PATH_NAME)
+PATH_KINDS = (PATH_INPUT, PATH_OUTPUT, PATH_MODEL, PATH_NAME)
 
 
-def _field(default: Any, group: str, description: str, *, path: str | None = None, **kwargs: Any) -> Any:
+class PathKey(NamedTuple):
+    """How a path-bearing key is read: its kind, and the words it also takes that are not paths ('latest')."""
+
+    kind: str
+    keywords: tuple[str, ...] = ()
+
+
+def _field(
+    default: Any, group: str, description: str, *, path: str | None = None, path_keywords: tuple[str, ...] = (), **kwargs: Any
+) -> Any:
     extra = kwargs.pop("json_schema_extra", {}) or {}
     if path is not None:
         assert path in PATH_KINDS, path
-        extra = {**extra, "path": path}
+        extra = {**extra, "path": path, **({"path_keywords": list(path_keywords)} if path_keywords else {})}
     return Field(default, description=description, json_schema_extra={"group": group, **extra}, **kwargs)
 
 
-def path_fields(model: type[BaseModel]) -> dict[str, str]:
-    """``{key: path kind}`` of the keys of ``model`` (TrainConfig, DatasetConfig) that name files or folders."""
+def path_fields(model: type[BaseModel]) -> dict[str, PathKey]:
+    """The keys of ``model`` (TrainConfig, DatasetConfig) that name files or folders, with how each is read."""
     found = {}
     for name, info in model.model_fields.items():
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         if extra.get("path"):
-            found[name] = str(extra["path"])
+            found[name] = PathKey(str(extra["path"]), tuple(extra.get("path_keywords", ())))
     return found
 
 
@@ -182,7 +190,9 @@ class TrainConfig(BaseModel):
     logit_std: float = _field(1.0, "optimisation", "logit_normal: standard deviation", gt=0)
     checkpointing_steps: int = _field(500, "optimisation", "Save a resumable checkpoint every N steps", ge=1)
     checkpoints_total_limit: int | None = _field(3, "optimisation", "Keep at most this many checkpoints (null = all)", ge=1)
-    resume_from_checkpoint: str | None = _field(None, "optimisation", "'latest' or a checkpoint folder to continue from", path=PATH_CHECKPOINT)
+    resume_from_checkpoint: str | None = _field(
+        None, "optimisation", "'latest' or a checkpoint folder to continue from", path=PATH_INPUT, path_keywords=("latest",)
+    )
 
     # ------------------------------------------------------------------ validation
     validation_prompt: str | None = _field(None, "validation", "Prompt of the validation videos")
@@ -261,6 +271,15 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _cross_checks(self) -> "TrainConfig":
         info = registry.family_info(self.model_family)
+        for key, default in FAMILY_DEFAULTS.items():  # unset keys follow the family (also after model_family changes)
+            if key not in self.model_fields_set or getattr(self, key) is None:
+                object.__setattr__(self, key, default(info))
+        foreign = [fmt for fmt in self.lora_export_formats if fmt not in info.lora_formats]
+        if foreign:
+            raise ValueError(
+                f"lora_export_formats: {self.model_family} LoRAs cannot be written as {', '.join(foreign)}; "
+                f"its formats are {', '.join(info.lora_formats)}"
+            )
         if self.model_flavour is None:
             object.__setattr__(self, "model_flavour", info.default_flavour)
         elif self.model_flavour not in info.flavours:
@@ -272,15 +291,6 @@ class TrainConfig(BaseModel):
             )
         if self.model_type == "full" and self.base_model_precision in QUANTISED_PRECISIONS:
             raise ValueError(
-        for key, default in FAMILY_DEFAULTS.items():  # unset keys follow the family (also after model_family changes)
-            if key not in self.model_fields_set or getattr(self, key) is None:
-                object.__setattr__(self, key, default(info))
-        foreign = [fmt for fmt in self.lora_export_formats if fmt not in info.lora_formats]
-        if foreign:
-            raise ValueError(
-                f"lora_export_formats: {self.model_family} LoRAs cannot be written as {', '.join(foreign)}; "
-                f"its formats are {', '.join(info.lora_formats)}"
-            )
                 f"model_type 'full' cannot train a quantised base ({self.base_model_precision}); "
                 "use base_model_precision 'bf16' for full fine-tuning, or model_type 'lora'"
             )
@@ -327,17 +337,6 @@ class TrainConfig(BaseModel):
             raise ValueError("validation_using_datasets is true but eval_dataset_id is not set; name the dataset id to validate with")
         return self
 
-    # ------------------------------------------------------------------ derived
-    @property
-    def effective_lora_alpha(self) -> float:
-        return float(self.lora_alpha if self.lora_alpha is not None else self.lora_rank)
-
-    @property
-    def validation_size(self) -> tuple[int, int]:
-        return parse_resolution(self.validation_resolution, self.model_family)
-
-    def group_of(self, key: str) -> str:
-        return field_group(key)
     @model_serializer(mode="wrap")
     def _family_defaults_as_null(self, handler):
         """A key holding its family's default is written as null ("the family's"), so a saved
@@ -350,6 +349,17 @@ class TrainConfig(BaseModel):
                     data[key] = None
         return data
 
+    # ------------------------------------------------------------------ derived
+    @property
+    def effective_lora_alpha(self) -> float:
+        return float(self.lora_alpha if self.lora_alpha is not None else self.lora_rank)
+
+    @property
+    def validation_size(self) -> tuple[int, int]:
+        return parse_resolution(self.validation_resolution, self.model_family)
+
+    def group_of(self, key: str) -> str:
+        return field_group(key)
 
 
 def field_group(key: str) -> str:

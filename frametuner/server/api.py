@@ -193,7 +193,7 @@ def get_example(name: str, request: Request) -> dict[str, Any]:
 @router.post("/config/check")
 def config_check(body: ConfigCheckRequest, request: Request) -> JSONResponse:
     settings = request.app.state.settings
-    result = check_config(body.config, body.dataset_config, settings.data_dir / "tmp", settings.base_dir)
+    result = check_config(body.config, body.dataset_config, settings)
     return _check_response(result, 200)
 
 

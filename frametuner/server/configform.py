@@ -9,7 +9,6 @@ mapped back to the form fields they name.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -20,9 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from ..config import GROUPS, ConfigError, TrainConfig, field_group, load_config, loads_jsonc, unimplemented_settings
+from ..config.dataset import DatasetConfig, DatasetProblem, validate_dataset_list
+from ..config.schema import PATH_INPUT, path_fields
+from .paths import Roots, confine_keys
+from .settings import ServerSettings
 
 CONFIG_FILE = "config.json"
 DATASET_FILE = "datasets.json"
@@ -32,10 +35,8 @@ OUTPUT_SUBDIR = "output"
 SERVER_OWNED_KEYS = ("output_dir",)
 # Keys kept in config.json even at their default, so the file says what it trains.
 ALWAYS_WRITTEN_KEYS = ("model_family", "model_flavour", "model_type")
-# Input files named in the config: relative ones resolve against the server's folder.
-INPUT_FILE_KEYS = ("data_backend_config", "init_lora", "validation_prompt_file")
-# Dataset-config validator from the data room, used once it exists (module, function taking a path).
-DATASET_VALIDATOR = ("frametuner.config.dataset", "load_dataset_config")
+# A shipped example whose data is generated names the command in this file ("{dir}" = its folder).
+EXAMPLE_SETUP_FILE = "setup.txt"
 
 _MESSAGE = re.compile(r"^(?P<source>.*?): '(?P<key>[^']*)': (?P<message>.*)$", re.S)
 
@@ -88,6 +89,7 @@ def form_fields() -> list[dict[str, Any]]:
                 "default": default,
                 "description": info.description or "",
                 "server_owned": name in SERVER_OWNED_KEYS,
+                "path": (path_fields(TrainConfig).get(name) or (None,))[0],  # a file/folder key: confined to the server's roots
             }
         )
     return entries
@@ -166,11 +168,12 @@ def problems_from_messages(messages: list[str], source_label: str = CONFIG_FILE)
 
 
 def _absolute_input_paths(config: dict[str, Any], base_dir: Path) -> None:
-    for key in INPUT_FILE_KEYS:
+    for key, (kind, keywords) in path_fields(TrainConfig).items():
         value = config.get(key)
-        if isinstance(value, str) and value.strip():
-            path = Path(value.strip()).expanduser()
-            config[key] = str(path if path.is_absolute() else (base_dir / path).resolve())
+        if kind != PATH_INPUT or value in keywords or not isinstance(value, str) or not value.strip():
+            continue
+        path = Path(value.strip()).expanduser()
+        config[key] = str(path if path.is_absolute() else (base_dir / path).resolve())
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -188,79 +191,147 @@ def _write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
-def _check_dataset(path: Path, result: CheckResult) -> None:
-    """The dataset list: valid JSON(C) list of objects; then the data room's validator, when present."""
+def _example_setup_hint(dataset_file: Path, settings: ServerSettings) -> str:
+    """For a shipped example whose data is generated (``<example>/setup.txt``): the command that makes it."""
+    examples = Path(settings.examples_dir).resolve()
+    if not dataset_file.is_relative_to(examples) or dataset_file.parent == examples:
+        return ""
+    folder = examples / dataset_file.relative_to(examples).parts[0]
+    setup = folder / EXAMPLE_SETUP_FILE
+    if not setup.is_file():
+        return ""
+    command = setup.read_text(encoding="utf-8").strip().format(dir=folder)
+    return f"; this example's data is generated: run `{command}` first"
+
+
+def _dataset_problem_text(problem: DatasetProblem, page_file: Path | None, hint: str) -> str:
+    """One dataset problem as a form message: where (file:line, dataset, key), what, and the fix."""
+    where = []
+    if problem.file:
+        shown = DATASET_FILE if page_file is not None and Path(problem.file) == page_file else problem.file
+        where.append(f"{shown}:{problem.line}" if problem.line else shown)
+    if problem.dataset:
+        where.append(problem.dataset)
+    if problem.key and not problem.message.startswith(problem.key):
+        where.append(f"'{problem.key}'")
+    text = ": ".join(where + [problem.message])
+    if problem.fix:
+        text += f"; {problem.fix}"
+    if problem.key in path_fields(DatasetConfig) and "not exist" in problem.message:
+        text += hint
+    return text
+
+
+def _confine_datasets(path: Path, roots: Roots) -> list[Problem]:
+    """Every path-bearing key of every dataset entry inside ``roots`` (relative ones beside the list)."""
     try:
-        data = loads_jsonc(path.read_text(encoding="utf-8"))
-    except (ValueError, ConfigError) as error:
-        text = "; ".join(error.messages) if isinstance(error, ConfigError) else str(error)
-        result.errors.append(Problem("data_backend_config", f"dataset config is not valid JSON: {text}"))
-        return
-    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
-        result.errors.append(Problem("data_backend_config", "dataset config must be a JSON list of dataset objects [{...}, ...]"))
-        return
-    module_name, function_name = DATASET_VALIDATOR
-    try:
-        validate = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError):
-        return  # not built yet: the syntax check above is all there is
-    try:
-        validate(path)
-    except ConfigError as error:
-        for problem in problems_from_messages(error.messages):
-            result.errors.append(Problem("data_backend_config", problem.message if problem.field else str(problem.message)))
+        entries = loads_jsonc(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, ConfigError):
+        return []  # unreadable or not JSON: the dataset validator says so
+    if not isinstance(entries, list):
+        return []
+    kinds = path_fields(DatasetConfig)
+    problems = []
+    for number, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict):
+            continue
+        label = f"dataset '{entry['id']}'" if isinstance(entry.get("id"), str) and entry["id"] else f"dataset #{number}"
+        _, refused = confine_keys(entry, kinds, path.parent, roots)
+        problems += [Problem("data_backend_config", f"{label}: '{key}': {message}") for key, message in refused.items()]
+    return problems
+
+
+def _dataset_config_for_check(config: dict[str, Any], loaded: TrainConfig | None) -> TrainConfig | None:
+    """The config the dataset validator needs, even when other keys are invalid (the form shows both)."""
+    if loaded is not None:
+        return loaded
+    for keys in (("data_backend_config", "model_family", "model_flavour"), ("data_backend_config",)):
+        try:
+            return TrainConfig.model_validate({key: config[key] for key in keys if key in config})
+        except ValidationError:
+            continue
+    return None
+
+
+def _check_datasets(config: TrainConfig, roots: Roots, page_file: Path | None, settings: ServerSettings) -> list[Problem]:
+    """The dataset list: its paths confined first (nothing about a refused path is looked at), then
+    THE dataset validator (``frametuner.config.dataset.validate_dataset_list``), one field error per problem."""
+    path = Path(config.data_backend_config or "")
+    refused = _confine_datasets(path, roots) if path.is_file() else []
+    if refused:
+        return refused
+    hint = _example_setup_hint(path, settings)
+    return [Problem(p.field, _dataset_problem_text(p, page_file, hint)) for p in validate_dataset_list(config)]
 
 
 def write_job_config(
-    folder: Path, raw: dict[str, Any], dataset_text: str | None, base_dir: Path
+    folder: Path, raw: dict[str, Any], dataset_text: str | None, settings: ServerSettings, *, drop: tuple[str, ...] = ()
 ) -> CheckResult:
     """Write ``config.json`` (and ``datasets.json``) into ``folder`` as a job runs them, then check them.
 
     The config is the user's keys plus what the server owns: ``output_dir`` inside the
-    folder, absolute input paths, and the dataset list when it was edited in the page.
+    folder, and the dataset list when it was edited in the page. Every path-bearing key
+    (the schema's ``path`` markers, in the config and in each dataset) must lie inside the
+    job's folder or a root the server was given (:class:`~frametuner.server.paths.Roots`);
+    accepted ones are written resolved, refused ones are field errors that reveal nothing
+    about the path. ``drop``: keys left out (a preview takes only a training job's model keys).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    config = {key: value for key, value in raw.items() if key not in SERVER_OWNED_KEYS}
+    roots = Roots(job=folder, read=settings.read_roots)
+    config = {key: value for key, value in raw.items() if key not in SERVER_OWNED_KEYS and key not in drop}
     config["output_dir"] = str(folder / OUTPUT_SUBDIR)
+    page_file = None
     if dataset_text is not None and dataset_text.strip():
-        _write_text_atomic(folder / DATASET_FILE, dataset_text.rstrip() + "\n")
-        config["data_backend_config"] = str(folder / DATASET_FILE)
-    _absolute_input_paths(config, base_dir)
+        page_file = folder / DATASET_FILE
+        _write_text_atomic(page_file, dataset_text.rstrip() + "\n")
+        config["data_backend_config"] = str(page_file)
+    kinds = {key: kind for key, kind in path_fields(TrainConfig).items() if key not in SERVER_OWNED_KEYS}
+    accepted, refused = confine_keys(config, kinds, settings.base_dir, roots, write_base=folder)
+    config.update(accepted)
     config_path = folder / CONFIG_FILE
     _write_json_atomic(config_path, config)
 
     result = CheckResult(config=config)
+    result.errors.extend(Problem(key, message) for key, message in refused.items())
+    loaded = None
     try:
         loaded = load_config(config_path)
     except ConfigError as error:
-        result.errors.extend(problems_from_messages(error.messages))
+        result.errors.extend(problem for problem in problems_from_messages(error.messages) if problem.field not in refused)
     else:
         result.resolved = loaded.model_dump(mode="json")
         for line in unimplemented_settings(loaded):
             key = line.split("'")[1] if line.startswith("'") else None
             result.warnings.append(Problem(key, line))
-    for key in INPUT_FILE_KEYS:
-        value = config.get(key)
-        if isinstance(value, str) and value and not Path(value).is_file():
-            result.warnings.append(Problem(key, f"file not found on the server: {value}"))
+    for key, path in accepted.items():  # inside the roots: saying what is missing there is fine
+        if kinds[key].kind == PATH_INPUT and key != "data_backend_config" and not Path(path).exists():
+            result.warnings.append(Problem(key, f"not found on the server: {path}"))
+    if "data_backend_config" in refused or "data_backend_config" in drop:
+        return result
     if not config.get("data_backend_config"):
         result.warnings.append(Problem("data_backend_config", "no dataset config: training needs one (edit it below or give a path)"))
-    elif Path(config["data_backend_config"]).is_file():
-        _check_dataset(Path(config["data_backend_config"]), result)
+    else:
+        dataset_config = _dataset_config_for_check(config, loaded)
+        if dataset_config is not None:
+            dataset_config._config_file = str(config_path)
+            result.errors.extend(_check_datasets(dataset_config, roots, page_file, settings))
     return result
 
 
-def check_config(raw: dict[str, Any], dataset_text: str | None, scratch_root: Path, base_dir: Path) -> CheckResult:
+def check_config(raw: dict[str, Any], dataset_text: str | None, settings: ServerSettings) -> CheckResult:
     """Check without keeping anything: the same write-and-load as a job, in a throwaway folder."""
+    scratch_root = settings.data_dir / "tmp"
     scratch_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch_root, prefix="check-") as folder:
-        result = write_job_config(Path(folder), raw, dataset_text, base_dir)
+        result = write_job_config(Path(folder), raw, dataset_text, settings)
         # Paths inside the throwaway folder mean nothing to the caller.
         result.config = {k: v for k, v in result.config.items() if k not in SERVER_OWNED_KEYS}
         if dataset_text and dataset_text.strip():
             result.config["data_backend_config"] = DATASET_FILE
         if result.resolved is not None:
             result.resolved.pop("output_dir", None)
+            if dataset_text and dataset_text.strip():
+                result.resolved["data_backend_config"] = DATASET_FILE
         return result
 
 

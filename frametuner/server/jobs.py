@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..config import TrainConfig
+from ..config.schema import PATH_MODEL, path_fields
 from .configform import CONFIG_FILE, OUTPUT_SUBDIR, CheckResult, write_job_config
 from .gpus import CPU_SLOT, scheduling_slots
 from .paths import resolve_inside
@@ -50,6 +52,8 @@ log = logging.getLogger("frametuner.server")
 LOG_FILE = "job.log"
 SAMPLE_VIDEO = "sample.mp4"
 RESUMABLE = (STOPPED, INTERRUPTED, FAILED, CANCELLED)
+# A preview (sample job) takes a training job's model keys, not the files its run reads or writes.
+SAMPLE_DROPPED_KEYS = tuple(key for key, spec in path_fields(TrainConfig).items() if spec.kind != PATH_MODEL)
 
 
 class JobStateError(RuntimeError):
@@ -148,7 +152,7 @@ class JobManager:
         """Write and check the job's config; the job exists only if the check passes."""
         job_id = new_job_id()
         folder = self.job_dir(job_id)
-        result = write_job_config(folder, config, dataset_text, self.settings.base_dir)
+        result = write_job_config(folder, config, dataset_text, self.settings)
         if not result.ok:
             _remove_tree(folder)
             return None, result
@@ -168,8 +172,8 @@ class JobManager:
         """A ``frametuner sample`` job. ``config`` gives model options; ``lora`` is (job id, path in it, multiplier)."""
         job_id = new_job_id()
         folder = self.job_dir(job_id)
-        config = {key: value for key, value in config.items() if key != "data_backend_config"}
-        result = write_job_config(folder, config, None, self.settings.base_dir)
+        # Model keys only: the training run's data, outputs and resume point are not the preview's.
+        result = write_job_config(folder, config, None, self.settings, drop=SAMPLE_DROPPED_KEYS)
         if not result.ok:
             _remove_tree(folder)
             return None, result

@@ -4,7 +4,7 @@ Loopback bind (the default): no token, but requests must name a loopback ``Host`
 web page cannot reach the server through DNS rebinding). Any other bind: every request
 carries the access token, as ``Authorization: Bearer``, ``X-Frametuner-Token``, the
 ``frametuner_token`` cookie, or ``?token=`` (which then sets the cookie for the browser).
-State-changing requests from another origin are refused in both modes.
+State-changing requests from another origin (``Origin: null`` included) are refused in both modes.
 """
 
 from __future__ import annotations
@@ -49,6 +49,21 @@ def supplied_token(request: Request) -> tuple[str | None, bool]:
     return (query, True) if query else (None, False)
 
 
+def same_origin(request: Request) -> bool:
+    """Whether a state-changing request may come from where it says it comes from.
+
+    No ``Origin`` (scripts, curl) is fine; ``Origin: null`` (sandboxed iframes, ``file:``
+    pages, some redirects) and any other origin than the server's own are not, nor a
+    browser's ``Sec-Fetch-Site`` saying the request crosses sites.
+    """
+    origin = request.headers.get("origin")
+    if origin is not None:
+        parts = urlsplit(origin)
+        if origin == "null" or parts.scheme not in ("http", "https") or parts.netloc != request.headers.get("host"):
+            return False
+    return request.headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
+
+
 def _refuse(request: Request, status: int, message: str) -> Response:
     if request.url.path.startswith("/api/"):
         return JSONResponse({"detail": message}, status_code=status)
@@ -57,10 +72,8 @@ def _refuse(request: Request, status: int, message: str) -> Response:
 
 async def guard(request: Request, call_next) -> Response:
     token = request.app.state.settings.token
-    if request.method not in SAFE_METHODS:
-        origin = request.headers.get("origin")
-        if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
-            return _refuse(request, 403, "cross-origin request refused")
+    if request.method not in SAFE_METHODS and not same_origin(request):
+        return _refuse(request, 403, "cross-origin request refused")
     from_query = False
     if token:
         given, from_query = supplied_token(request)

@@ -62,12 +62,15 @@ class ServerSettings:
     poll_seconds: float = 0.5  # scheduler and live-stream polling period
     base_dir: Path = field(default_factory=Path.cwd)  # relative paths typed into the form resolve here
     examples_dir: Path | None = None  # None: <repo>/examples when running from a checkout
+    # Folders (besides the data dir and the examples) that configs submitted over HTTP may read from.
+    allow_paths: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser().resolve()
         self.base_dir = Path(self.base_dir).expanduser().resolve()
         if self.examples_dir is None:
             self.examples_dir = package_root() / "examples"
+        self.allow_paths = [Path(path).expanduser().resolve() for path in self.allow_paths]
         if not is_loopback(self.host) and not self.token:
             raise ValueError(
                 f"binding {self.host} (not loopback) needs an access token; pass --token or let the server generate one"
@@ -76,6 +79,11 @@ class ServerSettings:
     @property
     def jobs_dir(self) -> Path:
         return self.data_dir / "jobs"
+
+    @property
+    def read_roots(self) -> tuple[Path, ...]:
+        """Folders a submitted config may read from, besides its job's folder."""
+        return (self.data_dir, Path(self.examples_dir), *self.allow_paths)
 
     @property
     def database_path(self) -> Path:

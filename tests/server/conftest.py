@@ -41,14 +41,9 @@ def demo_dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def real_demo_config(demo_dataset) -> dict:
+def real_demo_config(demo_config) -> dict:
     """The demo config run by the real trainer: 6 steps, checkpoints and videos at 3 and 6."""
-    config = load_example(DEMO_EXAMPLE)
-    config.update(
-        max_train_steps=6, checkpointing_steps=3, validation_steps=3, data_backend_config=str(demo_dataset),
-        validation_num_inference_steps=2, report_to="none",
-    )
-    return config
+    return demo_config | {"validation_num_inference_steps": 2, "report_to": "none"}
 
 
 @pytest.fixture
@@ -66,10 +61,11 @@ def trainer_command() -> list[str]:
 
 
 @pytest.fixture
-def demo_config() -> dict:
-    """The demo config as the New-job page loads it, shortened to a few steps."""
+def demo_config(demo_dataset) -> dict:
+    """The demo config as the New-job page loads it, shortened to a few steps, on the session's demo clips
+    (the shipped example's clips/ exists only after `frametuner demo --dir examples/demo`)."""
     config = load_example(DEMO_EXAMPLE)
-    config.update(max_train_steps=6, checkpointing_steps=3, validation_steps=3)
+    config.update(max_train_steps=6, checkpointing_steps=3, validation_steps=3, data_backend_config=str(demo_dataset))
     return config
 
 
@@ -81,10 +77,13 @@ def slow_config(demo_config, monkeypatch) -> dict:
 
 
 @pytest.fixture
-def make_settings(tmp_path, trainer_command):
+def make_settings(tmp_path, trainer_command, demo_dataset):
+    """Server settings in this test's folder; configs may read the demo clips (``--allow-path``)."""
+
     def build(**overrides) -> ServerSettings:
         values = dict(
-            data_dir=tmp_path / "data", cli_command=trainer_command, gpus=[], poll_seconds=0.05, base_dir=tmp_path
+            data_dir=tmp_path / "data", cli_command=trainer_command, gpus=[], poll_seconds=0.05, base_dir=tmp_path,
+            allow_paths=[demo_dataset.parent],
         )
         return ServerSettings(**(values | overrides))
 

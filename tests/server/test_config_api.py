@@ -62,9 +62,9 @@ def test_whole_config_checks_land_on_the_field_they_name(client):
 def test_check_flags_bad_dataset_json_on_the_dataset_field(client, demo_config):
     result = client.post("/api/config/check", json={"config": demo_config, "dataset_config": "[{oops"}).json()
     assert result["ok"] is False
-    assert result["field_errors"]["data_backend_config"][0].startswith("dataset config is not valid JSON")
+    assert result["field_errors"]["data_backend_config"][0].startswith("datasets.json:1: not valid JSON")
     result = client.post("/api/config/check", json={"config": demo_config, "dataset_config": '{"id": 1}'}).json()
-    assert "must be a JSON list" in result["field_errors"]["data_backend_config"][0]
+    assert "expected a non-empty JSON list of datasets" in result["field_errors"]["data_backend_config"][0]
 
 
 def test_check_ok_reports_resolved_defaults_and_warnings(client, demo_config, monkeypatch):
@@ -78,8 +78,8 @@ def test_check_ok_reports_resolved_defaults_and_warnings(client, demo_config, mo
     assert any(w["field"] == "lora_dropout" and "NOT IMPLEMENTED" in w["message"] for w in result["warnings"])
 
 
-def test_save_writes_config_that_load_config_accepts_unchanged(client, settings, demo_config):
-    dataset = '[{"id": "clips", "type": "local", "instance_data_dir": "/data/clips"}]'
+def test_save_writes_config_that_load_config_accepts_unchanged(client, settings, demo_config, demo_dataset):
+    dataset = '[{"id": "clips", "type": "local", "instance_data_dir": "%s", "video": {"num_frames": 9}}]' % (demo_dataset.parent / "clips")
     response = client.post("/api/jobs", json={"config": demo_config, "dataset_config": dataset, "name": "demo"})
     assert response.status_code == 201, response.text
     job = response.json()["job"]
@@ -114,11 +114,11 @@ def test_request_bodies_are_validated(client):
     assert client.post("/api/config/check", content=b"not json", headers={"content-type": "application/json"}).status_code == 422
 
 
-def test_new_job_page_can_start_from_an_earlier_job(client, demo_config):
-    dataset = '[{"id": "from-job"}]'
+def test_new_job_page_can_start_from_an_earlier_job(client, demo_config, demo_dataset):
+    dataset = '[{"id": "from-job", "instance_data_dir": "%s", "video": {"num_frames": 9}}]' % (demo_dataset.parent / "clips")
     job = client.post("/api/jobs", json={"config": demo_config, "dataset_config": dataset}).json()["job"]
     html = client.get(f"/jobs/new?source={job['id']}").text
-    assert '"dataset_config": "[{\\"id\\": \\"from-job\\"}]' in html
+    assert '"dataset_config": "[{\\"id\\": \\"from-job\\", ' in html
     assert '"lora_rank": 8' in html and "output_dir" not in html.split('id="page-data"')[1]
 
 
