@@ -204,12 +204,17 @@ def _example_setup_hint(dataset_file: Path, settings: ServerSettings) -> str:
     return f"; this example's data is generated: run `{command}` first"
 
 
-def _dataset_problem_text(problem: DatasetProblem, page_file: Path | None, hint: str) -> str:
-    """One dataset problem as a form message: where (file:line, dataset, key), what, and the fix."""
+def _dataset_problem_text(problem: DatasetProblem, folder: Path, hint: str) -> str:
+    """One dataset problem as a form message: where (file:line, dataset, key), what, and the fix.
+
+    Files the server wrote into the job's folder (the page's dataset list, config.json) go by their names.
+    """
     where = []
     if problem.file:
-        shown = DATASET_FILE if page_file is not None and Path(problem.file) == page_file else problem.file
-        where.append(f"{shown}:{problem.line}" if problem.line else shown)
+        inside = Path(problem.file).parent.resolve() == folder.resolve()
+        shown = Path(problem.file).name if inside else problem.file
+        if problem.line or shown != CONFIG_FILE:
+            where.append(f"{shown}:{problem.line}" if problem.line else shown)
     if problem.dataset:
         where.append(problem.dataset)
     if problem.key and not problem.message.startswith(problem.key):
@@ -253,15 +258,15 @@ def _dataset_config_for_check(config: dict[str, Any], loaded: TrainConfig | None
     return None
 
 
-def _check_datasets(config: TrainConfig, roots: Roots, page_file: Path | None, settings: ServerSettings) -> list[Problem]:
+def _check_datasets(config: TrainConfig, roots: Roots, settings: ServerSettings) -> list[Problem]:
     """The dataset list: its paths confined first (nothing about a refused path is looked at), then
     THE dataset validator (``frametuner.config.dataset.validate_dataset_list``), one field error per problem."""
-    path = Path(config.data_backend_config or "")
-    refused = _confine_datasets(path, roots) if path.is_file() else []
+    path = Path(config.data_backend_config) if config.data_backend_config else None
+    refused = _confine_datasets(path, roots) if path is not None and path.is_file() else []
     if refused:
         return refused
-    hint = _example_setup_hint(path, settings)
-    return [Problem(p.field, _dataset_problem_text(p, page_file, hint)) for p in validate_dataset_list(config)]
+    hint = _example_setup_hint(path, settings) if path is not None else ""
+    return [Problem(p.field, _dataset_problem_text(p, roots.job, hint)) for p in validate_dataset_list(config)]
 
 
 def write_job_config(
@@ -306,15 +311,10 @@ def write_job_config(
     for key, path in accepted.items():  # inside the roots: saying what is missing there is fine
         if kinds[key].kind == PATH_INPUT and key != "data_backend_config" and not Path(path).exists():
             result.warnings.append(Problem(key, f"not found on the server: {path}"))
-    if "data_backend_config" in refused or "data_backend_config" in drop:
-        return result
-    if not config.get("data_backend_config"):
-        result.warnings.append(Problem("data_backend_config", "no dataset config: training needs one (edit it below or give a path)"))
-    else:
+    if "data_backend_config" not in refused and "data_backend_config" not in drop:
         dataset_config = _dataset_config_for_check(config, loaded)
         if dataset_config is not None:
-            dataset_config._config_file = str(config_path)
-            result.errors.extend(_check_datasets(dataset_config, roots, page_file, settings))
+            result.errors.extend(_check_datasets(dataset_config, roots, settings))
     return result
 
 

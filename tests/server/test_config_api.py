@@ -53,8 +53,8 @@ def test_check_returns_errors_per_field(client):
     assert len(unknown) == 1 and "did you mean 'lora_rank'" in unknown[0]["message"]
 
 
-def test_whole_config_checks_land_on_the_field_they_name(client):
-    result = client.post("/api/config/check", json={"config": {"model_flavour": "huge"}}).json()
+def test_whole_config_checks_land_on_the_field_they_name(client, demo_config):
+    result = client.post("/api/config/check", json={"config": demo_config | {"model_flavour": "huge"}}).json()
     assert list(result["field_errors"]) == ["model_flavour"]
     assert "available: final, tiny" in result["field_errors"]["model_flavour"][0]
 
@@ -138,3 +138,75 @@ def test_cli_messages_map_to_fields():
 def test_every_form_field_round_trips_its_default_through_the_schema():
     defaults = {f["name"]: f["default"] for f in form_fields()}
     assert TrainConfig.model_validate(defaults).model_dump(mode="json") | {"model_flavour": None} == defaults
+
+
+# ---------------------------------------------------------------------- the dataset list (issue 19 point 3)
+def test_check_calls_the_one_dataset_validator_by_the_name_the_server_uses(client, demo_config, monkeypatch):
+    """The server imports ``validate_dataset_list``: renaming it breaks this import, not the UI."""
+    import frametuner.server.configform as configform
+    from frametuner.config.dataset import DatasetProblem, validate_dataset_list
+
+    assert configform.validate_dataset_list is validate_dataset_list
+    seen = []
+
+    def stand_in(config):
+        seen.append(config.data_backend_config)
+        return [DatasetProblem("data_backend_config", "stand-in problem", "stand-in fix", dataset="dataset 'x'", key="repeats")]
+
+    monkeypatch.setattr(configform, "validate_dataset_list", stand_in)
+    result = client.post("/api/config/check", json={"config": demo_config}).json()
+    assert seen == [demo_config["data_backend_config"]]
+    assert result["field_errors"]["data_backend_config"] == ["dataset 'x': 'repeats': stand-in problem; stand-in fix"]
+
+
+def _dataset_errors(client, config: dict, dataset: str | None = None) -> list[str]:
+    result = client.post("/api/config/check", json={"config": config, "dataset_config": dataset}).json()
+    assert result["ok"] is False
+    return result["field_errors"]["data_backend_config"]
+
+
+def test_check_fails_without_a_dataset_list(client, demo_config, demo_dataset):
+    config = {k: v for k, v in demo_config.items() if k != "data_backend_config"}
+    (message,) = _dataset_errors(client, config)
+    assert message.startswith("is not set; point it at a JSON list of datasets")
+    (message,) = _dataset_errors(client, demo_config | {"data_backend_config": str(demo_dataset.parent / "nope.json")})
+    assert "nope.json not found" in message and "check the path" in message
+
+
+def test_check_fails_for_a_missing_dataset_folder(client, demo_config, demo_dataset):
+    dataset = '[\n  {"id": "clips",\n   "instance_data_dir": "%s"}\n]' % (demo_dataset.parent / "no-clips")
+    (message,) = _dataset_errors(client, demo_config, dataset)
+    assert message.startswith("datasets.json:3: dataset 'clips': 'instance_data_dir': ")
+    assert "no-clips does not exist; fix the path" in message
+
+
+def test_check_fails_for_frames_the_vae_cannot_pack(client, demo_config, demo_dataset):
+    dataset = '[{"id": "clips", "instance_data_dir": "%s",\n  "video": {"num_frames": 92}}]' % (demo_dataset.parent / "clips")
+    (message,) = _dataset_errors(client, demo_config, dataset)
+    assert message.startswith("datasets.json:2: dataset 'clips': 'video.num_frames': 92 frames is not 4k+1")
+    assert message.endswith("use 89 or 93")
+
+
+def test_the_demo_example_fails_check_until_its_clips_are_made(make_settings, tmp_path, demo_dataset):
+    """The shipped example's clips/ exists only after `frametuner demo --dir examples/demo`: Check says so."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from frametuner.server.app import create_app
+    from frametuner.server.settings import package_root
+
+    from .conftest import LOCAL_URL
+
+    examples = tmp_path / "examples"
+    shutil.copytree(package_root() / "examples" / "demo", examples / "demo", ignore=shutil.ignore_patterns("clips", "output"))
+    with TestClient(create_app(make_settings(examples_dir=examples)), base_url=LOCAL_URL) as client:
+        config = client.get("/api/examples/demo").json()["config"]
+        assert config["data_backend_config"] == str(examples / "demo" / "datasets.json")
+        (message,) = _dataset_errors(client, config)
+        assert "dataset 'demo': 'instance_data_dir': " in message and "clips does not exist" in message
+        assert message.endswith(f"this example's data is generated: run `frametuner demo --dir {examples / 'demo'}` first")
+        assert client.post("/api/jobs", json={"config": config}).status_code == 422
+        shutil.copytree(demo_dataset.parent / "clips", examples / "demo" / "clips")  # what `frametuner demo` writes
+        result = client.post("/api/config/check", json={"config": config}).json()
+        assert result["ok"] is True, result["errors"]
