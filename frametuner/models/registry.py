@@ -49,6 +49,18 @@ class FamilyDefaults:
 
 
 @dataclass(frozen=True)
+class ContinuationInfo:
+    """How a family continues a video: the last frames of a video, VAE-encoded, become the
+    clean leading latent frames of the next clip (``frametuner sample --video/--segments``)."""
+
+    cond_frames: int  # default conditioning frames (a valid frame count: 1 + frame_stride * k)
+    # denoise() options a continuation runs with unless turned off (``--no_<name>`` style flags)
+    sampler_options: dict[str, bool] = field(default_factory=dict)
+    # of those, the ones the distilled schedule cannot run with (turned off under ``--distill``)
+    not_with_distill: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class FamilyInfo:
     name: str
     description: str
@@ -61,6 +73,7 @@ class FamilyInfo:
     display_name: str = ""  # for the CLI/web UI ("LongCat-Video")
     lora_formats: tuple[str, ...] = ("peft",)  # LoRA export formats the family writes (config choices)
     geometry: LatentGeometry | None = None  # channels, VAE stride, patch: the frame and size rules
+    continuation: ContinuationInfo | None = None  # None: the family cannot continue videos
 
     @property
     def frame_stride(self) -> int:

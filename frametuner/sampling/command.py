@@ -55,6 +55,11 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", required=True, help="what the video shows")
     parser.add_argument("--negative_prompt", default="", help="what to steer away from (default: the empty prompt, as upstream)")
     parser.add_argument("--image", help="first frame for image-to-video (resized and centre-cropped to --resolution)")
+    parser.add_argument("--video", help="continue this video: its LAST --cond_frames frames (scaled to cover --resolution, centre-cropped) condition the new clip")
+    parser.add_argument("--cond_frames", type=int, default=None, help=f"conditioning frames of a continuation, frame rule 1+4k (default {_family_defaults(lambda i: i.continuation.cond_frames if i.continuation else 'none')})")
+    parser.add_argument("--segments", type=int, default=0, help="long video: after the first clip (text/image-to-video, or the --video continuation), this many continuation segments of --num_frames each, stitched; resumable (segment folder beside --output)")
+    parser.add_argument("--no_kv_cache", action="store_true", help="continuation: run the conditioning frames through the DiT at every step instead of caching their keys/values once (upstream's use_kv_cache=False; a slightly different video)")
+    parser.add_argument("--no_enhance_hf", action="store_true", help="continuation: the plain schedule instead of upstream's enhance_hf tail (50 steps = 50 DiT calls, not 56); off anyway with --distill")
     parser.add_argument("--lora", action="append", default=[], metavar="PATH[:MULTIPLIER]", help="LoRA, repeatable: any file or folder training writes (the PEFT folder lora/peft or its adapter_model.safetensors, lora_upstream.safetensors, lora_comfyui.safetensors) or a PEFT/upstream/ComfyUI file from elsewhere; multiplier default 1.0")
     parser.add_argument("--resolution", default=None, help=f"HEIGHTxWIDTH, multiples of the family's pixel grid (default {_family_defaults(lambda i: i.defaults.resolution)})")
     parser.add_argument("--num_frames", type=int, default=None, help=f"frames, by the family's frame rule (default {_family_defaults(lambda i: f'{i.defaults.frames}, {i.frame_stride}k+1')})")
@@ -132,6 +137,10 @@ def build_request(args: argparse.Namespace, spec):
             loras.append((path, multiplier))
         except (ValueError, LoraFileError) as error:
             problems.append(f"--lora {error}" if not str(error).startswith("--lora") else str(error))
+    video = Path(args.video) if args.video else None
+    cond_frames, sampler_options = None, {}
+    if video is not None or args.segments:
+        cond_frames, sampler_options = _continuation_settings(args, spec, frames, video, problems)
     if problems:
         raise ConfigError(problems)
     if args.distill and not loras:
@@ -140,7 +149,49 @@ def build_request(args: argparse.Namespace, spec):
         prompt=args.prompt, negative_prompt=args.negative_prompt, image=image, loras=loras,
         height=size[0], width=size[1], num_frames=frames, steps=steps, guidance=guidance,
         seed=args.seed, fps=fps, crf=args.crf, distill=args.distill, output=output,
+        video=video, cond_frames=cond_frames, segments=args.segments, sampler_options=sampler_options,
     )
+
+
+# Sampler options a continuation flag turns off (the family says which it has and their defaults).
+_CONTINUATION_SWITCHES = {"no_kv_cache": "use_kv_cache", "no_enhance_hf": "enhance_hf"}
+
+
+def _continuation_settings(args, spec, frames, video: Path | None, problems: list[str]) -> tuple[int | None, dict]:
+    """``--video``/``--segments``/``--cond_frames`` checked against the family; (cond_frames, sampler options)."""
+    from .long_video import continuation_options, continuation_problems
+
+    info = spec.info
+    if video is not None and args.image:
+        problems.append("--image and --video: a clip starts from an image or continues a video, not both; drop one")
+    if info.continuation is None:
+        problems.extend(continuation_problems(info, num_frames=frames, cond_frames=0, segments=args.segments))
+        return None, {}
+    cond_frames = args.cond_frames if args.cond_frames is not None else info.continuation.cond_frames
+    problems.extend(continuation_problems(info, num_frames=frames, cond_frames=cond_frames, segments=args.segments))
+    if video is not None:
+        problems.extend(_video_problems(video, cond_frames, info.frame_stride))
+    turned_off = tuple(option for flag, option in _CONTINUATION_SWITCHES.items() if getattr(args, flag, False))
+    try:
+        options = continuation_options(info, distill=args.distill, turned_off=turned_off)
+    except ValueError as error:
+        problems.append(str(error))
+        options = {}
+    return cond_frames, options
+
+
+def _video_problems(path: Path, cond_frames: int, stride: int) -> list[str]:
+    if not path.is_file():
+        return [f"--video {path}: file not found; give the video to continue (mp4, mov, webm, ...)"]
+    from ..data.media import DecodeError, probe_video
+
+    try:
+        frames = probe_video(path).info.frames
+    except DecodeError as error:
+        return [f"--video {path}: cannot be read as a video ({error})"]
+    if frames < cond_frames:
+        return [f"--video {path}: {frames} frames, fewer than the {cond_frames} conditioning frames; use a longer video or --cond_frames {max(1, frames - (frames - 1) % stride) if frames else 1}"]
+    return []
 
 
 def _image_problems(path: Path) -> list[str]:
@@ -228,7 +279,11 @@ def run_sample(args: argparse.Namespace) -> int:
     check_loras_fit(request, spec, root)
 
     device, dtype = pick_device(args.device), sampling_dtype(config)
-    kind = "image-to-video" if request.image else "text-to-video"
+    kind = "video continuation" if request.video else ("image-to-video" if request.image else "text-to-video")
+    if request.segments:
+        from .long_video import long_video_frames
+
+        kind += f" + {request.segments} continuation segment(s) of {request.cond_frames} conditioning frames: {long_video_frames(request.num_frames, request.cond_frames, request.segments)} frames"
     log.info("%s %dx%d, %d frames, %d steps, guidance %g, seed %d on %s (%s)", kind, request.height, request.width, request.num_frames, request.steps, request.guidance, request.seed, device, str(dtype).removeprefix("torch."))
     started = time.perf_counter()
     outputs = sample_video(request, spec=spec, root=root, device=device, dtype=dtype, attention=config.attention_implementation, shift=config.flow_schedule_shift, config=config)

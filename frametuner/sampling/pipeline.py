@@ -44,6 +44,12 @@ class SampleRequest:
     crf: int = DEFAULT_CRF
     distill: bool = False
     output: Path = Path("out.mp4")
+    # Video continuation / long videos (sampling.long_video): continue the last ``cond_frames``
+    # frames of ``video`` (None: the family's default count), then ``segments`` more segments.
+    video: Path | None = None
+    cond_frames: int | None = None
+    segments: int = 0
+    sampler_options: dict = field(default_factory=dict)  # denoise() options of continuation segments
 
     @property
     def contact_sheet_path(self) -> Path:
@@ -112,6 +118,29 @@ def apply_loras(model, loras) -> None:
         apply_lora(model, path, multiplier)
 
 
+def load_denoiser(spec, root, *, loras=(), device: torch.device, dtype: torch.dtype, attention: str = "auto", config=None):
+    """The family's denoiser in eval mode with ``loras`` applied and, given a ``TrainConfig``,
+    its attention settings and memory options (quantised base, group offload, block swap)."""
+    if config is None:
+        model = spec.load_transformer(root, dtype=dtype, device=device)
+    else:  # quantised base / block swap / group offload of the config
+        from ..memory import load_transformer
+
+        model = load_transformer(spec, root, config, device=device, dtype=dtype, training=False)
+    model.eval()
+    if config is not None:  # attention_implementation + bsa_* keys of a TrainConfig
+        spec.configure_attention(model, config)
+    elif hasattr(model, "set_attention_implementation"):
+        model.set_attention_implementation(attention)
+    apply_loras(model, loras)  # on the quantised layers; before offload places them
+    if config is not None:
+        from ..memory import apply_memory_options
+
+        if not apply_memory_options(model, config, device, training=False).places_model:
+            model.to(device)
+    return model
+
+
 def generate(
     request: SampleRequest,
     *,
@@ -148,23 +177,7 @@ def generate(
         num_cond_latents = cond.shape[1]
         latents[0, :, :num_cond_latents] = cond.to(latents)
 
-    if config is None:
-        model = spec.load_transformer(root, dtype=dtype, device=device)
-    else:  # quantised base / block swap / group offload of the config
-        from ..memory import load_transformer
-
-        model = load_transformer(spec, root, config, device=device, dtype=dtype, training=False)
-    model.eval()
-    if config is not None:  # attention_implementation + bsa_* keys of a TrainConfig
-        spec.configure_attention(model, config)
-    elif hasattr(model, "set_attention_implementation"):
-        model.set_attention_implementation(attention)
-    apply_loras(model, request.loras)  # on the quantised layers; before offload places them
-    if config is not None:
-        from ..memory import apply_memory_options
-
-        if not apply_memory_options(model, config, device, training=False).places_model:
-            model.to(device)
+    model = load_denoiser(spec, root, loras=request.loras, device=device, dtype=dtype, attention=attention, config=config)
     latents = denoise(
         model,
         latents.to(device),
@@ -191,7 +204,12 @@ def generate(
 
 
 def sample_video(request: SampleRequest, *, spec, root, progress: bool = True, **options) -> SampleOutputs:
-    """:func:`generate` (``options``: device, dtype, attention, shift), then the mp4 and its contact sheet (``<output>.png``)."""
+    """:func:`generate` (``options``: device, dtype, attention, shift), then the mp4 and its contact sheet (``<output>.png``).
+    A continuation (``request.video``) or long video (``request.segments``) goes to :mod:`.long_video`."""
+    if request.video is not None or request.segments:
+        from .long_video import sample_long_video
+
+        return sample_long_video(request, spec=spec, root=root, progress=progress, **options)
     frames = generate(request, spec=spec, root=root, progress=progress, **options)
     video = write_video(frames, request.output, fps=request.fps, crf=request.crf)
     sheet = write_contact_sheet(frames, request.contact_sheet_path, prompt=request.prompt)

@@ -14,46 +14,10 @@ from pathlib import Path
 
 import torch
 
-from .denoising import denoise
 from .gallery import ValidationRecord, write_index
-from .pipeline import ValidationOutputs, initial_noise
+from .long_video import continue_frames, read_last_frames  # noqa: F401  (one home: sampling.long_video)
+from .pipeline import ValidationOutputs
 from .video import DEFAULT_CRF, write_contact_sheet, write_video
-
-
-def read_last_frames(path: str | Path, count: int, height: int, width: int) -> torch.Tensor:
-    """The last ``count`` frames of a video, scaled to cover ``height`` x ``width`` and
-    center-cropped: uint8 ``[count, height, width, 3]`` (what a continuation conditions on)."""
-    from ..data.buckets import crop_box
-    from ..data.media import decode_frames, probe_video
-    from ..data.sample import Bucket
-
-    probe = probe_video(path)
-    frames = probe.info.frames
-    if frames < count:
-        raise ValueError(f"{path}: {frames} frames, fewer than the {count} conditioning frames a continuation needs")
-    crop = crop_box(probe.info.height, probe.info.width, Bucket(height, width, count), "center")
-    pixels = decode_frames(probe.info, list(range(frames - count, frames)), crop, pts=probe.pts)
-    return torch.from_numpy(pixels)
-
-
-def continue_frames(
-    model, vae, cond_pixels: torch.Tensor, *, spec, prompt_embeds, prompt_mask, negative_embeds, negative_mask,
-    height: int, width: int, num_frames: int, steps: int, guidance: float, seed: int, device: torch.device,
-) -> torch.Tensor:
-    """One continuation segment: ``cond_pixels`` (uint8 ``[F, H, W, 3]``) encoded, kept clean as
-    the first latent frames, the rest denoised; returns all ``num_frames`` decoded frames
-    (the first ``F`` re-decoded from the conditioning latents)."""
-    cond = vae.encode(cond_pixels).to(torch.float32)
-    k = cond.shape[1]
-    latents = initial_noise((1, *spec.geometry.latent_shape(num_frames, height, width)), seed)
-    latents[0, :, :k] = cond.cpu()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        latents = denoise(
-            model, latents.to(device), prompt_embeds, prompt_mask, negative_embeds, negative_mask,
-            steps=steps, guidance=guidance, num_cond_latents=k,
-        )
-    with torch.no_grad():
-        return vae.decode(latents[0]).cpu()
 
 
 def render_long_validation(

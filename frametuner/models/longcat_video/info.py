@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..registry import FamilyDefaults, FamilyInfo, FlavourInfo, register_family
+from ..registry import ContinuationInfo, FamilyDefaults, FamilyInfo, FlavourInfo, register_family
 from ..spec import LatentGeometry
 
 INFO = FamilyInfo(
@@ -26,6 +26,11 @@ INFO = FamilyInfo(
     lora_formats=("peft", "upstream", "comfyui"),
     # Wan 2.1 VAE: 16 channels, stride 4x8x8; DiT patch (1, 2, 2). Frames are 4k+1, sizes multiples of 16.
     geometry=LatentGeometry(channels=16, vae_stride=(4, 8, 8), patch_size=(1, 2, 2)),
+    # Upstream's generate_vc: 13 conditioning frames (4 latent frames), the condition's KV cache
+    # and the enhance_hf schedule on by default (enhance_hf asserts it is not the distilled schedule).
+    continuation=ContinuationInfo(
+        cond_frames=13, sampler_options={"use_kv_cache": True, "enhance_hf": True}, not_with_distill=("enhance_hf",)
+    ),
 )
 
 register_family(INFO)
