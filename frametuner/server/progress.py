@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..training.events import EVENTS_FILE, read_events
+from ..training.events import EVENTS_FILE, is_superseded, read_events, restart_step
 from .paths import relative_to_job
 
 def read_events_tolerant(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
@@ -59,6 +59,11 @@ class RunProgress:
 
     def apply(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
+        restart = restart_step(event)
+        if restart is not None:  # a resumed launch redoes the steps past its checkpoint: the earlier ones go
+            self.validations = [v for v in self.validations if not is_superseded({"event": "validation", **v}, restart)]
+            if isinstance(self.latest.get("step"), (int, float)) and self.latest["step"] > restart:
+                self.latest = {"step": restart}
         if kind == "start":
             self.max_steps = event.get("max_steps", self.max_steps)
             self.terminal, self.error = None, None

@@ -3,7 +3,11 @@
 The web UI (and anything else) follows a run by tailing this file; it never imports the
 trainer. Every event has ``event`` and ``time`` (unix seconds). Events:
 
-- ``start``: ``max_steps``, ``config`` (the resolved config as JSON), ``pid``
+- ``start``: ``max_steps``, ``step`` (0, or the step resumed at), ``config`` (the resolved config as JSON), ``pid``
+- ``resume``: ``step``, ``checkpoint`` (relative when under output_dir): a run continues from a
+  checkpoint. Events of an earlier launch that got further (``step`` and ``validation``
+  events with a step above it: a killed run's steps, done again now) are superseded;
+  readers drop them (:func:`supersede`), so every step appears once.
 - ``step``: ``step``, ``loss``, ``loss_smoothed``, ``lr``, ``s_per_step``, ``samples_per_s`` (all GPUs),
   ``eta_s``, ``grad_norm``, ``peak_gb`` (rank 0's GPU)
 - ``validation``: ``step``, ``prompt_index``, ``prompt``, ``video`` and ``contact_sheet`` (paths relative to output_dir)
@@ -19,9 +23,10 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 EVENTS_FILE = "events.jsonl"
+SUPERSEDED = ("step", "validation")  # events a later launch redoes after its resume step
 
 
 class EventLog:
@@ -54,3 +59,47 @@ def read_events(path: str | Path, offset: int = 0) -> tuple[list[dict], int]:
     end = data.rfind(b"\n") + 1
     events = [json.loads(line) for line in data[:end].decode("utf-8").splitlines() if line.strip()]
     return events, offset + end
+
+
+def restart_step(event: dict) -> int | None:
+    """The step a launch continues from, for ``resume`` and ``start`` events (None otherwise):
+    events of earlier launches with a higher step are superseded."""
+    if event.get("event") in ("resume", "start") and isinstance(event.get("step"), int):
+        return event["step"]
+    return None
+
+
+def is_superseded(event: dict, restart: int) -> bool:
+    """True for a ``step``/``validation`` event past ``restart`` (an earlier launch's, redone)."""
+    step = event.get("step")
+    return event.get("event") in SUPERSEDED and isinstance(step, (int, float)) and step > restart
+
+
+def supersede(events: Iterable[dict]) -> list[dict]:
+    """``events`` (in file order) as they should be shown: at each ``resume``/``start`` the
+    earlier ``step`` and ``validation`` events past its step are dropped, so each training
+    step appears once, with the values of the launch that kept it."""
+    kept: list[dict] = []
+    for event in events:
+        restart = restart_step(event)
+        if restart is not None:
+            kept = [e for e in kept if not is_superseded(e, restart)]
+        kept.append(event)
+    return kept
+
+
+def read_run(path: str | Path) -> list[dict]:
+    """Every event of a run's ``events.jsonl``, superseded ones dropped (see :func:`supersede`).
+    A damaged line (a launch killed mid-write) is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return supersede(events)

@@ -145,10 +145,7 @@ class Trainer:
                 add_lora_from_file(model, resolve_input_path(config, config.init_lora), dropout=config.lora_dropout)
             else:
                 targets = config.lora_target_modules or list(self.spec.default_lora_targets)
-                add_lora(
-                    model, rank=config.lora_rank, alpha=config.effective_lora_alpha, dropout=config.lora_dropout,
-                    target_modules=targets, family=self.spec,
-                )
+                add_lora(model, rank=config.lora_rank, alpha=config.effective_lora_alpha, dropout=config.lora_dropout, target_modules=targets)
             for param in model.parameters():
                 if param.requires_grad:
                     param.data = param.data.float()  # LoRA weights train in float32
@@ -457,8 +454,13 @@ class Trainer:
         resume = resolve_resume(self.checkpoint_dir, config.resume_from_checkpoint)
         if resume is not None:
             self.resume(resume)
+            where = resume.resolve().relative_to(self.output_dir.resolve()) if resume.resolve().is_relative_to(self.output_dir.resolve()) else resume
+            # Steps past the checkpoint that a killed launch logged are done again: readers drop the old ones.
+            self.events.emit("resume", step=self.global_step, checkpoint=str(where))
         if self.accelerator.is_main_process and config.report_to != "none":
-            self.accelerator.init_trackers(config.tracker_project_name, config={k: str(v) for k, v in config.model_dump().items()})
+            # TensorBoard hides what earlier launches logged from the next step on (they are redone now).
+            purge = {"tensorboard": {"purge_step": self.global_step + 1}}
+            self.accelerator.init_trackers(config.tracker_project_name, config={k: str(v) for k, v in config.model_dump().items()}, init_kwargs=purge)
         self.events.emit("start", max_steps=self.max_steps, step=self.global_step, config=config.model_dump(mode="json"))
         started = time.perf_counter()
 

@@ -23,6 +23,14 @@ class LossChart {
     }
   }
 
+  truncate(step) {
+    // A resumed launch redoes the steps past its checkpoint: the killed launch's go now.
+    const before = this.points.length;
+    while (this.points.length && this.points[this.points.length - 1].step > step) this.points.pop();
+    this.canvas.dataset.points = String(this.points.length);
+    if (this.points.length !== before) this.draw();
+  }
+
   static niceTicks(min, max, count) {
     if (!(max > min)) { max = min + 1; }
     const raw = (max - min) / count;

@@ -94,10 +94,22 @@ function renderCheckpoints() {
   if (rows.length) $("checkpoints").replaceChildren(...rows);
 }
 
+function supersede(step) {
+  // events.jsonl keeps a killed launch's steps past the checkpoint a later launch resumed: drop them.
+  if (!Number.isInteger(step)) return;
+  chart.truncate(step);
+  for (const key of [...run.validations.keys()]) if (key > step) run.validations.delete(key);
+  renderValidations();
+}
+
 function onTrainerEvent(event) {
   switch (event.event) {
     case "start":
       run.maxSteps = event.max_steps;
+      supersede(event.step);
+      break;
+    case "resume":
+      supersede(event.step);
       break;
     case "step":
       chart.add({ step: event.step, loss: event.loss, smoothed: event.loss_smoothed });
