@@ -145,7 +145,10 @@ class Trainer:
                 add_lora_from_file(model, resolve_input_path(config, config.init_lora), dropout=config.lora_dropout)
             else:
                 targets = config.lora_target_modules or list(self.spec.default_lora_targets)
-                add_lora(model, rank=config.lora_rank, alpha=config.effective_lora_alpha, dropout=config.lora_dropout, target_modules=targets)
+                add_lora(
+                    model, rank=config.lora_rank, alpha=config.effective_lora_alpha, dropout=config.lora_dropout,
+                    target_modules=targets, family=self.spec,
+                )
             for param in model.parameters():
                 if param.requires_grad:
                     param.data = param.data.float()  # LoRA weights train in float32
