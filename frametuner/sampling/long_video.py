@@ -249,11 +249,14 @@ def sample_long_video(
     shift: float | None = None,
     progress: bool = True,
     config=None,
+    on_segment=None,
 ) -> SampleOutputs:
     """A continuation of ``request.video`` and/or a long video of ``1 + request.segments``
     segments (see the module docstring); writes the mp4, its contact sheet and one sheet
-    per segment in the segment folder."""
+    per segment in the segment folder. ``on_segment(index, total, seconds)`` is called
+    after each segment this run generates (progress reports, benchmarks)."""
     device = torch.device(device)
+    request = request.resolved(spec)  # unset size/length/steps/guidance/fps: the family's
     info = spec.info
     cond_frames = request.cond_frames if request.cond_frames is not None else (info.continuation.cond_frames if info.continuation else 0)
     problems = continuation_problems(info, num_frames=request.num_frames, cond_frames=cond_frames, segments=request.segments)
@@ -312,7 +315,10 @@ def sample_long_video(
                 )
             folder.save(index, frames)
             write_contact_sheet(frames, folder.path / f"segment_{index:03d}.png", prompt=f"segment {index + 1}/{total}: {request.prompt}")
-            log.info("segment %d/%d done in %.1f s", index + 1, total, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            log.info("segment %d/%d done in %.1f s", index + 1, total, seconds)
+            if on_segment is not None:
+                on_segment(index, total, seconds)
     finally:
         del model, vae
         free_memory(device)
