@@ -45,6 +45,25 @@ def reference_dit():
     return LongCatVideoTransformer3DModel.from_pretrained(REFERENCE / "dit").eval()
 
 
+def module_available(name: str) -> bool:
+    """Whether ``name`` can be imported, for optional dependencies (optimum-quanto, torchao, playwright, httpx).
+
+    ``importlib.util.find_spec("optimum.quanto")`` raises instead of answering when the parent
+    package ``optimum`` is absent (a plain ``pip install -e .``); this answers False.
+    """
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a missing parent package, or a module set to None in sys.modules
+        return False
+
+
+def requires_module(name: str, install: str) -> pytest.MarkDecorator:
+    """Skip a test (with the install command as the reason) when an optional package is absent."""
+    return pytest.mark.skipif(not module_available(name), reason=f"needs {name} (pip install {install}, or pip install -e '.[test]')")
+
+
 def media_file(name: str) -> Path:
     """A real sample file from ../shared; skips the test (with the reason) where it is absent."""
     path = SHARED_MEDIA / name

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 
-import pytest
 import torch
 
 from frametuner.models.longcat_video.spec import DEFAULT_LORA_TARGETS
 from frametuner.models.longcat_video.tiny import TINY_DIT_CONFIG
 from frametuner.models.longcat_video.transformer import LongCatVideoTransformer3DModel
 
+from ..conftest import requires_module
 
-requires_quanto = pytest.mark.skipif(importlib.util.find_spec("optimum.quanto") is None, reason="needs optimum-quanto (pip install -e '.[test]')")
+
+requires_quanto = requires_module("optimum.quanto", "optimum-quanto")
 
 
 def small_dit(depth: int = 4, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides) -> LongCatVideoTransformer3DModel:

@@ -4,13 +4,12 @@ quantised bases train on the GPU."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
 from frametuner.memory import enable_activation_offload, enable_block_swap, enable_group_offload, quantise_transformer
 
+from ..conftest import module_available
 from .helpers import add_test_lora, loss_and_grads, make_batch, small_dit, twin
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -121,14 +120,14 @@ QUANTISED = ["int8-quanto", "int4-quanto", "fp8-torchao"]
 
 
 def fp8_available() -> bool:
-    return importlib.util.find_spec("torchao") is not None and torch.cuda.get_device_capability() >= (8, 9)
+    return module_available("torchao") and torch.cuda.get_device_capability() >= (8, 9)
 
 
 @pytest.mark.parametrize("precision", QUANTISED)
 def test_quantised_base_trains_and_swaps_exactly_on_gpu(precision):
     if precision == "fp8-torchao" and not fp8_available():
         pytest.skip("fp8-torchao needs torchao and an sm89+ GPU")
-    if precision != "fp8-torchao" and importlib.util.find_spec("optimum.quanto") is None:
+    if precision != "fp8-torchao" and not module_available("optimum.quanto"):
         pytest.skip("needs optimum-quanto")
 
     def build():
