@@ -20,9 +20,6 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from ..data.media import decode_frames, decode_image, probe_image, probe_video
-from ..data.sample import CropBox
-
 
 def frame_count(total: int, requested: int, factor: int = 1) -> int:
     """Frames taken from a clip of ``total`` frames: ``requested`` capped at ``total``,
@@ -67,6 +64,9 @@ class Media:
 def load_video(path: Path, frames: int, size: SizeFn, factor: int = 1) -> Media:
     """``frames`` evenly spread frames of a clip, resized to ``size(height, width, count)``;
     raises :class:`~frametuner.data.media.DecodeError` for a file that does not decode."""
+    from ..data.media import decode_frames, probe_video
+    from ..data.sample import CropBox
+
     probe = probe_video(path)
     total = len(probe.pts)
     count = frame_count(total, frames, factor)
@@ -79,6 +79,9 @@ def load_video(path: Path, frames: int, size: SizeFn, factor: int = 1) -> Media:
 
 def load_image(path: Path, size: SizeFn) -> Media:
     """An image (EXIF orientation applied) resized to ``size(height, width, 1)``."""
+    from ..data.media import decode_image, probe_image
+    from ..data.sample import CropBox
+
     info = probe_image(path)
     height, width = size(info.height, info.width, 1)
     crop = CropBox(resize=(height, width), top=0, left=0, size=(height, width))

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from . import DEFAULT_MODEL, QUANTISATIONS  # noqa: F401 - DEFAULT_MODEL re-exported
-from .frames import Media, load_image, load_video
+from .frames import Media
 
 log = logging.getLogger("frametuner.caption")
 
@@ -326,37 +326,23 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 class QwenVLCaptioner:
-    """A loaded Qwen2.5-VL checkpoint that captions batches of :class:`Media`."""
+    """A Qwen2.5-VL model and its processor, captioning batches of :class:`Media`."""
 
-    def __init__(self, model: str, *, device: str | None = None, dtype: str = "auto", quantise: str = "none",
-                 max_new_tokens: int | None = None, frames: int | None = None):
-        from transformers import Qwen2_5_VLForConditionalGeneration
-
-        if quantise not in QUANTISATIONS:
-            raise CaptionModelError(f"--quantize {quantise!r}: choose one of {', '.join(QUANTISATIONS)}")
-        _check_architecture(model)
-        self.name = model
-        self.device = resolve_device(device)
-        torch_dtype = {"auto": torch.bfloat16 if self.device.type == "cuda" else torch.float32, "bf16": torch.bfloat16,
-                       "fp16": torch.float16, "fp32": torch.float32}[dtype]
-        self.processor, settings = build_processor(model)
-        if frames is not None:
-            settings = VisionSettings(**{**settings.__dict__, "frames": frames})
-        self.settings = settings
-        log.info("caption: loading %s (%s%s) on %s", model, str(torch_dtype).removeprefix("torch."),
-                 "" if quantise == "none" else f", {quantise} weights", self.device)
-        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model, dtype=torch_dtype).eval()
-        if quantise != "none":
-            if self.device.type == "cuda":
-                self.model.to(self.device)  # quanto quantises on the device the weights sit on
-            count = quantise_language_model(self.model, quantise)
-            log.info("caption: %d language-model layers quantised to %s (optimum-quanto)", count, quantise)
-        self.model.to(self.device)
-        configured = getattr(self.model.generation_config, "max_new_tokens", None)
+    def __init__(self, model, processor, settings: VisionSettings, *, name: str, max_new_tokens: int | None = None,
+                 generate_kwargs: dict | None = None):
+        self.model, self.processor, self.settings, self.name = model, processor, settings, name
+        configured = getattr(model.generation_config, "max_new_tokens", None)
         self.max_new_tokens = max_new_tokens or configured or DEFAULT_MAX_NEW_TOKENS
+        self.generate_kwargs = dict(generate_kwargs or {})
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     def load(self, path: Path, kind: str) -> Media:
         """Decode one file for the model (thread-safe; raises ``DecodeError``)."""
+        from .frames import load_image, load_video
+
         if kind == "image":
             return load_image(path, self.settings.image_size)
         return load_video(path, self.settings.frames, self.settings.video_size, self.settings.temporal_patch_size)
@@ -365,9 +351,37 @@ class QwenVLCaptioner:
     def caption(self, batch: Sequence[Media], instructions: Sequence[str]) -> list[str]:
         """Decoded answers, one per item (special tokens dropped, not yet normalised)."""
         inputs = processor_inputs(self.processor, batch, instructions).to(self.device)
+        dtype = self.model.model.visual.dtype
         for key in ("pixel_values", "pixel_values_videos"):
             if key in inputs:
-                inputs[key] = inputs[key].to(self.model.dtype)
-        output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens)
+                inputs[key] = inputs[key].to(dtype)
+        output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **self.generate_kwargs)
         answers = output[:, inputs["input_ids"].shape[1]:]  # left padding: every prompt ends at the same column
         return self.processor.batch_decode(answers, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def load_qwen_vl(model: str, *, device: str | None = None, dtype: str = "auto", quantise: str = "none",
+                 max_new_tokens: int | None = None, frames: int | None = None) -> QwenVLCaptioner:
+    """A checkpoint (Hub id or local folder) loaded for captioning: bf16 on a GPU (fp32 on a CPU),
+    or with the language model's weights in int8/int4 (optimum-quanto)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    if quantise not in QUANTISATIONS:
+        raise CaptionModelError(f"--quantize {quantise!r}: choose one of {', '.join(QUANTISATIONS)}")
+    _check_architecture(model)
+    target = resolve_device(device)
+    torch_dtype = {"auto": torch.bfloat16 if target.type == "cuda" else torch.float32, "bf16": torch.bfloat16,
+                   "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    processor, settings = build_processor(model)
+    if frames is not None:
+        settings = VisionSettings(**{**settings.__dict__, "frames": frames})
+    log.info("caption: loading %s (%s%s) on %s", model, str(torch_dtype).removeprefix("torch."),
+             "" if quantise == "none" else f", {quantise} weights", target)
+    network = Qwen2_5_VLForConditionalGeneration.from_pretrained(model, dtype=torch_dtype).eval()
+    if quantise != "none":
+        if target.type == "cuda":
+            network.to(target)  # quantise on the GPU: fast, and int4 keeps its CUDA packing
+        count = quantise_language_model(network, quantise)
+        log.info("caption: %d language-model layers quantised to %s (optimum-quanto)", count, quantise)
+    network.to(target)
+    return QwenVLCaptioner(network, processor, settings, name=model, max_new_tokens=max_new_tokens)

@@ -69,15 +69,15 @@ class CaptionReport:
 
 def load_captioner(options: CaptionOptions) -> Captioner:
     """The model named by ``--model``: ``tiny`` (built locally), a Hub id or a local folder."""
-    from .qwen_vl import QwenVLCaptioner
+    from .qwen_vl import load_qwen_vl
 
     model = options.model
     if model == "tiny":
         from .tiny import ensure_tiny_captioner
 
         model = str(ensure_tiny_captioner())
-    return QwenVLCaptioner(model, device=options.device, dtype=options.dtype, quantise=options.quantize,
-                           max_new_tokens=options.max_new_tokens, frames=options.frames)
+    return load_qwen_vl(model, device=options.device, dtype=options.dtype, quantise=options.quantize,
+                        max_new_tokens=options.max_new_tokens, frames=options.frames)
 
 
 def _batches(items: list[MediaFile], size: int) -> Iterator[list[MediaFile]]:

@@ -57,7 +57,9 @@ def release_freed_host_memory() -> None:
         pass
 
 
-def _read(names: list[str], files: dict[str, Path], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _read(names: list[str], files: dict[str, Path], dtype: torch.dtype, keep_fp32: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Tensors ``names`` cast to ``dtype``, except those under a module named in ``keep_fp32``
+    (diffusers' ``_keep_in_fp32_modules``: read in float32, as ``from_pretrained`` does)."""
     from safetensors import safe_open
 
     by_file: dict[Path, list[str]] = defaultdict(list)
@@ -70,17 +72,18 @@ def _read(names: list[str], files: dict[str, Path], dtype: torch.dtype) -> dict[
                 tensor = handle.get_tensor(key)
                 # Always a copy: a tensor viewing the memory map would keep the whole shard
                 # mapped (and resident) for as long as the model lives.
-                tensors[key] = tensor.to(dtype if tensor.is_floating_point() else tensor.dtype, copy=True)
+                target = torch.float32 if any(part in keep_fp32 for part in key.split(".")) else dtype
+                tensors[key] = tensor.to(target if tensor.is_floating_point() else tensor.dtype, copy=True)
     return tensors
 
 
-def _assign(module: nn.Module, prefix: str, files: dict[str, Path], dtype: torch.dtype, source: Path) -> None:
+def _assign(module: nn.Module, prefix: str, files: dict[str, Path], dtype: torch.dtype, source: Path, keep_fp32: tuple[str, ...] = ()) -> None:
     expected = list(module.state_dict().keys())
     names = [prefix + key for key in expected]
     missing = [name for name in names if name not in files]
     if missing:
         raise KeyError(f"{source}: the checkpoint lacks {missing[0]} (and {len(missing) - 1} more); is it the right model?")
-    tensors = _read(names, files, dtype)
+    tensors = _read(names, files, dtype, keep_fp32)
     module.load_state_dict({key: tensors[prefix + key] for key in expected}, strict=True, assign=True)
 
 
@@ -105,6 +108,7 @@ def load_blockwise(
     with init_empty_weights():
         model = model_class.from_config(config)
     files = weight_map(folder)
+    keep_fp32 = tuple(getattr(model_class, "_keep_in_fp32_modules", None) or ())
     blocks = getattr(model, blocks_attr)
     known = set(model.state_dict().keys())
     unexpected = sorted(set(files) - known)
@@ -113,10 +117,17 @@ def load_blockwise(
 
     for name, child in model.named_children():
         if child is not blocks:
-            _assign(child, f"{name}.", files, dtype, folder)
+            _assign(child, f"{name}.", files, dtype, folder, keep_fp32)
             child.to(device)
+    # Parameters of the model itself (Wan's output scale_shift_table), not of a child module.
+    own = [name for name, _ in model.named_parameters(recurse=False)]
+    if own:
+        tensors = _read(own, files, dtype, keep_fp32)
+        for name in own:
+            requires_grad = getattr(model, name).requires_grad
+            setattr(model, name, nn.Parameter(tensors[name].to(device), requires_grad=requires_grad))
     for index, block in enumerate(blocks):
-        _assign(block, f"{blocks_attr}.{index}.", files, dtype, folder)
+        _assign(block, f"{blocks_attr}.{index}.", files, dtype, folder, keep_fp32)
         if prepare_block is not None:
             prepare_block(block)
             release_freed_host_memory()

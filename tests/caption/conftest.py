@@ -16,6 +16,6 @@ def tiny_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_captioner(tiny_root):
-    from frametuner.caption.qwen_vl import QwenVLCaptioner
+    from frametuner.caption.qwen_vl import load_qwen_vl
 
-    return QwenVLCaptioner(str(tiny_root), device="cpu")
+    return load_qwen_vl(str(tiny_root), device="cpu")

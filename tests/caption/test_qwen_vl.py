@@ -80,3 +80,22 @@ def test_processor_inputs_follow_the_model_card_usage(tiny_captioner):
     with torch.inference_mode():
         out = tiny_captioner.model(**inputs)
     assert out.logits.shape[:2] == ids.shape and torch.isfinite(out.logits).all()
+
+
+def test_int8_load_quantises_the_language_model_only(tiny_root):
+    """--quantize int8: every Linear of the language model becomes a quanto QLinear with int8
+    weights; the vision tower and output head stay as they were; captions still come out."""
+    from optimum.quanto import QLinear, qint8
+
+    from frametuner.caption.qwen_vl import load_qwen_vl
+
+    captioner = load_qwen_vl(str(tiny_root), device="cpu", quantise="int8")
+    language = captioner.model.model.language_model
+    linears = [m for m in language.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(isinstance(m, QLinear) and m.weight_qtype == qint8 for m in linears)
+    assert not any(isinstance(m, QLinear) for m in captioner.model.model.visual.modules())
+    assert not isinstance(captioner.model.lm_head, QLinear)
+    rng = np.random.default_rng(2)
+    clip = Media(path="a.mp4", kind="video", frames=rng.integers(0, 256, (4, 56, 56, 3), dtype=np.uint8),
+                 indices=[0, 3, 6, 9], total_frames=10, fps=10.0)
+    assert captioner.caption([clip], ["Describe this video."])[0].strip()
