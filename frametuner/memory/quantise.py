@@ -43,13 +43,21 @@ def is_quantisable(module: nn.Module, name: str = "") -> bool:
     return type(module) is nn.Linear and not any(part.startswith("lora_") for part in name.split("."))
 
 
+def _installed(name: str) -> bool:
+    """``find_spec`` that answers False instead of raising when the parent package (``optimum``) is absent."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def check_quantisation_supported(precision: str, device: torch.device | str) -> None:
     """Raise :class:`MemoryOptionError` with the fix when ``precision`` cannot run on ``device``."""
     device = torch.device(device)
     if precision not in QUANTISED_PRECISIONS:
         raise MemoryOptionError(f"base_model_precision {precision!r} is not a quantised precision ({', '.join(QUANTISED_PRECISIONS)})")
     if precision in QUANTO_WEIGHTS:
-        if importlib.util.find_spec("optimum.quanto") is None:
+        if not _installed("optimum.quanto"):
             raise MemoryOptionError(f"base_model_precision {precision!r} needs optimum-quanto: pip install optimum-quanto (or frametuner[quant])")
         if device.type == "mps" and precision == "int4-quanto":
             raise MemoryOptionError("base_model_precision 'int4-quanto' has no Apple MPS kernels; use 'int8-quanto' on a Mac")
@@ -70,7 +78,7 @@ def check_quantisation_supported(precision: str, device: torch.device | str) -> 
             f"base_model_precision 'fp8-torchao' needs float8 support (sm89+: RTX 40xx, L4, H100); "
             f"{name} is sm{capability[0]}{capability[1]}; use 'int8-quanto'"
         )
-    if importlib.util.find_spec("torchao") is None:
+    if not _installed("torchao"):
         raise MemoryOptionError("base_model_precision 'fp8-torchao' needs torchao: pip install torchao (or frametuner[fp8])")
 
 

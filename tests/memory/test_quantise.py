@@ -100,8 +100,22 @@ def test_quantising_trainable_weights_is_rejected():
 def test_fp8_needs_a_float8_gpu():
     with pytest.raises(MemoryOptionError, match="fp8-torchao' needs a CUDA GPU with float8 support.*use 'int8-quanto'"):
         check_quantisation_supported("fp8-torchao", "cpu")
+
+
+@requires_quanto
+def test_int4_has_no_mps_kernels():
     with pytest.raises(MemoryOptionError, match="int4-quanto' has no Apple MPS kernels"):
         check_quantisation_supported("int4-quanto", "mps")
+
+
+def test_a_missing_optimum_is_one_clear_error(monkeypatch):
+    """Without optimum (a plain ``pip install -e .``) quanto precisions name the install, not a traceback."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "optimum", None)
+    for precision in ("int8-quanto", "int4-quanto"):
+        with pytest.raises(MemoryOptionError, match=f"'{precision}' needs optimum-quanto: pip install optimum-quanto"):
+            check_quantisation_supported(precision, "cpu")
 
 
 @requires_quanto
