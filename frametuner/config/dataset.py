@@ -1,8 +1,8 @@
 """The dataset list (``data_backend_config``): one entry per folder of clips or images.
 
 SimpleTuner-style keys, validated like the main config: every problem is one line
-naming the file, the dataset id and the key. Frame-count rules (4k+1 for LongCat) come
-from the model spec's temporal stride, never from a hard-coded family. No torch here.
+naming the file, the dataset id and the key. Frame-count rules and the default frame
+count come from the model family's registry entry, never from a hard-coded family. No torch here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator, ValidationInfo
 
 from .conditioning import ConditioningMix, dataset_mix, dataset_problems
 from .errors import ConfigError, did_you_mean, format_pydantic_errors
@@ -29,8 +29,8 @@ CONDITIONING_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 class VideoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    num_frames: int = Field(
-        93, ge=1, description="Frames per sample (aspect_ratio); the longest sample (resolution_frames). Must satisfy the model's frame rule (4k+1)"
+    num_frames: int | None = Field(
+        None, ge=1, description="Frames per sample (aspect_ratio); the longest sample (resolution_frames). Must satisfy the model's frame rule (4k+1); null = the family's default"
     )
     min_frames: int | None = Field(
         None, ge=1, description="Skip clips with fewer usable frames; shorter clips above it are trimmed to the largest valid count. Default: num_frames (aspect_ratio), frame_interval+1 (resolution_frames)"
@@ -99,7 +99,7 @@ class DatasetConfig(BaseModel):
     video: VideoOptions = Field(default_factory=VideoOptions, description="Frame options (video datasets)")
 
     @model_validator(mode="after")
-    def _checks(self) -> "DatasetConfig":
+    def _checks(self, info: ValidationInfo) -> "DatasetConfig":
         if not re.fullmatch(r"[A-Za-z0-9._-]+", self.id):
             raise ValueError(f"id {self.id!r} may use only letters, digits, '.', '_' and '-' (it names cache folders)")
         self.target_area()  # raises on a bad resolution
@@ -111,6 +111,12 @@ class DatasetConfig(BaseModel):
         if self.caption_strategy not in ("jsonl", "csv") and self.manifest is not None:
             raise ValueError(f"'manifest' is only read with caption_strategy jsonl or csv (this one is {self.caption_strategy!r})")
         video = self.video
+        if video.num_frames is None:  # the family's default length (validation context "model_family", else the default family)
+            from ..models.registry import family_info
+            from .schema import DEFAULT_MODEL_FAMILY
+
+            family = (info.context or {}).get("model_family", DEFAULT_MODEL_FAMILY)
+            object.__setattr__(video, "num_frames", family_info(family).defaults.frames)
         if video.min_frames is not None and video.min_frames > video.num_frames:
             raise ValueError(f"video.min_frames {video.min_frames} is above video.num_frames {video.num_frames}; lower it")
         if video.max_frames is not None and video.max_frames < self.min_frames:
@@ -302,7 +308,7 @@ def _key_lines(text: str) -> dict[tuple, int]:
 
 
 def _check_frame_rules(dataset: DatasetConfig, stride: int) -> list[tuple[str, str, str]]:
-    """Frame counts the VAE can pack: ``1 + stride * k`` (LongCat: 4k+1). (key, message, fix) triples."""
+    """Frame counts the VAE can pack: ``1 + stride * k`` (the family's stride). (key, message, fix) triples."""
     if dataset.dataset_type != "video":
         return []
     video = dataset.video
@@ -415,9 +421,9 @@ def _read_dataset_list(config: TrainConfig, frame_stride: int | None) -> tuple[l
             )
         ]
     if frame_stride is None:
-        from ..models.registry import load_spec
+        from ..models.registry import family_info
 
-        frame_stride = int(load_spec(config.model_family).geometry.vae_stride[0])
+        frame_stride = family_info(config.model_family).frame_stride
     lines = _key_lines(text)
 
     def line_of(number: int, key: str | None) -> int | None:
@@ -442,7 +448,7 @@ def _read_dataset_list(config: TrainConfig, frame_stride: int | None) -> tuple[l
             problem(number, label, None, f"each dataset is a JSON object {{...}}, got {type(entry).__name__}", 'write {"id": ..., "instance_data_dir": ...}')
             continue
         try:
-            dataset = DatasetConfig.model_validate(entry)
+            dataset = DatasetConfig.model_validate(entry, context={"model_family": config.model_family})
         except ValidationError as error:
             for key, message, fix in _pydantic_problems(error):
                 problem(number, label, key, message, fix)

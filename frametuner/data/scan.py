@@ -292,9 +292,9 @@ def scan_datasets(config: TrainConfig, *, require_samples: bool = True, summary:
     Prints a summary table of skipped files by reason (``summary``), and raises
     :class:`EmptyDatasetError` when a dataset has no usable sample (``require_samples``).
     """
-    from ..models.registry import load_spec
+    from ..models.registry import family_info
 
-    stride = int(load_spec(config.model_family).geometry.vae_stride[0])
+    stride = family_info(config.model_family).frame_stride
     datasets = load_dataset_configs(config, frame_stride=stride)
     seed = config.seed if config.seed is not None else 0
     result = ScanResult(datasets={}, frame_stride=stride)

@@ -16,6 +16,7 @@ _EXPORTS = {
     "generate": "pipeline",
     "sample_video": "pipeline",
     "render_validation": "pipeline",
+    "VideoSettings": "pipeline",
     "decode_pending_validations": "pipeline",
     "initial_noise": "pipeline",
     "condition_image": "pipeline",

@@ -44,7 +44,7 @@ def _with_distill(value, distilled) -> str:
 
 
 def _family_defaults(describe) -> str:
-    """A default as each model family has it: ``"the family's: a: 93, b: 81"``."""
+    """A default as each model family has it: ``"the family's: <family>: <value>, ..."``."""
     from ..models.registry import families
 
     return "the family's: " + ", ".join(f"{name}: {describe(info)}" for name, info in families().items())

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..models.family import TextConditioning
 from .denoising import denoise
 from .gallery import ValidationRecord, write_index
 from .video import DEFAULT_CRF, temporary_beside, write_contact_sheet, write_video
@@ -26,21 +27,63 @@ log = logging.getLogger("frametuner.sampling")
 VALIDATION_DIR_NAME = "validation"
 
 
+@dataclass(frozen=True)
+class VideoSettings:
+    """How one video is sampled and written (the validation plumbing's one settings object).
+
+    None: the model family's default (:meth:`resolved`).
+    """
+
+    height: int | None = None
+    width: int | None = None
+    num_frames: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int = 42
+    fps: int | None = None
+    crf: int = DEFAULT_CRF
+    distill: bool = False
+
+    def resolved(self, spec) -> "VideoSettings":
+        from dataclasses import replace
+
+        from ..models.family import DenoiseSettings
+
+        d = spec.defaults
+        settings = DenoiseSettings(steps=self.steps, guidance=self.guidance, distill=self.distill).resolved(d)
+        return replace(
+            self,
+            height=d.height if self.height is None else self.height,
+            width=d.width if self.width is None else self.width,
+            num_frames=d.frames if self.num_frames is None else self.num_frames,
+            steps=settings.steps,
+            guidance=settings.guidance,
+            fps=d.fps if self.fps is None else self.fps,
+        )
+
+    def record(self) -> dict:
+        """The settings a validation record stores."""
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
 @dataclass
 class SampleRequest:
-    """One video to generate; defaults are upstream's (480x832, 93 frames, 50 steps, guidance 4, 15 fps)."""
+    """One video to generate; size, length, steps, guidance and fps left None are the model
+    family's defaults (:meth:`resolved`)."""
 
     prompt: str
     negative_prompt: str = ""  # upstream's CFG uses "" when no negative prompt is given
     image: Path | None = None  # image-to-video: the first frame
     loras: list[tuple[Path, float]] = field(default_factory=list)
-    height: int = 480
-    width: int = 832
-    num_frames: int = 93
-    steps: int = 50
-    guidance: float = 4.0
+    height: int | None = None
+    width: int | None = None
+    num_frames: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
     seed: int = 42
-    fps: int = 15
+    fps: int | None = None
     crf: int = DEFAULT_CRF
     distill: bool = False
     output: Path = Path("out.mp4")
@@ -54,6 +97,25 @@ class SampleRequest:
     @property
     def contact_sheet_path(self) -> Path:
         return Path(self.output).with_suffix(".png")
+
+    def resolved(self, spec) -> "SampleRequest":
+        """A copy with every unset setting taken from the family (``spec.defaults``; the
+        distilled steps/guidance with ``distill``)."""
+        from dataclasses import replace
+
+        from ..models.family import DenoiseSettings
+
+        d = spec.defaults
+        settings = DenoiseSettings(steps=self.steps, guidance=self.guidance, distill=self.distill).resolved(d)
+        return replace(
+            self,
+            height=d.height if self.height is None else self.height,
+            width=d.width if self.width is None else self.width,
+            num_frames=d.frames if self.num_frames is None else self.num_frames,
+            steps=settings.steps,
+            guidance=settings.guidance,
+            fps=d.fps if self.fps is None else self.fps,
+        )
 
 
 @dataclass
@@ -161,6 +223,7 @@ def generate(
     block swap) apply to the DiT.
     """
     device = torch.device(device)
+    request = request.resolved(spec)
     use_cfg = request.guidance > 1.0
     prompts = [request.negative_prompt, request.prompt] if use_cfg else [request.prompt]
     embeds, mask = encode_prompts(spec, root, prompts, device=device, dtype=dtype)
@@ -206,6 +269,7 @@ def generate(
 def sample_video(request: SampleRequest, *, spec, root, progress: bool = True, **options) -> SampleOutputs:
     """:func:`generate` (``options``: device, dtype, attention, shift), then the mp4 and its contact sheet (``<output>.png``).
     A continuation (``request.video``) or long video (``request.segments``) goes to :mod:`.long_video`."""
+    request = request.resolved(spec)
     if request.video is not None or request.segments:
         from .long_video import sample_long_video
 
@@ -245,26 +309,17 @@ def render_validation(
     step: int,
     prompt_index: int,
     prompt: str,
-    prompt_embeds: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    negative_embeds: torch.Tensor | None = None,
-    negative_mask: torch.Tensor | None = None,
-    height: int = 480,
-    width: int = 832,
-    num_frames: int = 93,
-    steps: int = 40,
-    guidance: float = 4.0,
-    seed: int = 42,
-    fps: int = 15,
-    crf: int = DEFAULT_CRF,
+    text: TextConditioning,
+    video: VideoSettings = VideoSettings(),
     cond_latents: torch.Tensor | None = None,
-    distill: bool = False,
     device: torch.device | str | None = None,
     progress: bool = False,
     write: bool = True,
     kind: str = "prompt",
 ) -> ValidationOutputs | None:
-    """One validation video from an already loaded DiT and cached prompt embeddings.
+    """One validation video from an already loaded DiT and cached prompt embeddings
+    (``text``: the prompt's and, for guidance > 1, the negative prompt's), sampled as
+    ``video`` says (its unset values: the family's defaults).
 
     Writes ``<validation_dir>/step{step:06d}_prompt{i:02d}.mp4`` + ``.png`` + ``.json`` and
     rebuilds ``index.html``. ``cond_latents`` (normalised ``[C, k, h, w]``) makes it
@@ -279,7 +334,8 @@ def render_validation(
     """
     folder = Path(validation_dir)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    latents = initial_noise((1, *spec.geometry.latent_shape(num_frames, height, width)), seed)
+    video = video.resolved(spec)
+    latents = initial_noise((1, *spec.geometry.latent_shape(video.num_frames, video.height, video.width)), video.seed)
     num_cond_latents = 0
     if cond_latents is not None:
         cond = cond_latents.reshape(-1, *cond_latents.shape[-4:])[0]
@@ -291,16 +347,16 @@ def render_validation(
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             latents = denoise(
-                model, latents.to(device), prompt_embeds, prompt_mask, negative_embeds, negative_mask,
-                steps=steps, guidance=guidance, num_cond_latents=num_cond_latents,
-                distill=distill, progress=progress,
+                model, latents.to(device), text.prompt_embeds, text.prompt_mask, text.negative_embeds, text.negative_mask,
+                steps=video.steps, guidance=video.guidance, num_cond_latents=num_cond_latents,
+                distill=video.distill, progress=progress,
             )
     finally:
         model.train(was_training)
     if not write:
         return None
 
-    settings = dict(height=height, width=width, num_frames=num_frames, steps=steps, guidance=guidance, seed=seed, fps=fps, crf=crf, distill=distill, image_to_video=num_cond_latents > 0)
+    settings = dict(video.record(), image_to_video=num_cond_latents > 0)
     if kind == "continuation":
         settings.update(image_to_video=False, cond_latent_frames=num_cond_latents)
     record = ValidationRecord(step, prompt_index, prompt, settings=settings, kind=kind)
@@ -316,7 +372,7 @@ def render_validation(
         return ValidationOutputs(record=record.save(folder), index=write_index(folder), latents=path)
     with torch.no_grad():
         frames = vae.decode(latents[0]).cpu()
-    return _write_outputs(folder, record, frames, fps, crf)
+    return _write_outputs(folder, record, frames, video.fps, video.crf)
 
 
 def decode_pending_validations(validation_dir: str | Path, vae) -> list[ValidationOutputs]:
@@ -334,7 +390,7 @@ def decode_pending_validations(validation_dir: str | Path, vae) -> list[Validati
         with torch.no_grad():
             frames = vae.decode(load_file(str(latents_path))["latents"]).cpu()
         record.latents = None
-        fps, crf = record.settings.get("fps", 15), record.settings.get("crf", DEFAULT_CRF)
+        fps, crf = record.settings["fps"], record.settings.get("crf", DEFAULT_CRF)  # every record stores its fps
         done.append(_write_outputs(folder, record, frames, fps, crf))
         latents_path.unlink(missing_ok=True)
     return done

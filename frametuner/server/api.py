@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from starlette.background import BackgroundTask
 
 from ..config import check_frame_count, parse_resolution
@@ -68,6 +68,21 @@ class LoraChoice(_Body):
 
 
 class SampleJobRequest(_Body):
+def _family(info: ValidationInfo) -> str:
+    """The request's model family for its frame and size rules (the default family when unset or unknown;
+    an unknown one is reported when the job's config is checked)."""
+    from ..config.schema import DEFAULT_MODEL_FAMILY
+    from ..models.registry import families
+
+    family = (info.data or {}).get("model_family")
+    return family if family in families() else DEFAULT_MODEL_FAMILY
+
+
+class VideoChoice(_Body):
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
+    path: str = Field(min_length=1, max_length=1000, description="a video inside that job's folder (validation or preview video)")
+
+
     name: str = Field("", max_length=200)
     base_job_id: str | None = Field(None, pattern=JOB_ID_PATTERN, description="take model settings from this training job")
     model_family: str | None = Field(None, max_length=100)
@@ -76,10 +91,11 @@ class SampleJobRequest(_Body):
     negative_prompt: str = Field("", max_length=4000)
     image: str | None = Field(None, max_length=40_000_000, description="first frame as a data URL (PNG, JPEG, WebP)")
     lora: LoraChoice | None = None
-    resolution: str = "480x832"
-    num_frames: int = Field(93, ge=1, le=2049)
-    steps: int = Field(50, ge=1, le=1000)
-    guidance: float = Field(4.0, ge=0.0, le=50.0)
+    # None: the model family's default (the sample command asks the family).
+    resolution: str | None = None
+    num_frames: int | None = Field(None, ge=1, le=2049)
+    steps: int | None = Field(None, ge=1, le=1000)
+    guidance: float | None = Field(None, ge=0.0, le=50.0)
     seed: int = Field(42, ge=0, le=2**63 - 1)
     fps: int | None = Field(None, ge=1, le=240)
     start: bool = True
@@ -93,14 +109,16 @@ class SampleJobRequest(_Body):
 
     @field_validator("resolution")
     @classmethod
-    def _resolution(cls, value: str) -> str:
-        height, width = parse_resolution(value)
+    def _resolution(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        height, width = parse_resolution(value, _family(info))
         return f"{height}x{width}"
 
     @field_validator("num_frames")
     @classmethod
-    def _frames(cls, value: int) -> int:
-        return check_frame_count(value)
+    def _frames(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return value if value is None else check_frame_count(value, _family(info))
 
 
 # ---------------------------------------------------------------------- helpers

@@ -210,13 +210,9 @@ class JobManager:
             args.append(f"--image={p['image_path']}")
         if p.get("lora_path"):
             args.append(f"--lora={p['lora_path']}:{p.get('lora_multiplier', 1.0)}")
-        args += [
-            f"--resolution={p['resolution']}",
-            f"--num_frames={p['num_frames']}",
-            f"--steps={p['steps']}",
-            f"--guidance={p['guidance']}",
-            f"--seed={p['seed']}",
-        ]
+        # Unset size/length/steps/guidance: the sample command takes the model family's defaults.
+        args += [f"--{key}={p[key]}" for key in ("resolution", "num_frames", "steps", "guidance") if p.get(key) is not None]
+        args.append(f"--seed={p['seed']}")
         if p.get("fps"):
             args.append(f"--fps={p['fps']}")
         args.append(f"--output={self.output_dir(job.id) / SAMPLE_VIDEO}")

@@ -10,12 +10,15 @@ import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
 from ..cache.entries import pad_text
 from ..config import ConfigError
+
+if TYPE_CHECKING:
+    from ..sampling.pipeline import VideoSettings
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +129,14 @@ class Validator:
             return True
         free, _ = torch.cuda.mem_get_info(device)
         height, width = self.config.validation_size
-        # Tiled Wan VAE decoding of a 480p clip peaks near 5 GB; keep a margin.
+        # Tiled VAE decoding of a 480p clip peaks near 5 GB; keep a margin.
         needed = 6 * 2**30 * max(1.0, height * width / (480 * 832))
         return free > needed
 
     def __call__(self, trainer, step: int) -> None:
         """Render every prompt (main process). Under FSDP the trainer calls this on every
         rank: the others run the same forwards, which the sharded model needs, and write nothing."""
+        from ..models.family import TextConditioning
         from ..sampling import render_validation
 
         config = self.config
@@ -165,13 +169,9 @@ class Validator:
                 embeds, mask = pad_text(text, length)
                 negative, negative_mask = pad_text(negative_text, length)
                 outputs = render_validation(
-                    model, vae, spec=self.spec, validation_dir=self.folder, step=step, prompt_index=index,
-                    prompt=item.prompt, prompt_embeds=embeds[None], prompt_mask=mask[None],
-                    negative_embeds=negative[None], negative_mask=negative_mask[None],
-                    height=size[0], width=size[1], num_frames=config.validation_num_video_frames,
-                    steps=config.validation_num_inference_steps, guidance=config.validation_guidance,
-                    seed=self.seed, fps=config.validation_fps, crf=config.validation_video_crf, cond_latents=item.cond_latents,
-                    device=device, write=writer, kind=item.kind,
+                    model, vae, spec=self.spec, validation_dir=self.folder, step=step, prompt_index=index, prompt=item.prompt,
+                    text=TextConditioning(embeds[None], mask[None], negative[None], negative_mask[None]),
+                    video=self.video_settings(size), cond_latents=item.cond_latents, device=device, write=writer, kind=item.kind,
                 )
                 if writer:
                     self._report(trainer, step, index, item.prompt, outputs, kind=item.kind)
@@ -194,6 +194,17 @@ class Validator:
                 gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
+
+    def video_settings(self, size: tuple[int, int]) -> VideoSettings:
+        """The config's validation_* settings as one object (``size``: height, width)."""
+        from ..sampling.pipeline import VideoSettings
+
+        config = self.config
+        return VideoSettings(
+            height=size[0], width=size[1], num_frames=config.validation_num_video_frames,
+            steps=config.validation_num_inference_steps, guidance=config.validation_guidance,
+            seed=self.seed, fps=config.validation_fps, crf=config.validation_video_crf,
+        )
 
     @property
     def seed(self) -> int:
@@ -233,7 +244,7 @@ def continuation_prompts(config, spec, scan, latent_cache, prompts: list[Validat
 
     ``"eval_dataset"``: each clip of ``eval_dataset_id`` continued from its first
     ``validation_cond_frames`` frames, whose latents are the first latent frames of the
-    clip's cache entry (the Wan VAE is causal: docs/conditioning.md), at the clip's size.
+    clip's cache entry (the VAE is causal: docs/conditioning.md), at the clip's size.
     A video file: its last ``validation_cond_frames`` frames at ``validation_resolution``,
     encoded once here (before the DiT is loaded), continued with each validation prompt.
     """

@@ -169,7 +169,8 @@ def test_sample_end_to_end_tiny_model(capsys, tmp_path):
 
 def test_decode_command_turns_deferred_latents_into_videos(capsys, tmp_path, monkeypatch):
     from frametuner.models.registry import load_spec
-    from frametuner.sampling import render_validation
+    from frametuner.models.family import TextConditioning
+    from frametuner.sampling import VideoSettings, render_validation
 
     fakes = FakeComponents(monkeypatch, LongCatVideoSpec)
     spec = load_spec("longcat_video")
@@ -177,7 +178,7 @@ def test_decode_command_turns_deferred_latents_into_videos(capsys, tmp_path, mon
     embeds, mask = fakes.text_encoder.encode(["a red fox"])
     validation = tmp_path / "run" / "validation"
     render_validation(dit, None, spec=spec, validation_dir=validation, step=10, prompt_index=0, prompt="a red fox",
-                      prompt_embeds=embeds, prompt_mask=mask, guidance=1.0, height=32, width=48, num_frames=9, steps=1)
+                      text=TextConditioning(embeds, mask), video=VideoSettings(guidance=1.0, height=32, width=48, num_frames=9, steps=1))
     assert not list(validation.glob("*.mp4"))
     code = main(["decode", "--output_dir", str(tmp_path / "run"), *TINY])
     assert code == 0, capsys.readouterr().err

@@ -12,7 +12,8 @@ from frametuner.models.longcat_video.spec import LongCatVideoSpec
 from frametuner.models.registry import load_spec
 from frametuner.sampling import denoise, initial_noise
 from frametuner.sampling.gallery import load_records
-from frametuner.sampling.pipeline import SampleRequest, condition_image, decode_pending_validations, generate, render_validation, sample_video
+from frametuner.models.family import TextConditioning
+from frametuner.sampling.pipeline import SampleRequest, VideoSettings, condition_image, decode_pending_validations, generate, render_validation, sample_video
 
 from .fakes import FakeComponents
 
@@ -119,7 +120,7 @@ def test_render_validation_outputs_and_training_state(spec, fakes, tiny_dit, tmp
     rng_before = torch.get_rng_state()
     outputs = render_validation(
         tiny_dit, fakes.vae, spec=spec, validation_dir=tmp_path, step=100, prompt_index=1, prompt="a red fox",
-        **_validation_inputs(fakes), seed=5, fps=15, **SMALL,
+        text=TextConditioning(**_validation_inputs(fakes)), video=VideoSettings(seed=5, fps=15, **SMALL),
     )
     assert tiny_dit.training, "train mode restored"
     assert torch.equal(torch.get_rng_state(), rng_before), "training RNG untouched"
@@ -134,14 +135,16 @@ def test_render_validation_outputs_and_training_state(spec, fakes, tiny_dit, tmp
 
 def test_render_validation_image_to_video(spec, fakes, tiny_dit, tmp_path):
     cond = torch.randn(16, 1, 4, 6, generator=torch.Generator().manual_seed(0))
-    render_validation(tiny_dit, fakes.vae, spec=spec, validation_dir=tmp_path, step=0, prompt_index=0, prompt="p", cond_latents=cond, **_validation_inputs(fakes), **SMALL)
+    render_validation(tiny_dit, fakes.vae, spec=spec, validation_dir=tmp_path, step=0, prompt_index=0, prompt="p", cond_latents=cond,
+                      text=TextConditioning(**_validation_inputs(fakes)), video=VideoSettings(**SMALL))
     assert torch.equal(fakes.vae.decoded[-1][:, :1], cond)
     (record,) = load_records(tmp_path)
     assert record.settings["image_to_video"] is True
 
 
 def test_deferred_decoding(spec, fakes, tiny_dit, tmp_path):
-    outputs = render_validation(tiny_dit, None, spec=spec, validation_dir=tmp_path, step=50, prompt_index=0, prompt="a red fox", **_validation_inputs(fakes), fps=10, **SMALL)
+    outputs = render_validation(tiny_dit, None, spec=spec, validation_dir=tmp_path, step=50, prompt_index=0, prompt="a red fox",
+                                text=TextConditioning(**_validation_inputs(fakes)), video=VideoSettings(fps=10, **SMALL))
     assert outputs.video is None and outputs.latents.is_file()
     assert "decoding pending" in outputs.index.read_text()
     (done,) = decode_pending_validations(tmp_path, fakes.vae)
