@@ -1,4 +1,4 @@
-"""The ``tiny`` captioner: a random Qwen2.5-VL of a few hundred thousand weights, built here.
+"""The ``tiny`` captioner: a random Qwen2.5-VL of 173,000 weights, built here.
 
 Same transformers class (``Qwen2_5_VLForConditionalGeneration``), the same chat template
 and the same files as a Hub checkpoint (config, weights, tokenizer, chat template,
