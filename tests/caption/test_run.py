@@ -221,3 +221,51 @@ def test_sigkilled_cli_run_resumes_without_recaptioning(tmp_path, tiny_root):
 
     counts = dict(re.findall(r"│ (captioned|skipped \(had one\)|failed)\s*│\s*(\d+) │", result.stdout))
     assert counts == {"captioned": str(6 - len(first)), "skipped (had one)": str(len(first)), "failed": "0"}
+
+
+def test_a_failing_batch_is_retried_file_by_file(tmp_path, tiny_captioner):
+    root = tmp_path / "clips"
+    for name in ("a", "b", "c"):
+        write_clip(root / f"{name}.mp4", 9, height=48, width=64)
+
+    class Failing(Counting):
+        def caption(self, batch, instructions):
+            if any(media.path.name == "b.mp4" for media in batch):
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().caption(batch, instructions)
+
+    report = run_caption(CaptionOptions(paths=[str(root)], batch_size=3), Failing(tiny_captioner))
+    assert sorted(p.name for p in report.captioned) == ["a.mp4", "c.mp4"]
+    assert [(p.name, reason.split()[0]) for p, reason in report.failed] == [("b.mp4", "out_of_memory")]
+
+
+def test_prompt_file_and_a_model_of_another_architecture(tmp_path, tiny_captioner):
+    from frametuner.caption.prompts import instructions
+    from frametuner.caption.qwen_vl import CaptionModelError, load_qwen_vl
+
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("\ufeffDescribe it briefly.\n", encoding="utf-8")
+    assert instructions(prompt_file=prompt) == {"video": "Describe it briefly.", "image": "Describe it briefly."}
+    other = tmp_path / "t5"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    with pytest.raises(CaptionModelError, match="'t5' model; the captioner runs Qwen2.5-VL"):
+        load_qwen_vl(str(other), device="cpu")
+
+
+@pytest.mark.slow
+def test_real_clip_and_image(tmp_path, tiny_captioner):
+    """The shared sample media (a real H.264 clip and a photo), captioned end to end."""
+    import shutil
+
+    from tests.conftest import media_file
+
+    clip, image = media_file("motorcycle.mp4"), media_file("girl.png")
+    root = tmp_path / "real"
+    root.mkdir()
+    shutil.copy(clip, root / clip.name)
+    shutil.copy(image, root / image.name)
+    report = run_caption(CaptionOptions(paths=[str(root)], batch_size=2), tiny_captioner)
+    assert report.failed == [] and sorted(p.name for p in report.captioned) == ["girl.png", "motorcycle.mp4"]
+    media = tiny_captioner.load(root / clip.name, "video")
+    assert len(media.indices) == 8 and media.indices[0] == 0 and media.indices[-1] == media.total_frames - 1
