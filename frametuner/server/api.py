@@ -21,7 +21,8 @@ from .configform import DATASET_FILE, CONFIG_FILE, check_config, form_fields, js
 from .jobs import LOG_FILE, SAMPLE_VIDEO, JobManager, JobStateError, decode_data_url
 from .paths import UnsafePath, resolve_inside
 from .progress import read_events_tolerant
-from .store import ACTIVE, TRAIN, Job
+from .gpus import CPU_SLOT
+from .store import ACTIVE, RUNNING, TRAIN, Job
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 LOG_TAIL_BYTES = 32 * 1024
@@ -67,7 +68,6 @@ class LoraChoice(_Body):
     multiplier: float = Field(1.0, ge=-10.0, le=10.0)
 
 
-class SampleJobRequest(_Body):
 def _family(info: ValidationInfo) -> str:
     """The request's model family for its frame and size rules (the default family when unset or unknown;
     an unknown one is reported when the job's config is checked)."""
@@ -83,6 +83,7 @@ class VideoChoice(_Body):
     path: str = Field(min_length=1, max_length=1000, description="a video inside that job's folder (validation or preview video)")
 
 
+class SampleJobRequest(_Body):
     name: str = Field("", max_length=200)
     base_job_id: str | None = Field(None, pattern=JOB_ID_PATTERN, description="take model settings from this training job")
     model_family: str | None = Field(None, max_length=100)
@@ -133,15 +134,20 @@ def job_or_404(manager: JobManager, job_id: str) -> Job:
         raise HTTPException(404, f"no job {job_id!r}") from None
 
 
+def _eta(job: Job, latest: dict[str, Any]) -> float | None:
+    """Time left, only while the job runs (a stopped or failed job's last estimate is stale)."""
+    return latest.get("eta_s") if job.status == RUNNING else None
+
+
 def job_summary(manager: JobManager, job: Job) -> dict[str, Any]:
-    data = job.public() | {"actions": manager.actions(job)}
+    data = job.public() | {"actions": manager.actions(job), "on_cpu": job.gpus == [CPU_SLOT]}
     if job.kind == TRAIN:
         progress = manager.progress(job.id)
         data["progress"] = {
             "step": progress.step,
             "max_steps": progress.max_steps,
             "loss_smoothed": progress.latest.get("loss_smoothed"),
-            "eta_s": progress.latest.get("eta_s"),
+            "eta_s": _eta(job, progress.latest),
         }
     return data
 
@@ -152,7 +158,9 @@ def job_detail(manager: JobManager, job: Job) -> dict[str, Any]:
     data["log"] = LOG_FILE
     data["command"] = manager.command(job)
     if job.kind == TRAIN:
-        data["progress"] = manager.progress(job.id).public()
+        progress = manager.progress(job.id).public()
+        progress["latest"] = progress["latest"] | {"eta_s": _eta(job, progress["latest"])}
+        data["progress"] = progress
     else:
         video = manager.output_dir(job.id) / SAMPLE_VIDEO
         sheet = video.with_suffix(".png")
@@ -168,17 +176,33 @@ def _check_response(result, status: int) -> JSONResponse:
 
 
 # ---------------------------------------------------------------------- model and config
-@router.get("/families")
-def list_families() -> list[dict[str, Any]]:
+def _flavour_for_this_machine(info, cpu_only: bool) -> str:
+    """The flavour forms start with: the family's default, or on a machine without a GPU the first
+    one built locally (hub_id None: the small model CPU runs can sample)."""
+    if cpu_only:
+        local = [flavour.name for flavour in info.flavours.values() if flavour.hub_id is None]
+        if local:
+            return local[0]
+    return info.default_flavour
+
+
+def list_families(cpu_only: bool = False) -> list[dict[str, Any]]:
     return [
         {
             "name": info.name,
             "description": info.description,
             "default_flavour": info.default_flavour,
+            "suggested_flavour": _flavour_for_this_machine(info, cpu_only),
             "flavours": [{"name": f.name, "description": f.description, "hub_id": f.hub_id} for f in info.flavours.values()],
         }
         for info in families().values()
     ]
+
+
+@router.get("/families")
+def get_families(request: Request) -> list[dict[str, Any]]:
+    """The model families; ``suggested_flavour`` is what this server's machine can run (no GPU: a local one)."""
+    return list_families(cpu_only=manager_of(request).cpu_only)
 
 
 @router.get("/schema")

@@ -92,7 +92,7 @@ def _add_pages(app: FastAPI) -> None:
                     initial["dataset_config"] = dataset.read_text(encoding="utf-8")
                     config.pop("data_backend_config", None)
                 initial["config"] = config
-        data = {"families": list_families(), "initial": initial, "example": example}
+        data = {"families": list_families(manager.cpu_only), "initial": initial, "example": example}
         return _page(
             request, "new_job.html", "New job", data,
             groups=grouped_form_fields(), families=families(), open_groups=OPEN_GROUPS,
@@ -108,7 +108,7 @@ def _add_pages(app: FastAPI) -> None:
     def preview_page(request: Request):
         manager = request.app.state.manager
         train_jobs = [{"id": j.id, "name": j.name} for j in manager.list() if j.kind == TRAIN]
-        data = {"families": list_families(), "train_jobs": train_jobs}
+        data = {"families": list_families(manager.cpu_only), "train_jobs": train_jobs}
         return _page(request, "preview.html", "Preview", data, train_jobs=train_jobs)
 
     @app.exception_handler(404)

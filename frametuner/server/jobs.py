@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -50,10 +51,32 @@ from .store import (
 log = logging.getLogger("frametuner.server")
 
 LOG_FILE = "job.log"
+LAUNCH_MARKER = b"===== "  # starts the line the server writes into the log at each launch
+ERROR_TAIL_BYTES = 64 * 1024
 SAMPLE_VIDEO = "sample.mp4"
 RESUMABLE = (STOPPED, INTERRUPTED, FAILED, CANCELLED)
 # A preview (sample job) takes a training job's model keys, not the files its run reads or writes.
 SAMPLE_DROPPED_KEYS = tuple(key for key, spec in path_fields(TrainConfig).items() if spec.kind != PATH_MODEL)
+
+
+def last_error_line(log_path: Path) -> str | None:
+    """Why the latest launch failed, from its log: the CLI's ``error:`` line, else an exception's last line."""
+    try:
+        with open(log_path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - ERROR_TAIL_BYTES))
+            tail = handle.read()
+    except OSError:
+        return None
+    launch = tail.rfind(b"\n" + LAUNCH_MARKER)
+    tail = tail[launch + 1 :] if launch >= 0 else tail
+    lines = [line.strip() for line in tail.decode("utf-8", errors="replace").replace("\r", "\n").splitlines() if line.strip()]
+    errors = [line for line in lines if line.lower().startswith("error:")]
+    errors = errors or [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line)]
+    if not errors:
+        return None
+    line = errors[-1]
+    return (line[len("error:") :].strip() if line.lower().startswith("error:") else line)[:1000]
 
 
 class JobStateError(RuntimeError):
@@ -120,6 +143,11 @@ class JobManager:
         self._progress_lock = threading.Lock()  # the event-stream caches (read by every page)
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def cpu_only(self) -> bool:
+        """No GPU to run jobs on: one CPU slot."""
+        return self.slots == [CPU_SLOT]
 
     # ------------------------------------------------------------------ folders
     def job_dir(self, job_id: str) -> Path:
@@ -278,6 +306,17 @@ class JobManager:
         alive, code = _pid_alive(job.pid, job.pid_start)
         return not alive, code
 
+    def _failure(self, job: Job, code: int | None) -> str:
+        """A failed job's message: its error line (event or log), with the exit code."""
+        progress = self.progress(job.id) if job.kind == TRAIN else None
+        line = (progress.error if progress is not None and progress.terminal == "error" else None) or last_error_line(self.log_path(job.id))
+        suffix = f"exit code {code}" if code is not None else "no exit code"
+        return f"{line} ({suffix})" if line else f"{suffix}; see the log"
+
+    def has_checkpoint(self, job: Job) -> bool:
+        """Whether resuming would continue from a checkpoint (the run's events announced one)."""
+        return job.kind == TRAIN and bool(self.progress(job.id).checkpoints)
+
     def _finish(self, job: Job, code: int | None) -> Job:
         """Decide how a job ended, from its exit code and what its event stream says."""
         self._processes.pop(job.id, None)
@@ -287,8 +326,7 @@ class JobManager:
         elif job.kind == TRAIN:
             progress = self.progress(job.id)
             if code not in (0, None) or progress.terminal == "error":
-                status = FAILED
-                message = (progress.error if progress.terminal == "error" else "") or f"exit code {code}; see the log"
+                status, message = FAILED, self._failure(job, code)
             elif progress.terminal == "done":
                 status = FINISHED
             elif progress.terminal == "stopped":
@@ -297,7 +335,9 @@ class JobManager:
                 status = FINISHED
             else:
                 status = INTERRUPTED
-                message = "the trainer went away without a final event; resume from the latest checkpoint"
+                message = "the trainer went away without a final event" + (
+                    "; resume from the latest checkpoint" if self.has_checkpoint(job) else " before its first checkpoint"
+                )
         else:
             video = self.output_dir(job.id) / SAMPLE_VIDEO
             if code == 0 or (code is None and video.is_file()):
@@ -305,7 +345,7 @@ class JobManager:
             elif code is None:
                 status, message = INTERRUPTED, "the sampler went away while the server was down"
             else:
-                status, message = FAILED, f"exit code {code}; see the log"
+                status, message = FAILED, self._failure(job, code)
         log.info("job %s %s (exit code %s)", job.id, status, code)
         return self.store.update(
             job.id, status=status, exit_code=code, message=message, finished_at=time.time(), pid=None, resume=False
@@ -326,6 +366,8 @@ class JobManager:
             job = self.get(job_id)
             if job.kind != TRAIN or job.status not in RESUMABLE:
                 raise JobStateError(f"job {job_id} is {job.status}; only a stopped, interrupted, failed or cancelled training job resumes")
+            if not self.has_checkpoint(job):
+                raise JobStateError(f"job {job_id} saved no checkpoint to resume from; start a new job from its config")
             self.store.update(job_id, status=QUEUED, queued_at=time.time(), resume=True, message="", cancel_requested=False)
             self.tick()
             return self.get(job_id)
@@ -374,7 +416,7 @@ class JobManager:
             return ["stop", "cancel"]
         if job.status == STOPPING:
             return ["cancel"]
-        if job.kind == TRAIN and job.status in RESUMABLE:
+        if job.kind == TRAIN and job.status in RESUMABLE and self.has_checkpoint(job):
             return ["resume"]
         return []
 

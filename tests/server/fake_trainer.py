@@ -27,7 +27,8 @@ import numpy as np
 from PIL import Image
 from safetensors.numpy import save_file
 
-from frametuner.config import ConfigError, load_config
+from frametuner.config import ConfigError, load_config, validate_dataset_list
+from frametuner.models.registry import family_info
 from frametuner.training.events import EventLog
 
 LORA_FORMATS = ("peft", "upstream", "comfyui")
@@ -93,6 +94,13 @@ def train(args: argparse.Namespace) -> int:
     except ConfigError as error:
         for line in error.messages:
             print(f"error: {line}", file=sys.stderr)
+        return 2
+    # Like `frametuner train`: the dataset list is checked before anything runs (exit 2, one line per problem).
+    problems = validate_dataset_list(config, frame_stride=family_info(config.model_family).frame_stride)
+    if problems:
+        print("loading the dataset list", flush=True)
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
         return 2
     output = Path(config.output_dir)
     events = EventLog(output)

@@ -44,17 +44,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def server_url(make_settings):
-    """The real server (uvicorn) in a thread, on a free loopback port, running the real trainer."""
+def _serve(settings):
+    """The server (uvicorn) for ``settings`` in a thread on its loopback port; yields its URL."""
     import uvicorn
 
-    from frametuner.demo import write_demo_clips
-    from frametuner.server.settings import default_cli_command
-
-    # The demo example reads examples/demo/datasets.json -> examples/demo/clips (git-ignored).
-    write_demo_clips(Path(__file__).resolve().parents[2] / "examples" / "demo" / "clips")
-    settings = make_settings(port=_free_port(), cli_command=default_cli_command())
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -65,6 +58,23 @@ def server_url(make_settings):
     yield f"http://127.0.0.1:{settings.port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture
+def server_url(make_settings):
+    """The real server on a free loopback port, running the real trainer."""
+    from frametuner.demo import write_demo_clips
+    from frametuner.server.settings import default_cli_command
+
+    # The demo example reads examples/demo/datasets.json -> examples/demo/clips (git-ignored).
+    write_demo_clips(Path(__file__).resolve().parents[2] / "examples" / "demo" / "clips")
+    yield from _serve(make_settings(port=_free_port(), cli_command=default_cli_command()))
+
+
+@pytest.fixture
+def cpu_server_url(make_settings):
+    """The server of a machine without a GPU, running the stand-in trainer (tests/server/fake_trainer.py)."""
+    yield from _serve(make_settings(port=_free_port(), gpus=[]))
 
 
 @pytest.fixture
@@ -116,3 +126,45 @@ def test_configure_start_and_watch_the_demo_job(server_url, page):
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web-ui-job.png"), full_page=True)
+
+
+def test_a_failed_job_shows_its_error_line_and_no_stale_numbers(cpu_server_url, page, demo_config, tmp_path, monkeypatch):
+    """Issue 19 point 12: the error line instead of "exit code 2; see the log"; no resume without a
+    checkpoint; no ETA once it stopped; a CPU job says CPU instead of "GPU memory (peak) 0 GB"."""
+    import json
+
+    expect = sync_api.expect
+    # A job whose dataset folder is gone when it starts: the trainer's `error:` line.
+    clips = tmp_path / "data" / "vanishing-clips"  # inside the server's data dir (an allowed root)
+    clips.mkdir(parents=True)
+    dataset = json.dumps([{"id": "clips", "instance_data_dir": str(clips), "video": {"num_frames": 9}}])
+    created = page.request.post(f"{cpu_server_url}/api/jobs", data={"config": demo_config, "dataset_config": dataset})
+    assert created.status == 201, created.text()
+    job_id = created.json()["job"]["id"]
+    clips.rmdir()
+    assert page.request.post(f"{cpu_server_url}/api/jobs/{job_id}/start").status == 200
+    page.goto(f"{cpu_server_url}/jobs/{job_id}")
+    expect(page.locator("#status")).to_have_text("failed", timeout=30_000)
+    expect(page.locator("#message")).to_contain_text("vanishing-clips does not exist; fix the path")
+    expect(page.locator("#message")).to_contain_text("(exit code 2)")
+    expect(page.locator("#message")).not_to_contain_text("see the log")
+    expect(page.locator("#actions button")).to_have_count(0)
+
+    # A job that ran a few steps on the CPU, then failed before its first checkpoint.
+    monkeypatch.setenv("FAKE_TRAINER_FAIL_AT_STEP", "2")
+    created = page.request.post(f"{cpu_server_url}/api/jobs", data={"config": demo_config, "start": True})
+    page.goto(f"{cpu_server_url}/jobs/{created.json()['job']['id']}")
+    expect(page.locator("#status")).to_have_text("failed", timeout=30_000)
+    expect(page.locator("#message")).to_contain_text("out of memory at step 2 (fake) (exit code 1)")
+    expect(page.locator("#stat-step")).to_have_text("2 / 6")
+    expect(page.locator("#stat-eta")).to_have_text("–")
+    expect(page.locator("#stat-mem-label")).to_have_text("Device")
+    expect(page.locator("#stat-mem")).to_have_text("CPU")
+    expect(page.locator("#actions button", has_text="Resume")).to_have_count(0)
+
+
+def test_preview_defaults_to_a_flavour_the_cpu_can_run(cpu_server_url, page):
+    expect = sync_api.expect
+    page.goto(f"{cpu_server_url}/preview")
+    expect(page.locator("#flavour")).to_have_value("tiny")
+    expect(page.locator("#flavour option")).not_to_have_count(0)

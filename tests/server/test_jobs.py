@@ -157,7 +157,8 @@ def test_a_failing_trainer_marks_the_job_failed_with_its_error(client, demo_conf
     job = _create(client, demo_config)
     detail = wait_status(client, job["id"], "failed", "finished")
     assert detail["status"] == "failed" and detail["exit_code"] == 1
-    assert detail["message"] == "out of memory at step 2 (fake)" and detail["actions"] == ["resume"]
+    assert detail["message"] == "out of memory at step 2 (fake) (exit code 1)"
+    assert detail["actions"] == []  # no checkpoint was saved: nothing to resume from
     assert "Traceback: out of memory" in client.get(f"/api/jobs/{job['id']}/log").text
 
 

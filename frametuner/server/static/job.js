@@ -20,13 +20,22 @@ const ACTION_LABELS = {
   resume: ["Resume from latest checkpoint", "primary"],
 };
 
+const isLive = () => job.status === "running" || job.status === "stopping";
+
 function renderStatus(data) {
   job = Object.assign(job, data);
   const badge = $("status");
   badge.textContent = job.status;
   badge.className = `badge status-${job.status}`;
   $("message").textContent = job.message ? `· ${job.message}` : "";
-  $("gpus").textContent = job.gpus && job.gpus.length ? `slot ${job.gpus.join(",")}` : "";
+  $("gpus").textContent = job.on_cpu ? "CPU" : job.gpus && job.gpus.length ? `GPU ${job.gpus.join(",")}` : "";
+  if (isTrain) {
+    if (!isLive()) $("stat-eta").textContent = "–"; // a stopped or failed run's last estimate means nothing
+    if (job.on_cpu) {
+      $("stat-mem-label").textContent = "Device";
+      $("stat-mem").textContent = "CPU";
+    }
+  }
   const buttons = (job.actions || []).map((name) => {
     const [label, style] = ACTION_LABELS[name] || [name, ""];
     return el("button", { type: "button", class: style, "data-action": name, onclick: () => act(name) }, label);
@@ -51,8 +60,8 @@ function renderStats(step) {
   $("stat-loss").textContent = fmt.num(step.loss_smoothed);
   $("stat-lr").textContent = fmt.lr(step.lr);
   $("stat-speed").textContent = step.s_per_step === undefined ? "–" : fmt.num(step.s_per_step, 3);
-  $("stat-eta").textContent = fmt.duration(step.eta_s);
-  $("stat-mem").textContent = step.peak_gb === undefined || step.peak_gb === null ? "–" : `${fmt.num(step.peak_gb, 3)} GB`;
+  $("stat-eta").textContent = isLive() ? fmt.duration(step.eta_s) : "–";
+  if (!job.on_cpu) $("stat-mem").textContent = step.peak_gb === undefined || step.peak_gb === null ? "–" : `${fmt.num(step.peak_gb, 3)} GB`;
   if (run.maxSteps && step.step !== undefined) $("progress-bar").style.width = `${Math.min(100, (100 * step.step) / run.maxSteps)}%`;
 }
 

@@ -12,7 +12,7 @@ let loras = [];
 function fillFlavours() {
   const info = families.find((f) => f.name === familySelect.value);
   flavourSelect.replaceChildren(...(info ? info.flavours : []).map((f) => el("option", { value: f.name }, f.name)));
-  if (info) flavourSelect.value = info.default_flavour;
+  if (info) flavourSelect.value = info.suggested_flavour || info.default_flavour; // no GPU: a flavour the CPU can run
 }
 
 function fillLoras() {
