@@ -21,15 +21,18 @@ def test_smart_resize_matches_transformers():
 
 
 def test_video_size_follows_qwen_vl_utils_budgets():
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as reference
+
     settings = VisionSettings()
     # 480p, 16 frames: within 768 x 28^2 per frame -> nearest multiples of 28
     assert settings.video_size(480, 832, 16) == (476, 840)
     # 1080p is capped at 768 x 28^2 pixels per frame
-    height, width = settings.video_size(1080, 1920, 16)
-    assert height * width <= 768 * 28 * 28 and height % 28 == 0 and width % 28 == 0
-    # 768 frames: the whole-clip budget (128000 x 28^2 x 0.9 pixels, frames counted in pairs) binds
-    height, width = settings.video_size(1080, 1920, 768)
-    assert height * width <= 128000 * 28 * 28 * 0.9 * 2 / 768
+    assert settings.video_size(1080, 1920, 16) == tuple(reference(1080, 1920, 28, 128 * 28 * 28, 768 * 28 * 28))
+    # 768 frames: the whole-clip budget binds: 128000 x 28^2 x 0.9 pixels shared by 768 / 2 frame pairs
+    share = int(128000 * 28 * 28 * 0.9) / 768 * 2
+    assert settings.video_size(1080, 1920, 768) == tuple(reference(1080, 1920, 28, 128 * 28 * 28, int(share)))
+    # never below 1.05 x the per-frame minimum
+    assert settings.video_size(1080, 1920, 100000) == tuple(reference(1080, 1920, 28, 128 * 28 * 28, int(128 * 28 * 28 * 1.05)))
 
 
 def test_patchify_matches_the_transformers_image_processor_layout():
