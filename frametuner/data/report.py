@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 from rich.console import Console
+
+from ..console import console as whole_lines_console  # tables keep their width in logs and pipes
 from rich.table import Table
 
 from .scan import ScanResult
@@ -77,11 +79,11 @@ def bucket_table(result: ScanResult) -> Table:
 
 
 def print_skip_summary(result: ScanResult, console: Console | None = None) -> None:
-    (console or Console(stderr=True)).print(skip_table(result))
+    (console or whole_lines_console(stderr=True)).print(skip_table(result))
 
 
 def print_inspection(result: ScanResult, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or whole_lines_console(stderr=False)
     console.print(dataset_table(result))
     console.print(bucket_table(result))
     conditioning = conditioning_table(result)

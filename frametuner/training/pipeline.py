@@ -343,9 +343,9 @@ def train(config) -> int:
 
         table = conditioning_table(scan)  # the mix per dataset and the clips too short for a drawn mode
         if table is not None:
-            from rich.console import Console
+            from ..console import console
 
-            Console(stderr=True).print(table)
+            console().print(table)
     caches = open_config_caches(config)
     data = CachedTrainingData.from_scan(scan, config, caches=caches, num_replicas=state.num_processes, rank=state.process_index)
     validator = Validator.from_config(config, spec, scan, caches=caches)
