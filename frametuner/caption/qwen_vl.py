@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -251,9 +252,22 @@ def _chat_template(model: str, tokenizer) -> str:
     raise CaptionModelError(f"{model}: no chat template (chat_template.jinja/.json or the tokenizer's); is it an Instruct model?")
 
 
+MIN_TRANSFORMERS = (5, 0)  # the processor API used here (video metadata, mm_token_type_ids); tested with 5.25
+
+
+def check_transformers() -> None:
+    import transformers
+
+    version = tuple(int(part) for part in re.findall(r"\d+", transformers.__version__)[:2])
+    if version < MIN_TRANSFORMERS:
+        raise CaptionModelError(f"frametuner caption needs transformers >= {'.'.join(map(str, MIN_TRANSFORMERS))} "
+                                f"(found {transformers.__version__}): pip install -U 'transformers>=5'")
+
+
 def build_processor(model: str, settings: VisionSettings | None = None):
     """``Qwen2_5_VLProcessor`` of a checkpoint: its tokenizer (left padding) and chat template,
     transformers' Pillow image processor, and :class:`FramesVideoProcessor`."""
+    check_transformers()
     from transformers import AutoTokenizer
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
