@@ -87,8 +87,8 @@ def denoise(
     model (:func:`~frametuner.models.family.family_of`).
 
     ``use_kv_cache`` and ``enhance_hf`` are family options named here because callers of
-    video continuation pass them (None = the family's default; LongCat: both off here,
-    on in video continuation, as upstream's generate_vc): the condition frames' keys and
+    video continuation pass them (None = the family's default, which may differ from what its
+    continuation runs with: ``FamilyInfo.continuation``), e.g. the condition frames' keys and
     values computed once instead of every step, and a schedule with a high-frequency tail.
     """
     for name, value in (("use_kv_cache", use_kv_cache), ("enhance_hf", enhance_hf)):

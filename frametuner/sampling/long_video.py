@@ -5,8 +5,8 @@ VAE-encoded and normalised into the first ``K`` latent frames (K = the latent fr
 VAE makes of ``cond_frames`` pixels frames, ``1 + (cond_frames - 1) // 4`` for a stride-4
 VAE), which stay clean and are never stepped; the rest is denoised as usual. The
 family's :class:`~frametuner.models.registry.ContinuationInfo` says whether it can, its
-default ``cond_frames`` and the sampler options a continuation runs with (LongCat: the
-condition's KV cache and ``enhance_hf``, as upstream's ``generate_vc``).
+default ``cond_frames`` and the sampler options a continuation runs with (e.g. the
+condition's KV cache and a high-frequency schedule tail, as the upstream reference's).
 
 A long video is one text/image-to-video segment (or a continuation of ``--video``)
 followed by ``segments`` continuation segments of ``num_frames`` each, every one
