@@ -32,9 +32,28 @@ class DiTShape:
 
     @classmethod
     def from_model_config(cls, config) -> "DiTShape":
+        """From a LongCat-Video DiT config, or a diffusers Wan-style one (``num_layers``,
+        ``num_attention_heads``, ``attention_head_dim``, ``ffn_dim``, ``text_dim``)."""
         from ..models.longcat_video.transformer import swiglu_hidden_size
 
         get = config.get if isinstance(config, dict) else lambda k: getattr(config, k)
+        if "num_layers" in config and "attention_head_dim" in config:
+            hidden = get("num_attention_heads") * get("attention_head_dim")
+            return cls(
+                hidden=hidden,
+                depth=get("num_layers"),
+                heads=get("num_attention_heads"),
+                # A 2-matrix GELU FFN of width f costs what a 3-matrix SwiGLU of width 2f/3 does.
+                ffn=round(2 * get("ffn_dim") / 3),
+                caption_channels=get("text_dim"),
+                # Wan modulates with a per-block table plus one time projection per sample (not
+                # per token or frame): no per-block adaLN GEMM; the time MLP is negligible.
+                adaln=0,
+                frequency=get("freq_dim"),
+                in_channels=get("in_channels"),
+                out_channels=get("out_channels"),
+                patch=tuple(get("patch_size")),
+            )
         return cls(
             hidden=get("hidden_size"),
             depth=get("depth"),

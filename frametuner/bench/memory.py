@@ -12,6 +12,7 @@ would not finish within ``--budget-s`` are skipped and listed.
     python bench/memory.py                                  # bf16, int8, fp8, the 24 GB combination
     python bench/memory.py --preset int4 --preset 24gb-int8 --case 720x1280x93
     python bench/memory.py --list
+    python bench/memory.py --family wan --flavour t2v-14b     # Wan 2.1 T2V-14B: bf16 and its 24 GB preset
 """
 
 from __future__ import annotations
@@ -53,12 +54,16 @@ PRESETS: dict[str, dict] = {
     "720p-dense": dict(base_model_precision="bf16", gradient_checkpointing_cpu_offload=True, activation_memory_budget_gb=1, attention_implementation="sdpa"),
     "720p-bsa": dict(base_model_precision="bf16", gradient_checkpointing_cpu_offload=True, activation_memory_budget_gb=1, attention_implementation="bsa", bsa_sparsity=0.9375),
     "bf16-groupoffload": dict(base_model_precision="bf16", enable_group_offload=True, group_offload_use_stream=True, gradient_checkpointing_cpu_offload=True, activation_memory_budget_gb=21),
+    # Wan 2.1 14B (40 blocks of 0.35 GB in int8): 24gb-int8's combination, 34 of the 40 blocks swapped.
+    "24gb-int8-wan14b": dict(base_model_precision="int8-quanto", musubi_blocks_to_swap=34, gradient_checkpointing_cpu_offload=True, activation_memory_budget_gb=21),
 }
 DEFAULT_PRESETS = ["bf16", "int8", "fp8", "24gb-int8"]
+# Another family's default presets (its plain bf16 step and its 24 GB preset).
+FAMILY_PRESETS = {"wan": ["bf16", "24gb-int8-wan14b"]}
 
 
 # ---------------------------------------------------------------------- one preset (worker process)
-def preset_trainer(name: str, case: str, compile_blocks: bool):
+def preset_trainer(name: str, case: str, compile_blocks: bool, family: str | None = None, flavour: str | None = None):
     """The full-size model (random bf16 weights on the GPU, quantised or placed by the
     trainer), one fixed batch of ``case`` and the trainer for preset ``name``."""
     import torch
@@ -67,11 +72,13 @@ def preset_trainer(name: str, case: str, compile_blocks: bool):
     from .train_step import OneBatch, bench_config, build_model, latent_grid, parse_case, text_inputs
 
     t, h, w = latent_grid(*parse_case(case))
-    _, model = build_model()
+    _, model = build_model(family=family, flavour=flavour)
     text, mask = text_inputs(1, compact=True, channels=4096, device="cuda")
     batch = {"latents": torch.randn(1, 16, t, h, w, device="cuda"), "text": text, "text_mask": mask, "num_cond_latents": 0}
     config = bench_config(
         "/tmp/frametuner-bench-memory",
+        family,
+        flavour,
         gradient_checkpointing_policy="auto",
         compile_transformer=None if compile_blocks else False,  # None: the trainer's default (as users get it)
         **PRESETS[name],
@@ -79,14 +86,14 @@ def preset_trainer(name: str, case: str, compile_blocks: bool):
     return Trainer(config, OneBatch(batch), model=model), batch
 
 
-def run_preset(name: str, case: str, warmup: int, iters: int, compile_blocks: bool) -> dict:
+def run_preset(name: str, case: str, warmup: int, iters: int, compile_blocks: bool, family: str | None = None, flavour: str | None = None) -> dict:
     import torch
 
     from ..memory import memory_mode
     from .results import cuda_time
 
     started = time.perf_counter()
-    trainer, batch = preset_trainer(name, case, compile_blocks)
+    trainer, batch = preset_trainer(name, case, compile_blocks, family, flavour)
     config = trainer.config
     setup_s = time.perf_counter() - started
     _progress(setup_s=setup_s)
@@ -105,7 +112,7 @@ def run_preset(name: str, case: str, warmup: int, iters: int, compile_blocks: bo
     times = cuda_time(lambda: trainer.step(batch), 0, iters)
     steady_peak = torch.cuda.max_memory_allocated()
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-    saved = sum(block.checkpoint_policy == "save_attention" for block in unwrapped.blocks)
+    saved = sum(getattr(block, "checkpoint_policy", None) == "save_attention" for block in unwrapped.blocks)
     plan = trainer.memory
     return {
         "preset": name,
@@ -118,6 +125,9 @@ def run_preset(name: str, case: str, warmup: int, iters: int, compile_blocks: bo
         "setup_s": setup_s,
         "loss": float(loss),
         "saved_attention_blocks": saved,
+        "depth": len(unwrapped.blocks),
+        "family": config.model_family,
+        "flavour": config.model_flavour,
         "swap_loads": plan.block_swap.loads if plan and plan.block_swap else None,
         "activations_offloaded": plan.activation_offload.packed if plan and plan.activation_offload else None,
         "host_rss_gb": _rss_gb(),
@@ -143,7 +153,7 @@ def _rss_gb() -> float:
 
 def worker(args) -> int:
     try:
-        result = run_preset(args.worker, args.case[0], args.warmup, args.iters, not args.no_compile)
+        result = run_preset(args.worker, args.case[0], args.warmup, args.iters, not args.no_compile, args.family, args.flavour)
     except BaseException as error:  # noqa: BLE001 - reported to the parent as a row
         traceback.print_exc()
         result = {"preset": args.worker, "error": f"{type(error).__name__}: {str(error)[:300]}"}
@@ -174,8 +184,9 @@ def append_rows(rows: list[dict], results_dir: Path, command: str, *, header: bo
         append_row(row, cells, results_dir)
 
 
-def bf16_reference(rows: list[dict], results_dir: Path, case: str, device: str | None) -> float | None:
-    """s/step of the bf16 preset: from this run, else the latest recorded one on the same device."""
+def bf16_reference(rows: list[dict], results_dir: Path, case: str, device: str | None, family: str | None = None) -> float | None:
+    """s/step of the bf16 preset: from this run, else the latest recorded one on the same device
+    (of the same family and flavour: rows before families were recorded are the default's)."""
     for row in reversed(rows):
         if row.get("preset") == "bf16" and row["case"] == case and "error" not in row:
             return row["s_per_step"]
@@ -188,15 +199,24 @@ def bf16_reference(rows: list[dict], results_dir: Path, case: str, device: str |
             row = json.loads(line)
         except ValueError:
             continue
-        if row.get("preset") == "bf16" and row.get("case") == case and row.get("device") == device and "s_per_step" in row:
+        same_model = family is None or row.get("family", _default_family_and_flavour()) == family
+        if row.get("preset") == "bf16" and row.get("case") == case and row.get("device") == device and same_model and "s_per_step" in row:
             best = row["s_per_step"]
     return best
+
+
+def _default_family_and_flavour() -> str:
+    from .train_step import default_family
+
+    return default_family()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", action="append", choices=sorted(PRESETS), help=f"default: {' '.join(DEFAULT_PRESETS)}")
-    parser.add_argument("--case", action="append", help=f"HxWxF pixel shape (default {DEFAULT_CASE})")
+    parser.add_argument("--family", default=None, help="model family (default: the config's default)")
+    parser.add_argument("--flavour", default=None, help="flavour of the family, built with random weights (default: the family's)")
+    parser.add_argument("--case", action="append", help=f"HxWxF pixel shape (default {DEFAULT_CASE}; another family: its default shape)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true", help="eager blocks (default: regional compile, as training on CUDA)")
@@ -206,7 +226,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the presets and exit")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.case = args.case or [DEFAULT_CASE]
+    from .train_step import default_family, resolve_family
+
+    family, flavour = resolve_family(args.family, args.flavour)
+    if not args.case:
+        if family == default_family():
+            args.case = [DEFAULT_CASE]
+        else:
+            from ..models.registry import family_defaults
+
+            defaults = family_defaults(family)
+            args.case = [f"{defaults.height}x{defaults.width}x{defaults.frames}"]
     if args.list:
         for name, keys in PRESETS.items():
             print(f"{name:18s} {json.dumps(keys)}")
@@ -214,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return worker(args)
 
-    presets = args.preset or DEFAULT_PRESETS
+    presets = args.preset or (DEFAULT_PRESETS if family == default_family() else FAMILY_PRESETS.get(family, ["bf16"]))
     command = "python bench/memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     started = time.perf_counter()
@@ -228,7 +258,10 @@ def main(argv: list[str] | None = None) -> int:
                 skipped.append(f"{case} {name}")
                 continue
             timeout = max(60.0, min(args.timeout_s, args.budget_s - elapsed))
-            worker_argv = [sys.executable, "-m", "frametuner.bench.memory", "--worker", name, "--case", case, "--warmup", str(args.warmup), "--iters", str(args.iters)]
+            worker_argv = [
+                sys.executable, "-m", "frametuner.bench.memory", "--worker", name, "--case", case, "--warmup", str(args.warmup),
+                "--iters", str(args.iters), "--family", family, "--flavour", flavour,
+            ]
             if args.no_compile:
                 worker_argv.append("--no-compile")
             print(f"== {case} {name}: {json.dumps(PRESETS[name])}", flush=True)
@@ -245,19 +278,19 @@ def main(argv: list[str] | None = None) -> int:
                 if "mode" in result:
                     result["mode"] += "+eager"
             longest = max(longest, time.perf_counter() - preset_started)
-            result.update(date=date, case=case, kind="train", git_commit=git_commit())
+            result.update(date=date, case=case, kind="train", git_commit=git_commit(), family=family, flavour=flavour)
             result.setdefault("mode", name)
             if "error" not in result:
                 result["tokens_per_s"] = result["tokens"] / result["s_per_step"]
                 result["notes"] = (
-                    f"preset {name}; attention saved in {result['saved_attention_blocks']}/48 blocks; "
+                    f"{family} {flavour}; preset {name}; attention saved in {result['saved_attention_blocks']}/{result['depth']} blocks; "
                     f"first step {result['first_step_s']:.0f} s; setup {result['setup_s']:.0f} s"
                     + ("; compiled run failed" if "compile_error" in result else "")
                 )
                 print(f"   {result['s_per_step']:.2f} s/step, peak {result['peak_gb']:.1f} GB (steady {result['steady_peak_gb']:.1f}), host {result['host_rss_gb']:.1f} GB", flush=True)
             else:
                 print(f"   FAILED: {result['error']} {json.dumps(result.get('partial', {}))}", flush=True)
-            reference = bf16_reference(rows, Path(args.results_dir), case, result.get("device"))
+            reference = bf16_reference(rows, Path(args.results_dir), case, result.get("device"), family)
             if reference and "error" not in result:
                 result["x_bf16"] = result["s_per_step"] / reference
             append_rows([result], Path(args.results_dir), command, header=not rows)

@@ -1,4 +1,5 @@
-"""Benchmark of the full-size (13.6B) LongCat-Video training step and CFG sampling step.
+"""Benchmark of a full-size DiT's training step and CFG sampling step (LongCat-Video's 13.6B by
+default; ``--family wan --flavour t2v-14b`` for Wan 2.1 T2V-14B, any registered family).
 
 Builds the DiT with random bf16 weights directly on the GPU (meta-device init, no CPU
 copy), adds LoRA rank 16 on the default targets, and times the trainer's own
@@ -10,6 +11,7 @@ SDPA at the case's sequence length). Appends to ``bench/RESULTS.md`` and
 
     python bench/train_step.py                       # default cases, eager and optimized
     python bench/train_step.py --case 480x832x29 --mode optimized --policy save_attention
+    python bench/train_step.py --family wan --flavour t2v-14b --case 480x832x81 --kind train
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .results import append_row, cuda_time, git_commit, start_section
 
 from .results import REPO
 TEXT_LENGTH, VALID_TOKENS = 512, 120
+TEXT_CHANNELS = 4096  # umT5-XXL's width: the text input of every full-size family benchmarked here
 
 
 # ---------------------------------------------------------------------- timing
@@ -92,11 +95,26 @@ def text_inputs(batch: int, compact: bool, channels: int, device: str) -> tuple[
     return text * mask[..., None], mask
 
 
-def build_model(device: str = "cuda"):
+def default_family() -> str:
+    from ..config import TrainConfig
+
+    return TrainConfig.model_fields["model_family"].default
+
+
+def resolve_family(family: str | None, flavour: str | None) -> tuple[str, str]:
+    """``(family, flavour)``: the config's default family and the family's default flavour when unset."""
+    from ..models.registry import family_info
+
+    family = family or default_family()
+    return family, flavour or family_info(family).default_flavour
+
+
+def build_model(device: str = "cuda", family: str | None = None, flavour: str | None = None):
     from ..models.registry import load_spec
 
-    spec = load_spec("longcat_video")
-    model = spec.build_transformer(flavour="final", device=device, dtype=torch.bfloat16)
+    family, flavour = resolve_family(family, flavour)
+    spec = load_spec(family)
+    model = spec.build_transformer(flavour=flavour, device=device, dtype=torch.bfloat16)
     return spec, model
 
 
@@ -122,26 +140,30 @@ class OneBatch:
         return self.batch["text"][0] * 0, self.batch["text_mask"][0] * 0
 
 
-def bench_config(output_dir, **overrides):
+def bench_config(output_dir, family: str | None = None, flavour: str | None = None, **overrides):
     """The benchmarked training setup: the full model, LoRA rank 16 on the default targets,
     bf16, gradient checkpointing, batch 1; ``overrides`` pick the variant."""
     from ..config import TrainConfig
 
+    family, flavour = resolve_family(family, flavour)
     values = dict(
-        model_flavour="final", model_type="lora", lora_rank=16, mixed_precision="bf16", report_to="none",
+        model_family=family, model_flavour=flavour, model_type="lora", lora_rank=16, mixed_precision="bf16", report_to="none",
         max_train_steps=10**6, output_dir=str(output_dir), gradient_checkpointing=True, max_grad_norm=1.0,
     )
     return TrainConfig(**{**values, **overrides})
 
 
-def bench_train(case: str, mode: str, policy: str, warmup: int, iters: int, output_dir: Path, sdpa_kernel: str = "auto", budget_gb: float | None = None) -> dict:
+def bench_train(
+    case: str, mode: str, policy: str, warmup: int, iters: int, output_dir: Path, sdpa_kernel: str = "auto",
+    budget_gb: float | None = None, family: str | None = None, flavour: str | None = None,
+) -> dict:
     from ..training.trainer import Trainer
 
-    _, model = build_model()  # fresh: the trainer wraps it with LoRA
+    _, model = build_model(family=family, flavour=flavour)  # fresh: the trainer wraps it with LoRA
     height, width, frames = parse_case(case)
     t, h, w = latent_grid(height, width, frames)
     optimized = mode == "optimized"
-    text, mask = text_inputs(1, compact=optimized, channels=4096, device="cuda")
+    text, mask = text_inputs(1, compact=optimized, channels=TEXT_CHANNELS, device="cuda")
     batch = {
         "latents": torch.randn(1, 16, t, h, w, device="cuda"),
         "text": text,
@@ -150,14 +172,16 @@ def bench_train(case: str, mode: str, policy: str, warmup: int, iters: int, outp
     }
     config = bench_config(
         output_dir,
+        family,
+        flavour,
         gradient_checkpointing_policy=policy if optimized else "full",
         compile_transformer=optimized,
         activation_memory_budget_gb=budget_gb,
     )
-    if optimized:
+    if optimized and hasattr(model, "attention_settings"):  # a DiT with its own attention dispatch
         model.attention_settings.sdpa_kernel = sdpa_kernel
     trainer = Trainer(config, OneBatch(batch), model=model)
-    if not optimized:
+    if not optimized and hasattr(model, "text_virtual_length"):
         trainer.accelerator.unwrap_model(trainer.model).text_virtual_length = None
     torch.cuda.reset_peak_memory_stats()
     compile_started = time.perf_counter()
@@ -165,27 +189,29 @@ def bench_train(case: str, mode: str, policy: str, warmup: int, iters: int, outp
     torch.cuda.synchronize()
     first_step = time.perf_counter() - compile_started
     times = cuda_time(lambda: trainer.step(batch), warmup, iters)
-    saved_blocks = sum(b.checkpoint_policy == "save_attention" for b in trainer.accelerator.unwrap_model(trainer.model).blocks)
+    saved_blocks = sum(getattr(b, "checkpoint_policy", None) == "save_attention" for b in trainer.accelerator.unwrap_model(trainer.model).blocks)
     return {"times": times, "peak_gb": torch.cuda.max_memory_allocated() / 2**30, "first_step_s": first_step, "saved_attention_blocks": saved_blocks, "trainer": trainer}
 
 
-def bench_sample(case: str, mode: str, warmup: int, iters: int, sdpa_kernel: str = "auto") -> dict:
+def bench_sample(case: str, mode: str, warmup: int, iters: int, sdpa_kernel: str = "auto", family: str | None = None, flavour: str | None = None) -> dict:
     from ..sampling import denoise
 
-    _, model = build_model()
+    _, model = build_model(family=family, flavour=flavour)
     if mode == "optimized":
-        model.attention_settings.sdpa_kernel = sdpa_kernel
+        if hasattr(model, "attention_settings"):
+            model.attention_settings.sdpa_kernel = sdpa_kernel
         model.compile_blocks()
     height, width, frames = parse_case(case)
     t, h, w = latent_grid(height, width, frames)
     optimized = mode == "optimized"
     model.eval()
-    model.text_virtual_length = TEXT_LENGTH if optimized else None
-    text, mask = text_inputs(2, compact=optimized, channels=4096, device="cuda")
+    if hasattr(model, "text_virtual_length"):
+        model.text_virtual_length = TEXT_LENGTH if optimized else None
+    text, mask = text_inputs(2, compact=optimized, channels=TEXT_CHANNELS, device="cuda")
     latents = torch.randn(1, 16, t, h, w, device="cuda")
     torch.cuda.reset_peak_memory_stats()
 
-    def step():  # exactly one step of the sampler: DiT on [negative, positive], CFG-Zero*, Euler
+    def step():  # exactly one step of the family's sampler: DiT on [negative, positive], guidance, step
         return denoise(model, latents, text[1:], mask[1:], text[:1], mask[:1], steps=1, guidance=4.0)
 
     started = time.perf_counter()
@@ -220,7 +246,9 @@ def row_cells(row: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--case", action="append", help="HxWxF pixel shape (default: 480x832x93 and 480x832x29)")
+    parser.add_argument("--family", default=None, help="model family (default: the config's default); see `frametuner models`")
+    parser.add_argument("--flavour", default=None, help="flavour of the family, built with random weights (default: the family's)")
+    parser.add_argument("--case", action="append", help="HxWxF pixel shape (default: 480x832x93 and 480x832x29; another family: its default shape)")
     parser.add_argument("--kind", action="append", choices=["train", "sample_cfg"], help="default: both")
     parser.add_argument("--mode", action="append", choices=["eager", "optimized"], help="default: both (eager first)")
     parser.add_argument("--no-compile", action="store_true", help="only the eager baseline (full recomputation, no compile)")
@@ -239,19 +267,28 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("frametuner bench needs a CUDA GPU", file=sys.stderr)
         return 2
-    cases = args.case or ["480x832x93", "480x832x29"]
+    family, flavour = resolve_family(args.family, args.flavour)
+    if args.case:
+        cases = args.case
+    elif family == default_family():
+        cases = ["480x832x93", "480x832x29"]
+    else:
+        from ..models.registry import family_defaults
+
+        defaults = family_defaults(family)
+        cases = [f"{defaults.height}x{defaults.width}x{defaults.frames}"]
     kinds = args.kind or ["train", "sample_cfg"]
     modes = ["eager"] if args.no_compile else (args.mode or ["eager", "optimized"])
     device_name = torch.cuda.get_device_name()
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = "python bench/train_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
-    print(f"device {device_name}, torch {torch.__version__}")
+    print(f"device {device_name}, torch {torch.__version__}; {family} {flavour}")
     gemm = measure_gemm_flops_per_s()
     print(f"bf16 GEMM ceiling: {gemm / 1e12:.0f} TFLOP/s")
-    from ..models.longcat_video.tiny import FULL_DIT_CONFIG
-
-    shape = DiTShape.from_model_config(FULL_DIT_CONFIG)
+    _, meta_model = build_model(device="meta", family=family, flavour=flavour)
+    shape = DiTShape.from_model_config(meta_model.config)
+    del meta_model
 
     rows = []
     output_dir = Path("/tmp/frametuner-bench")
@@ -260,10 +297,11 @@ def main(argv: list[str] | None = None) -> int:
         height, width, frames = parse_case(case)
         t, h, w = latent_grid(height, width, frames)
         tokens = t * (h // 2) * (w // 2)
-        sdpa_fwd, sdpa_both = measure_sdpa_flops_per_s(tokens)
+        head_dim = shape.hidden // shape.heads
+        sdpa_fwd, sdpa_both = measure_sdpa_flops_per_s(tokens, heads=shape.heads, head_dim=head_dim)
         print(f"{case}: {tokens} tokens; SDPA flash ceilings fwd {sdpa_fwd / 1e12:.0f}, fwd+bwd {sdpa_both / 1e12:.0f} TFLOP/s")
         try:
-            cudnn_fwd, cudnn_both = measure_sdpa_flops_per_s(tokens, kernel="cudnn")
+            cudnn_fwd, cudnn_both = measure_sdpa_flops_per_s(tokens, heads=shape.heads, head_dim=head_dim, kernel="cudnn")
             print(f"{case}: SDPA cuDNN fwd {cudnn_fwd / 1e12:.0f}, fwd+bwd {cudnn_both / 1e12:.0f} TFLOP/s (for reference)")
         except Exception as error:
             cudnn_fwd = cudnn_both = float("nan")
@@ -284,21 +322,21 @@ def main(argv: list[str] | None = None) -> int:
                     label += f"{args.budget_gb:g}GB"
                 try:
                     if kind == "train":
-                        result = bench_train(case, mode, policy or "full", args.warmup, args.iters, output_dir, args.sdpa_kernel, args.budget_gb)
+                        result = bench_train(case, mode, policy or "full", args.warmup, args.iters, output_dir, args.sdpa_kernel, args.budget_gb, family, flavour)
                         saved = result["saved_attention_blocks"]
                         recompute_flops = training_step_flops(shape, batch=1, frames=t, tokens=tokens, text_len=TEXT_LENGTH, lora_rank=16, recompute="full")
                         saved_flops = training_step_flops(shape, batch=1, frames=t, tokens=tokens, text_len=TEXT_LENGTH, lora_rank=16, recompute="save_attention")
                         fraction = saved / shape.depth
                         flops = {key: (1 - fraction) * recompute_flops[key] + fraction * saved_flops[key] for key in recompute_flops}
-                        notes = f"attention saved in {saved}/{shape.depth} blocks; first step {result['first_step_s']:.0f} s"
+                        notes = f"{family} {flavour}; attention saved in {saved}/{shape.depth} blocks; first step {result['first_step_s']:.0f} s"
                         trainer = result.pop("trainer")
                         trainer.accelerator.free_memory()
                         del trainer.model, trainer.optimizer, trainer
 
                     else:
-                        result = bench_sample(case, mode, args.warmup, args.iters, args.sdpa_kernel)
+                        result = bench_sample(case, mode, args.warmup, args.iters, args.sdpa_kernel, family, flavour)
                         flops = sampling_step_flops(shape, batch=2, frames=t, tokens=tokens, text_len=TEXT_LENGTH)
-                        notes = f"batch 2 (CFG); first step {result['first_step_s']:.0f} s"
+                        notes = f"{family} {flavour}; batch 2 (CFG); first step {result['first_step_s']:.0f} s"
                 except Exception as error:  # report and go on with the next case
                     traceback.print_exc()
                     print(f"!! {case} {kind} {mode} failed: {error}")
@@ -307,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
                 seconds = statistics.median(result["times"])
                 floor = floor_seconds(flops, **rates)
                 row = {
-                    "date": date, "device": device_name, "torch": torch.__version__, "case": case, "kind": kind, "mode": label,
+                    "date": date, "device": device_name, "torch": torch.__version__, "family": family, "flavour": flavour,
+                    "case": case, "kind": kind, "mode": label,
                     "s_per_step": seconds, "tokens_per_s": tokens * (2 if kind == "sample_cfg" else 1) / seconds,
                     "peak_gb": result["peak_gb"], "floor_s": floor, "git_commit": git_commit(),
                     "times": result["times"], "gemm_tflops": gemm / 1e12, "sdpa_fwd_tflops": sdpa_fwd / 1e12,
