@@ -118,3 +118,15 @@ def test_the_server_finds_the_validator_by_its_name(name):
 
     assert getattr(dataset, name) is getattr(config, name)
     assert DatasetProblem.__dataclass_fields__.keys() >= {"field", "message", "fix", "file", "line", "key"}
+
+
+def test_train_stops_on_the_same_problem_before_loading_anything(tmp_path, capsys, monkeypatch):
+    """``train`` runs the same validator first: same line, exit 2, no model or cache touched."""
+    import frametuner.training.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "scan_and_cache", lambda *a, **k: pytest.fail("scanned before the dataset list was checked"))
+    path = write_setup(tmp_path, datasets=DATASETS.replace("93", "92"))
+    assert main(["train", "--config", path]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / 'datasets.json'}:7: dataset 'clips': 'video.num_frames': 92 frames is not 4k+1" in err
+    assert "use 89 or 93" in err
