@@ -54,3 +54,23 @@ def test_bf16_sampling_is_deterministic(reference_dit, cases):
     assert torch.equal(first, second)
     # bf16 weights/activations stay close to the float32 reference (loose: bf16 has 8 bits of mantissa).
     assert (first.cpu() - cases["sample_t2v.latents_final"]).abs().max() < 0.15
+
+
+@pytest.mark.parametrize("use_kv_cache", [False, True], ids=["nokv", "kv"])
+def test_continuation_reference_on_cuda_with_compiled_blocks(reference_dit, vc_cases, exact_float32, use_kv_cache):
+    """generate_vc's reference (both cache modes) on CUDA through regionally compiled blocks: the
+    cache-building and cached forwards compile like the plain one."""
+    import torch._dynamo
+
+    model = copy.deepcopy(reference_dit).to("cuda")
+    torch._dynamo.reset()
+    model.compile_blocks()
+    latents = vc_cases["sample_vc.latents_init"].clone()
+    latents[:, :, :2] = vc_cases["sample_vc.cond_latent_normalized"]
+    text = dict(
+        prompt_embeds=vc_cases["sample_vc.prompt_embeds"].cuda(), prompt_mask=vc_cases["sample_vc.prompt_attention_mask"].cuda(),
+        negative_embeds=vc_cases["sample_vc.negative_prompt_embeds"].cuda(), negative_mask=vc_cases["sample_vc.negative_prompt_attention_mask"].cuda(),
+    )
+    final = denoise(model, latents.cuda(), **text, steps=4, guidance=4.0, num_cond_latents=2, use_kv_cache=use_kv_cache)
+    torch._dynamo.reset()
+    assert_close(final.cpu(), vc_cases[f"sample_vc.{'kv' if use_kv_cache else 'nokv'}.latents_final"], atol=5e-5, rtol=1e-5)
