@@ -8,6 +8,7 @@ one, so the caching peak is one encoder, never the DiT as well.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 from ..data.sample import Sample
 from ..models.family import ModelFamily
 from .entries import LatentCache, TextCache, has_conditioning_image
+from ..storage import DISK_FULL, StorageError, storage_error
 from .store import CorruptCacheEntry, discard_corrupt, sweep_temporaries
 
 log = logging.getLogger(__name__)
@@ -98,13 +100,19 @@ def cache_texts(
         if encoder.identity != text_cache.encoder_identity:
             raise RuntimeError(f"text encoder identity {encoder.identity} differs from the cache's {text_cache.encoder_identity}")
         encoder.to(device)
+        written = 0
         with _progress(len(missing), "text embeddings", "caption", progress) as bar:
             for start in range(0, len(missing), batch_size):
                 batch = missing[start : start + batch_size]
                 embeddings, masks = encoder.encode(batch)
                 for caption, embedding, mask in zip(batch, embeddings.cpu(), masks.cpu()):
-                    text_cache.save(caption, embedding, mask)
+                    try:
+                        text_cache.save(caption, embedding, mask)
+                    except OSError as error:  # the disk, not the caption: stop, keep what is cached
+                        left = len(missing) - written
+                        raise _stop(error, text_cache.folder, "caching text embeddings", left * embedding.numel() * text_cache.dtype.itemsize, left, "captions") from None
                     report.text_encoded += 1
+                    written += 1
                 bar.update(len(batch))
     finally:
         encoder.unload()  # frees host and accelerator memory before the next model loads
@@ -145,7 +153,7 @@ def cache_latents(
             raise RuntimeError(f"VAE identity {vae.identity} differs from the cache's {latent_cache.vae_identity}")
         vae.to(device)
         with _progress(len(missing), "latents", "clip", progress) as bar:
-            for sample in missing:
+            for done, sample in enumerate(missing):
                 bucket = sample.bucket
                 try:
                     pixels = _checked_pixels(load_pixels(sample), sample, (bucket.frames, bucket.height, bucket.width, 3))
@@ -155,14 +163,40 @@ def cache_latents(
                         image = image.unsqueeze(0) if image.ndim == 3 else image
                         image = _checked_pixels(image, sample, (1, bucket.height, bucket.width, 3))
                         cond_latent = vae.encode(image).cpu()
-                    latent_cache.save(sample, vae.encode(pixels).cpu(), cond_latent)
-                    report.latents_encoded += 1
+                    latents = vae.encode(pixels).cpu()
                 except Exception as error:  # one unreadable clip must not cost the whole run
+                    if isinstance(error, OSError) and error.errno in DISK_FULL:  # ...but a full disk is no bad clip
+                        raise _stop(error, latent_cache.folder, "caching latents", _latent_bytes(latent_cache, missing[done:]), len(missing) - done, "clips") from None
                     log.error("could not cache %s (%s): %s", sample.source.path, bucket.key, error)
                     report.failed.append((str(sample.source.path), str(error)))
+                    bar.update(1)
+                    continue
+                try:
+                    latent_cache.save(sample, latents, cond_latent)
+                except OSError as error:  # writing the cache failed: the disk, not the clip; stop, drop nothing
+                    raise _stop(error, latent_cache.folder, "caching latents", _latent_bytes(latent_cache, missing[done:]), len(missing) - done, "clips") from None
+                report.latents_encoded += 1
                 bar.update(1)
     finally:
         vae.unload()
+
+
+def _latent_bytes(latent_cache: LatentCache, samples: Sequence[Sample]) -> int:
+    """Bytes the latents of ``samples`` take in the cache (tensor data; headers are small)."""
+    total = 0
+    for sample in samples:
+        for shape, dtype in latent_cache.expected(sample).values():
+            total += math.prod(shape) * dtype.itemsize
+    return total
+
+
+def _stop(error: OSError, folder: Path, what: str, needed: int, left: int, unit: str) -> StorageError:
+    """The one line that stops caching when the cache cannot be written (a full disk)."""
+    return storage_error(
+        error, folder, needed=needed, what=what,
+        fix=f"{left} {unit} still to cache; free space or set cache_dir to a larger disk, then run the same command again "
+        "(what is cached is kept and reused; no clip was dropped)",
+    )
 
 
 def cache_samples(
