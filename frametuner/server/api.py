@@ -18,7 +18,7 @@ from ..config import check_frame_count, parse_resolution
 from ..models.registry import families
 from ..training.events import EVENTS_FILE
 from .configform import DATASET_FILE, CONFIG_FILE, check_config, form_fields, json_schema, load_example
-from .jobs import LOG_FILE, SAMPLE_VIDEO, JobManager, JobStateError, decode_data_url
+from .jobs import LOG_FILE, SAMPLE_VIDEO, VIDEO_TYPES, JobManager, JobStateError, decode_data_url
 from .paths import UnsafePath, resolve_inside
 from .progress import read_events_tolerant
 from .gpus import CPU_SLOT
@@ -83,6 +83,11 @@ class VideoChoice(_Body):
     path: str = Field(min_length=1, max_length=1000, description="a video inside that job's folder (validation or preview video)")
 
 
+class VideoChoice(_Body):
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
+    path: str = Field(min_length=1, max_length=1000, description="a video inside that job's folder (validation or preview video)")
+
+
 class SampleJobRequest(_Body):
     name: str = Field("", max_length=200)
     base_job_id: str | None = Field(None, pattern=JOB_ID_PATTERN, description="take model settings from this training job")
@@ -99,6 +104,13 @@ class SampleJobRequest(_Body):
     guidance: float | None = Field(None, ge=0.0, le=50.0)
     seed: int = Field(42, ge=0, le=2**63 - 1)
     fps: int | None = Field(None, ge=1, le=240)
+    # Video continuation / long video: continue an uploaded or a job's video, then N more segments.
+    video: str | None = Field(None, max_length=300_000_000, description="video to continue as a data URL (MP4, WebM, MOV)")
+    video_source: VideoChoice | None = None
+    cond_frames: int | None = Field(None, ge=1, le=257, description="conditioning frames (None: the family's)")
+    segments: int = Field(0, ge=0, le=30, description="continuation segments after the first clip")
+    no_kv_cache: bool = False
+    no_enhance_hf: bool = False
     start: bool = True
 
     @field_validator("prompt", "negative_prompt", "name")
@@ -273,6 +285,25 @@ def create_sample(body: SampleJobRequest, request: Request) -> JSONResponse:
             image = decode_data_url(body.image)
         except ValueError as error:
             raise HTTPException(422, f"image: {error}") from None
+    video = None
+    if body.video and body.video_source is not None:
+        raise HTTPException(422, "video: upload a video or pick one, not both")
+    if body.video and body.image:
+        raise HTTPException(422, "video: a clip starts from an image or continues a video, not both")
+    if body.video:
+        try:
+            video = decode_data_url(body.video, VIDEO_TYPES, "video")
+        except ValueError as error:
+            raise HTTPException(422, f"video: {error}") from None
+    video_path = None
+    if body.video_source is not None:
+        job_or_404(manager, body.video_source.job_id)
+        try:
+            video_path = resolve_inside(manager.job_dir(body.video_source.job_id), body.video_source.path)
+        except (UnsafePath, FileNotFoundError) as error:
+            raise HTTPException(422, f"video_source: {error}") from None
+        if video_path.suffix.lower() not in VIDEO_TYPES.values() or not video_path.is_file():
+            raise HTTPException(422, f"video_source: {body.video_source.path} is not a video file ({', '.join(VIDEO_TYPES.values())})")
     lora = None
     if body.lora is not None:
         job_or_404(manager, body.lora.job_id)
@@ -281,8 +312,11 @@ def create_sample(body: SampleJobRequest, request: Request) -> JSONResponse:
         except (UnsafePath, FileNotFoundError) as error:
             raise HTTPException(422, f"lora: {error}") from None
         lora = (body.lora.job_id, body.lora.path, body.lora.multiplier)
-    params = body.model_dump(include={"prompt", "negative_prompt", "resolution", "num_frames", "steps", "guidance", "seed", "fps", "base_job_id"})
-    job, result = manager.create_sample_job(body.name, params, config, image=image, lora=lora)
+    params = body.model_dump(include={"prompt", "negative_prompt", "resolution", "num_frames", "steps", "guidance", "seed", "fps", "base_job_id",
+                                      "cond_frames", "segments", "no_kv_cache", "no_enhance_hf"})
+    if video_path is not None:
+        params["video_path"] = str(video_path)
+    job, result = manager.create_sample_job(body.name, params, config, image=image, lora=lora, video=video)
     if job is None:
         return _check_response(result, 422)
     if body.start:
@@ -306,6 +340,24 @@ def list_loras(request: Request) -> list[dict[str, Any]]:
             for fmt, path in files.items():
                 if fmt in LORA_FORMATS_FOR_SAMPLING and (manager.job_dir(job.id) / path).exists():
                     found.append({"job_id": job.id, "job_name": job.name, "label": label, "format": fmt, "path": path})
+    return found
+
+
+@router.get("/videos")
+def list_videos(request: Request) -> list[dict[str, Any]]:
+    """Videos the Preview can continue: training jobs' validation videos and finished previews."""
+    manager = manager_of(request)
+    found = []
+    for job in manager.list():
+        if job.kind == TRAIN:
+            for validation in manager.progress(job.id).validations:
+                if validation.get("video") and (manager.job_dir(job.id) / validation["video"]).is_file():
+                    label = f"step {validation.get('step')} prompt {validation.get('prompt_index', 0)}" + (f" ({validation['kind']})" if validation.get("kind", "prompt") != "prompt" else "")
+                    found.append({"job_id": job.id, "job_name": job.name, "label": label, "path": validation["video"]})
+        else:
+            video = manager.output_dir(job.id) / SAMPLE_VIDEO
+            if video.is_file():
+                found.append({"job_id": job.id, "job_name": job.name, "label": "preview", "path": str(video.relative_to(manager.job_dir(job.id)))})
     return found
 
 

@@ -196,6 +196,7 @@ class JobManager:
         config: dict[str, Any],
         image: tuple[bytes, str] | None = None,
         lora: tuple[str, str, float] | None = None,
+        video: tuple[bytes, str] | None = None,
     ) -> tuple[Job | None, CheckResult]:
         """A ``frametuner sample`` job. ``config`` gives model options; ``lora`` is (job id, path in it, multiplier)."""
         job_id = new_job_id()
@@ -217,6 +218,13 @@ class JobManager:
             image_path = inputs / f"image{suffix}"
             image_path.write_bytes(data)
             params["image_path"] = str(image_path)
+        if video is not None:  # an uploaded video to continue (a picked one arrives as params["video_path"])
+            data, suffix = video
+            inputs = folder / "inputs"
+            inputs.mkdir(parents=True, exist_ok=True)
+            video_path = inputs / f"video{suffix}"
+            video_path.write_bytes(data)
+            params["video_path"] = str(video_path)
         title = name.strip() or f"preview: {params['prompt'][:48]}"
         job = Job(id=job_id, kind=SAMPLE, name=title, params=params)
         return self.store.insert(job), result
@@ -243,6 +251,14 @@ class JobManager:
         args.append(f"--seed={p['seed']}")
         if p.get("fps"):
             args.append(f"--fps={p['fps']}")
+        # Video continuation / long video (frametuner sample --video, --segments).
+        if p.get("video_path"):
+            args.append(f"--video={p['video_path']}")
+        if p.get("cond_frames"):
+            args.append(f"--cond_frames={int(p['cond_frames'])}")
+        if p.get("segments"):
+            args.append(f"--segments={int(p['segments'])}")
+        args += [flag for flag in ("--no_kv_cache", "--no_enhance_hf") if p.get(flag.removeprefix("--"))]
         args.append(f"--output={self.output_dir(job.id) / SAMPLE_VIDEO}")
         return args
 
@@ -479,17 +495,23 @@ def _remove_tree(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def decode_data_url(data_url: str) -> tuple[bytes, str]:
-    """``data:image/png;base64,...`` -> (bytes, file suffix); only common still-image types."""
-    suffixes = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
+IMAGE_TYPES = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
+VIDEO_TYPES = {"video/mp4": ".mp4", "video/webm": ".webm", "video/quicktime": ".mov"}
+
+
+def decode_data_url(data_url: str, types: dict[str, str] = IMAGE_TYPES, what: str = "image") -> tuple[bytes, str]:
+    """``data:image/png;base64,...`` -> (bytes, file suffix); only the given types (common still images by default)."""
+    suffixes = types
+    example = next(iter(types))
     header, _, payload = data_url.partition(",")
     if not header.startswith("data:") or ";base64" not in header:
-        raise ValueError("image must be a data URL (data:image/png;base64,...)")
+        raise ValueError(f"{what} must be a data URL (data:{example};base64,...)")
     mime = header[5:].split(";")[0]
     if mime not in suffixes:
-        raise ValueError(f"image type {mime!r} is not supported; use PNG, JPEG or WebP")
+        names = ", ".join(suffix.removeprefix(".").upper() for suffix in suffixes.values())
+        raise ValueError(f"{what} type {mime!r} is not supported; use {names}")
     try:
         data = base64.b64decode(payload, validate=True)
     except ValueError:
-        raise ValueError("image data is not valid base64") from None
+        raise ValueError(f"{what} data is not valid base64") from None
     return data, suffixes[mime]

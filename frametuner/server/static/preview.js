@@ -8,6 +8,7 @@ const baseJob = document.getElementById("base-job");
 const loraSelect = document.getElementById("lora");
 const statusLine = document.getElementById("sample-status");
 let loras = [];
+let videos = [];
 
 function fillFlavours() {
   const info = families.find((f) => f.name === familySelect.value);
@@ -23,6 +24,12 @@ function fillLoras() {
   const modelFromJob = Boolean(chosen);
   document.getElementById("family-label").hidden = modelFromJob;
   document.getElementById("flavour-label").hidden = modelFromJob;
+}
+
+function fillVideos() {
+  const select = document.getElementById("video-source");
+  select.replaceChildren(el("option", { value: "" }, "(none)"),
+    ...videos.map((v, i) => el("option", { value: String(i) }, `${v.job_name}: ${v.label}`)));
 }
 
 function readImage(file) {
@@ -43,6 +50,9 @@ document.getElementById("sample-form").addEventListener("submit", async (event) 
   event.preventDefault();
   const file = document.getElementById("image").files[0];
   const lora = loraSelect.value === "" ? null : loras[Number(loraSelect.value)];
+  const videoFile = document.getElementById("video").files[0];
+  const picked = document.getElementById("video-source").value;
+  const videoSource = picked === "" ? null : videos[Number(picked)];
   const body = {
     base_job_id: baseJob.value || null,
     model_family: baseJob.value ? null : familySelect.value,
@@ -57,6 +67,12 @@ document.getElementById("sample-form").addEventListener("submit", async (event) 
     guidance: numberOrNull("guidance"),
     seed: numberOrNull("seed"),
     fps: numberOrNull("fps"),
+    video: videoFile ? await readImage(videoFile) : null,
+    video_source: videoSource ? { job_id: videoSource.job_id, path: videoSource.path } : null,
+    cond_frames: numberOrNull("cond-frames"),
+    segments: numberOrNull("segments") ?? 0,
+    no_kv_cache: !document.getElementById("kv-cache").checked,
+    no_enhance_hf: !document.getElementById("enhance-hf").checked,
   };
   statusLine.textContent = "submitting…";
   const result = await api("/api/samples", { method: "POST", body });
@@ -100,6 +116,9 @@ async function init() {
   const result = await api("/api/loras");
   loras = result.ok ? result.data : [];
   fillLoras();
+  const found = await api("/api/videos");
+  videos = found.ok ? found.data : [];
+  fillVideos();
   showRecent();
 }
 init();
