@@ -56,7 +56,7 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--negative_prompt", default="", help="what to steer away from (default: the empty prompt, as upstream)")
     parser.add_argument("--image", help="first frame for image-to-video (resized and centre-cropped to --resolution)")
     parser.add_argument("--video", help="continue this video: its LAST --cond_frames frames (scaled to cover --resolution, centre-cropped) condition the new clip")
-    parser.add_argument("--cond_frames", type=int, default=None, help=f"conditioning frames of a continuation, frame rule 1+4k (default {_family_defaults(lambda i: i.continuation.cond_frames if i.continuation else 'none')})")
+    parser.add_argument("--cond_frames", type=int, default=None, help=f"conditioning frames of a continuation, by the frame rule (default {_family_defaults(lambda i: i.continuation.cond_frames if i.continuation else 'none')})")
     parser.add_argument("--segments", type=int, default=0, help="long video: after the first clip (text/image-to-video, or the --video continuation), this many continuation segments of --num_frames each, stitched; resumable (segment folder beside --output)")
     parser.add_argument("--no_kv_cache", action="store_true", help="continuation: run the conditioning frames through the DiT at every step instead of caching their keys/values once (upstream's use_kv_cache=False; a slightly different video)")
     parser.add_argument("--no_enhance_hf", action="store_true", help="continuation: the plain schedule instead of upstream's enhance_hf tail (50 steps = 50 DiT calls, not 56); off anyway with --distill")
