@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     docs.add_argument("--update", metavar="README", help="rewrite the generated table inside this file instead")
 
     sub.add_parser("models", help="list model families and flavours")
-    demo = sub.add_parser("demo", help="train a LoRA on the tiny model with synthetic clips (CPU, a minute or two; --model_family wan for Wan 2.1)", allow_abbrev=False)
+    demo = sub.add_parser("demo", help="train a LoRA on the tiny model with synthetic clips (CPU, a minute or two; --model_family picks the family)", allow_abbrev=False)
     demo.add_argument("--dir", default="frametuner-demo", help="folder for the demo's clips, config and outputs (default ./frametuner-demo)")
     add_config_arguments(demo, exclude=("output_dir",))
     sub.add_parser("bench", help="GPU benchmark of the 13.6B training/sampling step (bench/train_step.py; --help for options)", add_help=False)

@@ -2,9 +2,9 @@
 
 The real clips users train on are not part of the package, so the demo draws its own:
 short captioned clips of coloured shapes moving over a background, written with PyAV.
-It then trains a LoRA on a tiny random model (LongCat-Video's architecture by default,
-``--model_family wan`` for Wan 2.1's) with the same code path as a real run (scan, cache,
-train, validate, export).
+It then trains a LoRA on the tiny random model of a family (the default family's, or
+``--model_family``'s) with the same code path as a real run (scan, cache, train,
+validate, export).
 """
 
 from __future__ import annotations
