@@ -3,13 +3,16 @@
 Every file of the run that has a caption at the end (written now or already there) gets
 a row: its contact sheet (eight evenly spaced frames, ``sampling.video.contact_sheet``),
 its path, the caption, and whether it is new; failures are listed with their reasons.
-Sheets are JPEGs in ``DIR/sheets/``; the page is ``DIR/index.html`` (written atomically).
+Sheets are JPEGs in ``DIR/sheets/``; the page is ``DIR/index.html`` and the same rows are
+``DIR/index.json`` (``{"rows": [{"path", "status", "caption" or "reason", "sheet"}], ...}``, what the
+web UI's caption job shows), both written atomically.
 """
 
 from __future__ import annotations
 
 import hashlib
 import html
+import json
 import logging
 import os
 from pathlib import Path
@@ -56,6 +59,7 @@ def write_review(folder: str | Path, media: list[MediaFile], report) -> Path:
     failed = dict(report.failed)
     new = set(report.captioned)
     rows = []
+    records = []
     for item in media:
         try:
             caption = read_caption_file(caption_path(item.path))
@@ -71,6 +75,8 @@ def write_review(folder: str | Path, media: list[MediaFile], report) -> Path:
         else:
             status = "failed"
             text = html.escape(failed[item.path])
+        records.append({"path": str(item.path), "status": status, "sheet": f"sheets/{sheet}" if sheet else None,
+                        **({"caption": caption} if caption is not None else {"reason": failed[item.path]})})
         rows.append(f'<tr class="{status}"><td>{image}</td><td><div class="path">{html.escape(str(item.path))}</div>'
                     f'<div class="status">{status}</div><p>{text}</p></td></tr>')
     page = (
@@ -84,12 +90,14 @@ def write_review(folder: str | Path, media: list[MediaFile], report) -> Path:
         f"{len(report.skipped)} had a caption, {len(report.failed)} failed.</p>"
         "<table>" + "".join(rows) + "</table></body></html>\n"
     )
+    summary = {"captioned": len(report.captioned), "skipped": len(report.skipped), "failed": len(report.failed), "rows": records}
     index = folder / "index.html"
-    temporary = temporary_beside(index)
-    try:
-        temporary.write_text(page, encoding="utf-8")
-        os.replace(temporary, index)
-    finally:
-        temporary.unlink(missing_ok=True)
+    for target, text in ((folder / "index.json", json.dumps(summary, ensure_ascii=False, indent=1)), (index, page)):
+        temporary = temporary_beside(target)
+        try:
+            temporary.write_text(text, encoding="utf-8")
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
     log.info("caption: review page %s", index)
     return index

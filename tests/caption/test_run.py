@@ -171,6 +171,13 @@ def test_review_page_shows_each_caption_beside_its_sheet(tmp_path, tiny_captione
     assert page.count('class="new"') == 5 and page.count('class="existing"') == 1 and page.count('class="failed"') == 1
     for path, caption in report.captions.items():
         assert caption.replace("'", "&#x27;") in page
+    index = json.loads((tmp_path / "review" / "index.json").read_text(encoding="utf-8"))
+    assert (index["captioned"], index["skipped"], index["failed"]) == (5, 1, 1)
+    rows = {Path(row["path"]).name: row for row in index["rows"]}
+    assert rows["broken.mp4"]["status"] == "failed" and rows["broken.mp4"]["sheet"] is None and rows["broken.mp4"]["reason"]
+    assert rows["clip1.mp4"] == {"path": str(root / "clip1.mp4"), "status": "existing", "caption": "a hand-written caption",
+                                 "sheet": rows["clip1.mp4"]["sheet"]}
+    assert all((tmp_path / "review" / row["sheet"]).is_file() for row in index["rows"] if row["sheet"])
 
 
 def test_cli_caption_model_tiny(tmp_path, tiny_root, capsys):
