@@ -33,6 +33,8 @@ def serve(settings: ServerSettings, token_generated: bool = False) -> None:
     if settings.token:
         url += f"?token={settings.token}"
     print(f"frametuner server: data in {settings.data_dir}", flush=True)
+    print(f"frametuner server: configs from the web UI may read files in {', '.join(map(str, settings.read_roots))} "
+          "and their job's folder (--allow-path DIR adds one)", flush=True)
     print(f"frametuner server: open {url}", flush=True)
     if token_generated:
         print("frametuner server: access token generated for this run (pass --token to choose one)", flush=True)

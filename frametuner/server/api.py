@@ -27,7 +27,6 @@ from .store import ACTIVE, RUNNING, TRAIN, Job
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 LOG_TAIL_BYTES = 32 * 1024
 LOG_CHUNK_BYTES = 256 * 1024
-LORA_FORMATS_FOR_SAMPLING = ("peft", "upstream")
 # Served inline; anything else downloads as an attachment (a job's HTML never runs in our origin).
 INLINE_TYPES = {
     ".mp4": "video/mp4",
@@ -338,7 +337,7 @@ def list_loras(request: Request) -> list[dict[str, Any]]:
             entries.append(("final", progress.final_lora))
         for label, files in entries:
             for fmt, path in files.items():
-                if fmt in LORA_FORMATS_FOR_SAMPLING and (manager.job_dir(job.id) / path).exists():
+                if (manager.job_dir(job.id) / path).exists():  # `sample --lora` reads every format training writes
                     found.append({"job_id": job.id, "job_name": job.name, "label": label, "format": fmt, "path": path})
     return found
 

@@ -96,6 +96,7 @@ def _add_pages(app: FastAPI) -> None:
         return _page(
             request, "new_job.html", "New job", data,
             groups=grouped_form_fields(), families=families(), open_groups=OPEN_GROUPS,
+            read_roots=", ".join(["the job's folder", *map(str, request.app.state.settings.read_roots)]),
         )
 
     @app.get("/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)

@@ -308,3 +308,9 @@ def test_state_changing_requests_from_elsewhere_are_refused(client, demo_config,
 def test_same_origin_and_script_requests_pass(client, demo_config):
     assert client.post("/api/config/check", json={"config": demo_config}, headers={"Origin": LOCAL_URL, "Sec-Fetch-Site": "same-origin"}).status_code == 200
     assert client.post("/api/config/check", json={"config": demo_config}).status_code == 200  # curl, scripts: no Origin
+
+
+def test_the_new_job_page_names_the_allowed_folders(client, settings, demo_dataset):
+    html = client.get("/jobs/new").text
+    assert f"inside the job&#39;s folder, {settings.data_dir}, {settings.examples_dir}, {demo_dataset.parent}" in html
+    assert "--allow-path DIR" in html

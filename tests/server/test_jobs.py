@@ -72,7 +72,7 @@ def test_demo_job_runs_to_the_end_with_videos_and_lora_files(client, settings, d
 
     listed = client.get("/api/jobs").json()
     assert listed[0]["id"] == job["id"] and listed[0]["progress"]["step"] == 6
-    assert {lora["format"] for lora in client.get("/api/loras").json()} == {"peft", "upstream"}
+    assert {lora["format"] for lora in client.get("/api/loras").json()} == {"peft", "upstream", "comfyui"}
 
 
 def test_real_demo_job_runs_to_the_end_with_videos_and_lora_files(real_client, real_demo_config):
