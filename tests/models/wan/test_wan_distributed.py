@@ -10,7 +10,7 @@ from tests.training.distributed_worker import run_ranks
 
 pytestmark = pytest.mark.slow
 
-WAN = dict(model_family="wan", model_flavour="tiny", flow_schedule_shift=3.0)
+WAN = dict(model_family="wan", model_flavour="tiny")
 STEPS = 2
 
 

@@ -17,7 +17,7 @@ def losses(tmp_path, steps: int = 3, **overrides):
     from frametuner.training.trainer import Trainer
 
     ensure_tiny_checkpoint("tiny")  # first: writing it must not move the trainer's seeded RNG
-    config = tiny_config(tmp_path, model_family="wan", model_flavour="tiny", flow_schedule_shift=3.0, max_train_steps=steps, **overrides)
+    config = tiny_config(tmp_path, model_family="wan", model_flavour="tiny", max_train_steps=steps, **overrides)
     data = synthetic_data(n=1)
     trainer = Trainer(config, data)
     batch = next(iter(data.epoch(0)))

@@ -32,7 +32,7 @@ def documented_draws(seed: int, batch: int, shape: tuple[int, ...]):
 def first_step(tmp_path):
     from frametuner.training.trainer import Trainer
 
-    config = tiny_config(tmp_path, model_family="wan", model_flavour="tiny", flow_schedule_shift=3.0, max_train_steps=1, train_batch_size=2, seed=5)
+    config = tiny_config(tmp_path, model_family="wan", model_flavour="tiny", max_train_steps=1, train_batch_size=2, seed=5)
     data = synthetic_data(n=2, batch_size=2, seed=3)
     handed, calls, outputs, losses = [], [], [], []
     epoch = data.epoch
