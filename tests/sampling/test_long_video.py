@@ -220,3 +220,20 @@ def test_video_with_too_few_frames_and_image_plus_video(capsys, tmp_path):
     assert code == 2
     assert "3 frames, fewer than the 5 conditioning frames" in err
     assert "--image and --video" in err
+
+
+@pytest.mark.slow
+def test_cli_continues_a_real_clip(capsys, tmp_path, fakes):
+    """The shared sample clip (real H.264): its last frames, however many it has, condition the continuation."""
+    from ..conftest import media_file
+
+    clip = media_file("motorcycle.mp4")
+    output = tmp_path / "moto.mp4"
+    code = main(["sample", "--prompt", "a motorcycle", *TINY, "--resolution", "32x48", "--num_frames", "9", "--steps", "1",
+                 "--video", str(clip), "--cond_frames", "5", "--segments", "1", "--no_enhance_hf", "--output", str(output)])
+    assert code == 0, capsys.readouterr().err
+    first, second = fakes.vae.encoded
+    assert torch.equal(first, read_last_frames(clip, 9, 32, 48)[-5:])
+    assert first.shape == (5, 32, 48, 3)
+    assert _frames_of(output) == long_video_frames(9, 5, 1)
+    assert torch.equal(second, torch.from_numpy(np.load(tmp_path / "moto.segments" / "segment_000.npy"))[-5:])
