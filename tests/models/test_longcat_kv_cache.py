@@ -143,6 +143,25 @@ def test_cache_goes_through_the_block_seam_with_block_swap(vc_cases):
     assert torch.equal(actual, expected)
 
 
+@pytest.mark.parametrize("offload_type", ["block_level", "leaf_level"])
+def test_cache_with_group_offload(vc_cases, offload_type):
+    """diffusers' group-offload hooks on the blocks pass the cache arguments and the build pass's
+    (x, k, v) output through unchanged."""
+    from frametuner.memory import enable_group_offload
+
+    from ..memory.helpers import small_dit
+
+    plain = small_dit(depth=2)
+    offloaded = small_dit(depth=2)
+    enable_group_offload(offloaded, "cpu", offload_type=offload_type, training=False)
+    cond = vc_cases["kvdit.cond_latents"]
+    kwargs = dict(hidden_states=vc_cases["kvdit.noisy_latents"], timestep=vc_cases["kvdit.timestep"], **_text(vc_cases))
+    with torch.no_grad():
+        expected = plain(condition_cache=plain.build_condition_cache(cond), **kwargs)
+        actual = offloaded(condition_cache=offloaded.build_condition_cache(cond), **kwargs)
+    assert torch.equal(actual, expected)
+
+
 @pytest.mark.slow
 def test_compiled_blocks_trace_the_cached_paths_without_graph_breaks(vc_cases):
     import torch._dynamo
