@@ -9,6 +9,7 @@ mapped back to the form fields they name.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from ..config import GROUPS, ConfigError, TrainConfig, field_group, load_config, loads_jsonc, unimplemented_settings
 from ..config.dataset import DatasetConfig, DatasetProblem, validate_dataset_list
 from ..config.schema import PATH_INPUT, path_fields
-from .paths import Roots, confine_keys
+from .paths import Roots, confine_keys, confine_path
 from .settings import ServerSettings
 
 CONFIG_FILE = "config.json"
@@ -241,9 +242,47 @@ def _confine_datasets(path: Path, roots: Roots) -> list[Problem]:
         if not isinstance(entry, dict):
             continue
         label = f"dataset '{entry['id']}'" if isinstance(entry.get("id"), str) and entry["id"] else f"dataset #{number}"
-        _, refused = confine_keys(entry, kinds, path.parent, roots)
+        accepted, refused = confine_keys(entry, kinds, path.parent, roots)
         problems += [Problem("data_backend_config", f"{label}: '{key}': {message}") for key, message in refused.items()]
+        if not refused:
+            problems += [Problem("data_backend_config", f"{label}: {message}") for message in _manifest_outside(entry, accepted, roots)]
     return problems
+
+
+def _manifest_outside(entry: dict[str, Any], accepted: dict[str, str], roots: Roots) -> list[str]:
+    """A jsonl/csv manifest names its media by path (relative to instance_data_dir): each must lie inside
+    ``roots`` too, or a manifest (even one a request uploaded as an "image") could point anywhere.
+
+    Reads only the path column, as ``frametuner.data.captions.read_manifest`` does (which the
+    server does not import: the data package loads torch); rows it cannot read are left to the scan.
+    """
+    kind = entry.get("caption_strategy")
+    if kind not in ("jsonl", "csv") or "instance_data_dir" not in accepted:
+        return []
+    root = Path(accepted["instance_data_dir"])
+    manifest = Path(accepted["manifest"]) if "manifest" in accepted else root / f"metadata.{kind}"
+    column = entry.get("path_column", DatasetConfig.model_fields["path_column"].default)
+    try:
+        text = manifest.read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return []  # missing or unreadable (inside the roots): the validator and the scan say so
+    if kind == "csv":
+        rows = [(f"{manifest.name}:{n}", row.get(column)) for n, row in enumerate(csv.DictReader(text.splitlines()), start=2)]
+    else:
+        rows = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            try:
+                record = json.loads(line) if line.strip() else None
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                rows.append((f"{manifest.name}:{n}", record.get(column)))
+    for where, value in rows:
+        if isinstance(value, str) and value.strip():
+            _, problem = confine_path(value, root, roots)
+            if problem:
+                return [f"{where}: '{column}' {problem}"]  # the first one is enough to fix the list
+    return []
 
 
 def _dataset_config_for_check(config: dict[str, Any], loaded: TrainConfig | None) -> TrainConfig | None:

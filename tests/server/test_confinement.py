@@ -200,6 +200,32 @@ def test_a_dataset_list_file_outside_the_roots_is_never_read(client, demo_config
     assert "secret-folder" not in json.dumps(result)
 
 
+@pytest.mark.parametrize("kind", ["jsonl", "csv"])
+def test_manifest_rows_outside_the_roots_are_refused(client, demo_config, demo_dataset, outside, settings, kind):
+    """A manifest names media by path: a row leading out is refused like a key (a request can upload
+    bytes into the data dir, e.g. a preview's "image", and name that file as a manifest)."""
+    clips = demo_dataset.parent / "clips"
+    manifest = settings.data_dir / f"manifest.{kind}"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(paths):
+        if kind == "csv":
+            manifest.write_text("file_name,caption\n" + "".join(f"{p},a clip\n" for p in paths))
+        else:
+            manifest.write_text("".join(json.dumps({"file_name": p, "caption": "a clip"}) + "\n" for p in paths))
+
+    entry = {"id": "clips", "instance_data_dir": str(clips), "caption_strategy": kind, "manifest": str(manifest), "video": {"num_frames": 9}}
+    answers = []
+    for escape in (str(outside / "secret.txt"), "../../outside/secret.txt", str(outside / "missing.mp4")):
+        write(["red_ball.mp4", escape])
+        (message,) = _check(client, demo_config, json.dumps([entry]))["field_errors"]["data_backend_config"]
+        assert message.startswith(f"dataset 'clips': manifest.{kind}:") and ROOTS_NAMED in message, message
+        answers.append(message.replace(escape, "<PATH>"))
+    assert answers[0] == answers[2]  # existing or not: the same answer
+    write(["red_ball.mp4", "blue_square.mp4"])
+    assert "data_backend_config" not in _check(client, demo_config, json.dumps([entry]))["field_errors"]
+
+
 # ---------------------------------------------------------------------- symlinks
 def test_symlinks_that_lead_out_are_refused(client, settings, demo_config, demo_dataset, outside):
     allowed = demo_dataset.parent
