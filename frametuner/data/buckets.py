@@ -10,6 +10,9 @@ import random
 
 from .sample import Bucket, CropBox
 
+MAX_UPSCALE = 4.0  # a source scaled up more than this to its bucket is warned about (blurry)
+MAX_CROPPED = 0.30  # a bucket that crops away more than this share of a source is warned about
+
 
 def round_to_grid(value: float, alignment: int) -> int:
     """Nearest multiple of ``alignment`` (half rounds up), at least one ``alignment``."""
@@ -73,3 +76,13 @@ def window_start(available: int, frames: int, mode: str, rng: random.Random | No
     if mode == "random":
         return (rng or random.Random(0)).randint(0, spare)
     raise ValueError(f"unknown window {mode!r}; use start, center or random")
+
+
+def upscale_factor(height: int, width: int, crop: CropBox) -> float:
+    """How much a (height, width) source is enlarged to reach its bucket (1 = not at all, < 1 = shrunk)."""
+    return max(crop.resize[0] / height, crop.resize[1] / width)
+
+
+def cropped_share(crop: CropBox) -> float:
+    """Share of the resized source that the crop cuts away (0 for a stretch, ``crop`` 'none')."""
+    return 1.0 - (crop.size[0] * crop.size[1]) / (crop.resize[0] * crop.resize[1])

@@ -74,6 +74,20 @@ def _rotation(frame: av.VideoFrame) -> int:
     return int(round(degrees / 90.0)) % 4 * 90
 
 
+NOT_A_VIDEO = "not a video"
+STILL_IMAGE_DETAIL = "image, use it as a conditioning image or convert it"
+_STILL_CODECS = {"png", "mjpeg", "jpeg2000", "webp", "bmp", "tiff", "gif", "apng", "jpegls", "qoi"}
+
+
+def _is_still_image(container: av.container.InputContainer, stream, frames: int | None = None) -> bool:
+    """A still image opened as a video: an image demuxer (``png_pipe``, ``jpeg_pipe``, ``image2``...),
+    or an image codec with a single frame (a one-frame GIF)."""
+    name = container.format.name or ""
+    if name.endswith("_pipe") or name == "image2":
+        return True
+    return frames is not None and frames <= 1 and stream.codec_context.name in _STILL_CODECS
+
+
 def probe_video(path: Path | str) -> VideoProbe:
     """Timestamps of every frame, display size and rotation; raises :class:`DecodeError`.
 
@@ -88,6 +102,8 @@ def probe_video(path: Path | str) -> VideoProbe:
         if not container.streams.video:
             raise DecodeError(path, "no_video_stream", "the file has no video track")
         stream = container.streams.video[0]
+        if _is_still_image(container, stream):
+            raise DecodeError(path, NOT_A_VIDEO, STILL_IMAGE_DETAIL)
         pts: list[int] = []
         first: av.VideoFrame | None = None
         corrupt = False
@@ -113,6 +129,8 @@ def probe_video(path: Path | str) -> VideoProbe:
             raise DecodeError(path, "truncated", f"{len(pts)} of {declared or '?'} frames readable")
         if not pts or first is None:
             raise DecodeError(path, "decode_error", "no decodable frame")
+        if _is_still_image(container, stream, len(pts)):
+            raise DecodeError(path, NOT_A_VIDEO, STILL_IMAGE_DETAIL)
         time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 1000)
         width, height = first.width, first.height
         sar = stream.sample_aspect_ratio

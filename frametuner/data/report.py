@@ -8,6 +8,7 @@ from rich.console import Console
 
 from ..console import console as whole_lines_console  # tables keep their width in logs and pipes
 from rich.table import Table
+from rich.text import Text
 
 from .scan import ScanResult
 
@@ -93,3 +94,5 @@ def print_inspection(result: ScanResult, console: Console | None = None) -> None
         console.print(skip_table(result))
     else:
         console.print("No files skipped.")
+    for line in result.warnings():
+        console.print(Text.assemble(("warning: ", "yellow"), line), soft_wrap=True)  # paths unwrapped, never markup

@@ -20,7 +20,7 @@ from typing import Iterable
 from ..config.dataset import CONDITIONING_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, DatasetConfig, load_dataset_configs
 from ..config.errors import ConfigError
 from ..config.schema import TrainConfig
-from .buckets import bucket_size, crop_box, frames_on_interval, largest_valid_frames, window_start
+from .buckets import MAX_CROPPED, MAX_UPSCALE, bucket_size, crop_box, cropped_share, frames_on_interval, largest_valid_frames, upscale_factor, window_start
 from .captions import CaptionError, caption_from_filename, read_caption_file, read_manifest
 from .media import DecodeError, probe_image, probe_video, select_frames
 from .sample import Bucket, Sample, SourceInfo
@@ -60,6 +60,7 @@ class ScanResult:
 
     datasets: dict[str, DatasetScan]
     frame_stride: int = 4
+    alignment: int = 16  # aspect_bucket_alignment: the pixel grid of bucket sizes
 
     @property
     def samples(self) -> list[Sample]:
@@ -86,6 +87,36 @@ class ScanResult:
     def total_frames(self) -> int:
         return sum(scan.total_frames for scan in self.datasets.values())
 
+    def warnings(self) -> list[str]:
+        """What trains but deserves a look: a source enlarged more than ``MAX_UPSCALE`` times to its
+        bucket (one line per file), a bucket that crops away more than ``MAX_CROPPED`` of its
+        sources (one line per dataset and bucket)."""
+        lines = []
+        for scan in self.datasets.values():
+            config = scan.config
+            cropped: dict[str, list[tuple[float, Sample]]] = {}
+            for sample in scan.samples:
+                source, bucket = sample.source, sample.bucket
+                scale = upscale_factor(source.height, source.width, sample.crop)
+                if scale > MAX_UPSCALE:
+                    lines.append(
+                        f"{source.path}: {source.height}x{source.width} is upscaled {scale:.3g}x to its bucket "
+                        f"{bucket.height}x{bucket.width} (more than {MAX_UPSCALE:g}x: it trains as a blur); use a larger source or a smaller resolution"
+                    )
+                share = cropped_share(sample.crop)
+                if share > MAX_CROPPED:
+                    cropped.setdefault(bucket.key, []).append((share, sample))
+            for key, items in cropped.items():
+                worst, sample = max(items, key=lambda item: item[0])
+                bucket, source = sample.bucket, sample.source
+                lines.append(
+                    f"dataset '{config.id}': bucket {key} ({_ratio(bucket.width, bucket.height)}) crops away "
+                    f"up to {worst:.0%} of each frame of {len(items)} file(s), e.g. {source.path.name} ({source.height}x{source.width}, "
+                    f"{_ratio(source.width, source.height)}): resolution {config.resolution!r} on the {self.alignment}-pixel grid gives this bucket; "
+                    "set a resolution closer to the clips' aspect ratio (or one number, an area), a smaller aspect_bucket_alignment, or crop 'none' to stretch"
+                )
+        return lines
+
     def empty_dataset_messages(self) -> list[str]:
         lines = []
         for scan in self.datasets.values():
@@ -100,6 +131,10 @@ class ScanResult:
                 summary = ", ".join(f"{reason}: {count}" for reason, count in reasons)
                 lines.append(f"{where}: no usable samples, all {len(scan.skipped)} files were skipped ({summary}); see the warnings above")
         return lines
+
+
+def _ratio(width: int, height: int) -> str:
+    return f"{width / height:.2f}:1" if width >= height else f"1:{height / width:.2f}"
 
 
 # ------------------------------------------------------------------ candidates
@@ -289,7 +324,7 @@ def scan_dataset(dataset: DatasetConfig, *, alignment: int, stride: int, seed: i
 def scan_datasets(config: TrainConfig, *, require_samples: bool = True, summary: bool = True, workers: int | None = None) -> ScanResult:
     """Scan every enabled dataset of ``config.data_backend_config``.
 
-    Prints a summary table of skipped files by reason (``summary``), and raises
+    Logs :meth:`ScanResult.warnings` and prints a summary table of skipped files by reason (``summary``), and raises
     :class:`EmptyDatasetError` when a dataset has no usable sample (``require_samples``).
     """
     from ..models.registry import family_info
@@ -297,9 +332,12 @@ def scan_datasets(config: TrainConfig, *, require_samples: bool = True, summary:
     stride = family_info(config.model_family).frame_stride
     datasets = load_dataset_configs(config, frame_stride=stride)
     seed = config.seed if config.seed is not None else 0
-    result = ScanResult(datasets={}, frame_stride=stride)
+    result = ScanResult(datasets={}, frame_stride=stride, alignment=config.aspect_bucket_alignment)
     for dataset in datasets:
         result.datasets[dataset.id] = scan_dataset(dataset, alignment=config.aspect_bucket_alignment, stride=stride, seed=seed, workers=workers)
+    if summary:  # (data inspect prints them with its tables)
+        for line in result.warnings():
+            log.warning(line)
     if summary and result.skipped:
         from .report import print_skip_summary
 
