@@ -181,12 +181,11 @@ def run_caption(options: CaptionOptions, captioner: Captioner | None = None) -> 
         finally:
             progress.stop()
             pool.shutdown(wait=True, cancel_futures=True)
-            report.seconds = time.perf_counter() - started
-            if options.review:
-                from .review import write_review
-
-                write_review(options.review, media, report)
     report.seconds = time.perf_counter() - started
+    if options.review:
+        from .review import write_review
+
+        write_review(options.review, media, report)
     return report
 
 

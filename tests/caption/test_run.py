@@ -178,6 +178,9 @@ def test_review_page_shows_each_caption_beside_its_sheet(tmp_path, tiny_captione
     assert rows["clip1.mp4"] == {"path": str(root / "clip1.mp4"), "status": "existing", "caption": "a hand-written caption",
                                  "sheet": rows["clip1.mp4"]["sheet"]}
     assert all((tmp_path / "review" / row["sheet"]).is_file() for row in index["rows"] if row["sheet"])
+    # --dry_run --review: the existing captions, no model loaded (broken.mp4 still has none: left out)
+    again = run_caption(CaptionOptions(paths=[str(root)], review=str(tmp_path / "again"), dry_run=True), captioner=None)
+    assert again.pending == [root / "broken.mp4"] and len(json.loads((tmp_path / "again" / "index.json").read_text())["rows"]) == 6
 
 
 def test_cli_caption_model_tiny(tmp_path, tiny_root, capsys):
