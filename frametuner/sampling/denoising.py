@@ -69,7 +69,7 @@ def denoise(
     shift: float | None = None,
     num_cond_latents: int = 0,
     distill: bool = False,
-    progress: bool = False,
+    progress: bool | str = False,
     use_kv_cache: bool | None = None,
     enhance_hf: bool | None = None,
     conditioning: dict[str, Any] | None = None,
@@ -81,7 +81,7 @@ def denoise(
     ``steps``, ``guidance`` and ``shift`` default to the model family's. Guidance > 1 needs
     the negative embeddings (upstream encodes ``""`` when no negative prompt is given, so
     pass the empty prompt's embeddings). Condition frames are never stepped. The input
-    tensor is not modified. ``progress`` shows a tqdm bar. ``conditioning`` (family inputs
+    tensor is not modified. ``progress`` shows a tqdm bar (a string: its label). ``conditioning`` (family inputs
     beyond text, e.g. image embeddings) and further keywords (``options``) go to the
     family's sampler, which refuses what it does not know. The family is found from the
     model (:func:`~frametuner.models.family.family_of`).
@@ -102,7 +102,7 @@ def denoise(
     family = family_of(model)
     settings = DenoiseSettings(
         steps=steps, guidance=guidance, shift=shift, num_cond_latents=num_cond_latents, distill=distill,
-        progress=progress, options=dict(options), conditioning=dict(conditioning or {}),
+        progress=bool(progress), options=dict(options), conditioning=dict(conditioning or {}),
     ).resolved(family.defaults)
     text = text_conditioning(
         prompt_embeds, prompt_mask, negative_embeds, negative_mask,
@@ -115,7 +115,7 @@ def denoise(
     if progress:
         from tqdm.auto import tqdm
 
-        indices = tqdm(indices, desc="denoising", unit="step")
+        indices = tqdm(indices, desc=progress if isinstance(progress, str) else "denoising", unit="step")
     try:
         for i in indices:
             latents = loop.step(latents, loop.predict(latents, i), i)

@@ -79,7 +79,7 @@ def continuation_latents(vae, cond_pixels: torch.Tensor, *, spec, num_frames: in
 def continue_frames(
     model, vae, cond_pixels: torch.Tensor, *, spec, prompt_embeds, prompt_mask, negative_embeds, negative_mask,
     height: int, width: int, num_frames: int, steps: int, guidance: float, seed: int, device: torch.device,
-    shift: float | None = None, distill: bool = False, options: dict | None = None, progress: bool = False,
+    shift: float | None = None, distill: bool = False, options: dict | None = None, progress: bool | str = False,
 ) -> torch.Tensor:
     """One continuation segment: ``cond_pixels`` (uint8 ``[F, H, W, 3]``) encoded, kept clean as
     the first latent frames, the rest denoised; returns all ``num_frames`` decoded frames
@@ -296,7 +296,7 @@ def sample_long_video(
                     latents[0, :, :k] = cond
                 latents = denoise(
                     model, latents.to(device), **text, steps=request.steps, guidance=request.guidance, shift=shift,
-                    num_cond_latents=k, distill=request.distill, progress=progress,
+                    num_cond_latents=k, distill=request.distill, progress=progress and f"segment 1/{total}",
                 )
                 with torch.no_grad():
                     frames = vae.decode(latents[0]).cpu()
@@ -311,7 +311,8 @@ def sample_long_video(
                 frames = continue_frames(
                     model, vae, cond_pixels, spec=spec, **text, height=request.height, width=request.width,
                     num_frames=request.num_frames, steps=request.steps, guidance=request.guidance, seed=seed,
-                    device=device, shift=shift, distill=request.distill, options=request.sampler_options, progress=progress,
+                    device=device, shift=shift, distill=request.distill, options=request.sampler_options,
+                    progress=progress and f"segment {index + 1}/{total}",
                 )
             folder.save(index, frames)
             write_contact_sheet(frames, folder.path / f"segment_{index:03d}.png", prompt=f"segment {index + 1}/{total}: {request.prompt}")
