@@ -112,6 +112,8 @@ def test_a_missing_optimum_is_one_clear_error(monkeypatch):
     """Without optimum (a plain ``pip install -e .``) quanto precisions name the install, not a traceback."""
     import sys
 
+    for name in [name for name in sys.modules if name.startswith("optimum.")]:
+        monkeypatch.delitem(sys.modules, name)  # an imported submodule would be found without its parent
     monkeypatch.setitem(sys.modules, "optimum", None)
     for precision in ("int8-quanto", "int4-quanto"):
         with pytest.raises(MemoryOptionError, match=f"'{precision}' needs optimum-quanto: pip install optimum-quanto"):
