@@ -147,7 +147,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     caption = sub.add_parser("caption", help="write the missing caption files of clips and images with a vision-language model", allow_abbrev=False)
     add_caption_arguments(caption)
+    _show_defaults(parser)
     return parser
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` says each option's default where its own text does not (config keys say theirs)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or "default" in text or action.default in (None, False, [], argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every parser and subparser formats its help with :class:`DefaultsHelpFormatter`."""
+    parser.formatter_class = DefaultsHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _show_defaults(child)
 
 
 @command("train")

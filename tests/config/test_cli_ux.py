@@ -188,3 +188,35 @@ def test_gitignore_covers_the_demo_folder():
     for path in ("frametuner-demo/config.json", "frametuner-demo/output/checkpoints/x", "some/dir/frametuner-demo/clips/a.mp4"):
         done = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=REPO)
         assert done.returncode == 0, f"{path} is not ignored"
+
+
+def _parsers(parser, path=("frametuner",)):
+    import argparse
+
+    yield " ".join(path), parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _parsers(child, (*path, name))
+
+
+def test_every_subcommand_option_with_a_default_shows_it(monkeypatch):
+    import argparse
+
+    from frametuner.cli import build_parser
+
+    monkeypatch.setenv("COLUMNS", "2000")
+    checked = 0
+    for name, parser in _parsers(build_parser()):
+        if name == "frametuner bench":
+            continue  # passes its flags through to the benchmark's own parser
+        entries = flag_entries(parser.format_help())
+        for action in parser._actions:
+            if not action.option_strings or not action.option_strings[0].startswith("--") or action.required:
+                continue
+            if action.default in (None, False, [], argparse.SUPPRESS):
+                continue
+            entry = entries[action.option_strings[0]]
+            assert "default" in entry, f"{name} {action.option_strings[0]}: {entry}"
+            checked += 1
+    assert checked > 10
