@@ -100,3 +100,14 @@ def test_enhance_hf_refuses_the_distilled_schedule(reference_dit, vc_cases):
 def test_unknown_family_option_is_refused(reference_dit, vc_cases):
     with pytest.raises(TypeError, match="use_kv_cahce"):
         denoise(reference_dit, _latents(vc_cases), **_text(vc_cases), steps=1, use_kv_cahce=True)
+
+
+def test_kv_cache_serves_a_batch_of_videos(reference_dit, vc_cases):
+    """Two videos in one batch (each with its own condition) give what each gives alone: the cache
+    keeps one entry per video and the CFG batch [negatives; positives] reuses them in that order."""
+    first = _latents(vc_cases)
+    second = first.flip(-1).clone()  # another condition and other noise
+    both = denoise(reference_dit, torch.cat([first, second]), **_text(vc_cases), steps=2, guidance=GUIDANCE, num_cond_latents=K, use_kv_cache=True)
+    for index, single in enumerate((first, second)):
+        alone = denoise(reference_dit, single, **_text(vc_cases), steps=2, guidance=GUIDANCE, num_cond_latents=K, use_kv_cache=True)
+        assert_close(both[index : index + 1], alone, atol=1e-5, rtol=1e-5)
