@@ -237,7 +237,9 @@ def check_loras_fit(request, spec, root) -> None:
     if not request.loras:
         return
     model = skeleton_transformer(spec, root)
-    label = f"{spec.name} at {root} (hidden size {model.config.hidden_size}, {len(model.blocks)} blocks)"
+    config = model.config  # diffusers' config keys: hidden_size, or heads x head dim
+    hidden = config.get("hidden_size") or config.get("num_attention_heads", 0) * config.get("attention_head_dim", 0)
+    label = f"{spec.name} at {root} (hidden size {hidden}, {len(model.blocks)} blocks)"
     problems = []
     for path, _ in request.loras:
         misfits = lora_fit_problems(path, model)

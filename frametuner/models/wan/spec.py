@@ -176,6 +176,21 @@ class WanSpec(ModelFamily):
             resolve_component(root, self.subfolders["image_encoder"]), resolve_component(root, self.subfolders["image_processor"]), dtype=dtype
         )
 
+    def image_conditioning(self, root, vae, image: torch.Tensor, latents: torch.Tensor, *, frames: int, device=None, dtype: torch.dtype = torch.float32):
+        """Image-to-video as ``WanImageToVideoPipeline``: the latents stay noise; the DiT gets the
+        mask + condition latents as extra channels and the image's CLIP features
+        (:mod:`.conditioning`). Returns ``(num_cond_latents = 0, conditioning)``."""
+        from .conditioning import condition_latents
+
+        encoder = self.load_image_encoder(root, device=device or "cpu", dtype=dtype)
+        if encoder is None:
+            raise ValueError(f"{root} is a text-to-video checkpoint (no image_encoder/): image-to-video needs an I2V flavour")
+        try:
+            image_embeds = encoder.encode(image)
+        finally:
+            encoder.unload()
+        return 0, {"condition": condition_latents(vae, image, frames), "image_embeds": image_embeds}
+
     # ------------------------------------------------------------------ training
     def training_inputs(self, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor, num_cond_latents: int | torch.Tensor = 0) -> TrainingInputs:
         """``x_s = (1 - s) x0 + s noise``, timestep ``1000 s`` (the same for every frame),
