@@ -308,6 +308,24 @@ def _check_datasets(config: TrainConfig, roots: Roots, settings: ServerSettings)
     return [Problem(p.field, _dataset_problem_text(p, roots.job, hint)) for p in validate_dataset_list(config)]
 
 
+def confinement_problems(folder: Path, settings: ServerSettings) -> list[Problem]:
+    """A saved job's config against the server's roots as they are now (a restart may have dropped an
+    ``--allow-path`` root since it was saved): refused keys and dataset paths, empty when it may run."""
+    roots = Roots(job=folder, read=settings.read_roots)
+    if not (folder / CONFIG_FILE).exists():
+        return []  # a job kind that runs without a config
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return [Problem(None, f"the job's {CONFIG_FILE} cannot be read")]
+    accepted, refused = confine_keys(config, path_fields(TrainConfig), folder, roots, write_base=folder)
+    problems = [Problem(key, message) for key, message in refused.items()]
+    dataset_list = Path(accepted.get("data_backend_config", ""))
+    if "data_backend_config" in accepted and dataset_list.is_file():
+        problems += _confine_datasets(dataset_list, roots)
+    return problems
+
+
 def write_job_config(
     folder: Path, raw: dict[str, Any], dataset_text: str | None, settings: ServerSettings, *, drop: tuple[str, ...] = ()
 ) -> CheckResult:

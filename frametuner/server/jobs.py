@@ -26,7 +26,7 @@ from typing import Any
 
 from ..config import TrainConfig
 from ..config.schema import PATH_MODEL, path_fields
-from .configform import CONFIG_FILE, OUTPUT_SUBDIR, CheckResult, write_job_config
+from .configform import CONFIG_FILE, OUTPUT_SUBDIR, CheckResult, confinement_problems, write_job_config
 from .gpus import CPU_SLOT, scheduling_slots
 from .paths import resolve_inside
 from .progress import RunProgress
@@ -368,11 +368,19 @@ class JobManager:
         )
 
     # ------------------------------------------------------------------ actions
+    def _check_roots(self, job_id: str) -> None:
+        """Refuse to run a job whose saved paths left the server's roots (e.g. a dropped --allow-path)."""
+        problems = confinement_problems(self.job_dir(job_id), self.settings)
+        if problems:
+            where = f"'{problems[0].field}': " if problems[0].field else ""
+            raise JobStateError(f"job {job_id} cannot run: {where}{problems[0].message}")
+
     def start(self, job_id: str) -> Job:
         with self._lock:
             job = self.get(job_id)
             if job.status != CREATED:
                 raise JobStateError(f"job {job_id} is {job.status}; only a new job can be started (use resume)")
+            self._check_roots(job_id)
             job = self.store.update(job_id, status=QUEUED, queued_at=time.time(), message="")
             self.tick()
             return self.get(job_id)
@@ -384,6 +392,7 @@ class JobManager:
                 raise JobStateError(f"job {job_id} is {job.status}; only a stopped, interrupted, failed or cancelled training job resumes")
             if not self.has_checkpoint(job):
                 raise JobStateError(f"job {job_id} saved no checkpoint to resume from; start a new job from its config")
+            self._check_roots(job_id)
             self.store.update(job_id, status=QUEUED, queued_at=time.time(), resume=True, message="", cancel_requested=False)
             self.tick()
             return self.get(job_id)

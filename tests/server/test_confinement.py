@@ -314,6 +314,18 @@ def test_a_preview_from_a_training_job_is_confined_again(make_settings, demo_con
     assert ROOTS_NAMED in response.json()["field_errors"]["pretrained_model_name_or_path"][0]
 
 
+def test_a_saved_job_does_not_start_once_its_root_is_no_longer_allowed(make_settings, demo_config, demo_dataset):
+    prompts = demo_dataset.parent / "prompts.txt"
+    prompts.write_text("a red ball\n")
+    with TestClient(create_app(make_settings()), base_url=LOCAL_URL) as client:
+        job = client.post("/api/jobs", json={"config": demo_config | {"validation_prompt_file": str(prompts)}}).json()["job"]
+    with TestClient(create_app(make_settings(allow_paths=[])), base_url=LOCAL_URL) as client:
+        refused = client.post(f"/api/jobs/{job['id']}/start")
+        assert refused.status_code == 409 and ROOTS_NAMED in refused.json()["detail"]
+        assert "'data_backend_config'" in refused.json()["detail"] or "'validation_prompt_file'" in refused.json()["detail"]
+        assert client.get(f"/api/jobs/{job['id']}").json()["status"] == "created"
+
+
 # ---------------------------------------------------------------------- origins
 @pytest.mark.parametrize(
     "headers",
