@@ -100,14 +100,17 @@ def confine_path(value: str, base: Path, roots: Roots, *, write: bool = False) -
     """
     if not value.strip() or "\x00" in value:
         return None, f"{value!r} is not a path"
+    refusal = (
+        f"{value!r} must be inside the job's folder; give a relative path, or leave it empty for the default"
+        if write else _outside(value, roots)
+    )
     given = Path(value.strip()).expanduser()
-    absolute = given if given.is_absolute() else base / given
-    lexical = Path(os.path.normpath(absolute))
-    if not roots.inside(lexical, write=write):
-        return None, _outside(value, roots) if not write else f"{value!r} must be inside the job's folder; give a relative path, or leave it empty for the default"
+    lexical = Path(os.path.normpath(given if given.is_absolute() else base / given))
+    if not roots.inside(lexical, write=write):  # decided on the text alone: nothing outside is looked at
+        return None, refusal
     resolved = lexical.resolve(strict=False)
     if not roots.inside(resolved, write=write, resolved=True):  # a symlink that leads out
-        return None, _outside(value, roots) if not write else f"{value!r} must be inside the job's folder (it leads out through a symlink)"
+        return None, refusal
     return resolved, None
 
 
