@@ -4,7 +4,10 @@ The form is generated from ``TrainConfig`` (types, defaults, help text, groups),
 key added to the schema appears in the UI with no change here. Checking a config writes
 it to a folder exactly as a job would and runs ``frametuner.config.load_config`` on it:
 the same code path as ``frametuner train --config``, and its one-line messages are
-mapped back to the form fields they name.
+mapped back to the form fields they name. Before anything is read, every path the config
+names (the schema's ``path`` markers, in the config and in each dataset) is confined to
+the server's roots (:mod:`frametuner.server.paths`); the dataset list is then checked by
+the one dataset validator, ``frametuner.config.dataset.validate_dataset_list``.
 """
 
 from __future__ import annotations
@@ -169,6 +172,7 @@ def problems_from_messages(messages: list[str], source_label: str = CONFIG_FILE)
 
 
 def _absolute_input_paths(config: dict[str, Any], base_dir: Path) -> None:
+    """Relative input paths of ``config`` made absolute against ``base_dir`` (an example's folder)."""
     for key, (kind, keywords) in path_fields(TrainConfig).items():
         value = config.get(key)
         if kind != PATH_INPUT or value in keywords or not isinstance(value, str) or not value.strip():
@@ -201,7 +205,7 @@ def _example_setup_hint(dataset_file: Path, settings: ServerSettings) -> str:
     setup = folder / EXAMPLE_SETUP_FILE
     if not setup.is_file():
         return ""
-    command = setup.read_text(encoding="utf-8").strip().format(dir=folder)
+    command = setup.read_text(encoding="utf-8").strip().replace("{dir}", str(folder))
     return f"; this example's data is generated: run `{command}` first"
 
 
