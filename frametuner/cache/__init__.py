@@ -10,9 +10,10 @@ Contract with ``training/`` (the trainer reads only this, never an encoder):
   (n = real token count) in the training dtype;
 - a batch (collate) is ``latents [B, 16, T, h, w]``, ``text [B, L, C]`` zero-padded,
   ``text_mask [B, L]`` int64 (1 = real token), ``num_cond_latents`` (0 or 1; batches never
-  mix image-to-video and text-to-video samples), ``captions`` (list of str). An explicit
-  ``cond_latent`` is written into latent frame 0 by the collate, so the trainer only ever
-  treats frame 0 as the condition.
+  mix image-to-video and text-to-video samples), ``captions`` (list of str), and where a
+  sample has an explicit ``cond_latent``, ``image_latents`` ``[B, 16, 1, h, w]`` (the image,
+  else the clip's frame 0): the trainer puts it in frame 0 of the samples it trains as
+  image-to-video (the conditioning mix, docs/conditioning.md); ``latents`` stay the clips'.
 
 Layout: ``<cache_dir>/text/<key>.safetensors`` and
 ``<cache_dir>/latents/<bucket>/<key>.safetensors`` (:mod:`.entries`); writing, validation

@@ -65,17 +65,22 @@ def collate_cached(items: list[dict[str, Any]], *, pad_to: int | None = None) ->
     ``pad_to=None`` pads only to the longest caption of the batch: the DiT's
     ``text_virtual_length`` then stands in for the remaining padding exactly.
 
-    For image-to-video items with an explicit conditioning image, its latent is written
-    into latent frame 0 (the clean condition frame); otherwise frame 0 is the clip's own.
+    ``latents`` are always the clips' own. Where an item has an explicit conditioning image,
+    the batch also holds ``image_latents`` ``[B, 16, 1, h, w]`` (the image; for the other
+    rows their clip's frame 0): the trainer writes it into frame 0 of the samples it trains
+    as image-to-video, and leaves the clip's own frame 0 to the others (t2v, continuation).
     """
     groups = {item["group"] for item in items}
     if len(groups) != 1:
         raise ValueError(f"a batch mixes buckets or i2v with t2v: {sorted(groups)}; group batches by dataset.group_of(index)")
     (_, is_i2v), = groups
     latents = torch.stack([item["latents"] for item in items])
-    for row, item in enumerate(items):
-        if item.get("cond_latent") is not None:
-            latents[row, :, :1] = item["cond_latent"]
+    images = None
+    if any(item.get("cond_latent") is not None for item in items):
+        images = latents[:, :, :1].clone()
+        for row, item in enumerate(items):
+            if item.get("cond_latent") is not None:
+                images[row] = item["cond_latent"]
     length = pad_to if pad_to is not None else max(item["text"].shape[0] for item in items)
     texts, masks = zip(*(pad_text(item["text"], length) for item in items))
     return {
@@ -84,4 +89,5 @@ def collate_cached(items: list[dict[str, Any]], *, pad_to: int | None = None) ->
         "text_mask": torch.stack(masks),
         "num_cond_latents": 1 if is_i2v else 0,
         "captions": [item["caption"] for item in items],
+        **({"image_latents": images} if images is not None else {}),
     }

@@ -68,6 +68,10 @@ class TrainingInputs:
     loss_mask: torch.Tensor  # [B, 1, T, 1, 1] float32: 1 on frames that count in the loss
     num_cond_latents: torch.Tensor  # [B] int64
     conditioning: dict[str, Any] = field(default_factory=dict)  # family extras (e.g. image embeddings)
+    # Set by the trainer for a batch that mixes K: the most distinct Ks any rank holds. A family
+    # that calls its denoiser once per K makes this many calls on every rank (the extra ones with
+    # weight 0), so that the ranks' collectives (FSDP gathers per call) stay in step.
+    forward_calls: int | None = None
 
 
 def per_sample_cond(num_cond_latents: int | torch.Tensor, batch: int, frames: int, device: torch.device | str | None = None) -> torch.Tensor:

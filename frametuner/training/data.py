@@ -44,6 +44,7 @@ class InMemoryData:
         batch_size: int = 1,
         seed: int = 0,
         num_cond_latents: int = 0,
+        conditioning=None,
         empty: tuple[torch.Tensor, torch.Tensor] | None = None,
         num_replicas: int = 1,
         rank: int = 0,
@@ -53,6 +54,7 @@ class InMemoryData:
         self.num_replicas, self.rank = num_replicas, rank
         self.seed = seed
         self.num_cond_latents = num_cond_latents
+        self.conditioning = conditioning  # a ConditioningMix: a mode drawn per sample by the trainer
         self._empty = empty
         self._position = 0  # batches already handed out in the current epoch
         self._epoch = 0
@@ -75,6 +77,7 @@ class InMemoryData:
                 "text_mask": torch.stack([self.masks[i] for i in index]),
                 "num_cond_latents": self.num_cond_latents,
                 "captions": [f"sample {i}" for i in index],
+                **({"conditioning": self.conditioning} if self.conditioning is not None else {}),
             }
         self._epoch, self._position = epoch + 1, 0
 

@@ -24,6 +24,7 @@ from ..lora.adapters import whole_tensor
 from ..memory import MemoryPlan, apply_memory_options, load_transformer, memory_mode, offloads_weights, quantise_transformer, staging_device
 from ..models.registry import load_spec
 from . import checkpoint as ckpt
+from .conditioning import draw_conditioning
 from .checkpoint import load_checkpoint, recover_checkpoints, resolve_resume, restore_rng_state, rng_state
 from .data import TrainingData
 from .distributed import build_accelerator, end_run
@@ -85,8 +86,8 @@ class Trainer:
         # dropout), in the same state on every rank: each draws for the global batch and
         # keeps its own rows. Its state is checkpointed; validation never draws from it.
         self.generator = torch.Generator().manual_seed(self.seed)
-
         self.conditioning_counts: Counter = Counter()  # samples trained per mode ("vc->t2v": a fallback)
+
         self.model = model if model is not None else self._load_model()
         # A model handed in (benchmarks, tests, the server) gets the config's kernel choice too.
         self.spec.configure_attention(self.model, config)
@@ -208,10 +209,10 @@ class Trainer:
             text, text_mask = self._drop_captions(text, text_mask, drop)
         # Conditioning frames per sample: an int for the batch, or a [B] tensor (a mixed batch).
         k = batch.get("num_cond_latents", 0)
-        sigmas = sample_sigmas(
-        forward_groups = None
+        forward_calls = None
         if batch.get("conditioning") is not None:  # the dataset's conditioning mix: a mode per sample
-            latents, k, forward_groups = self._draw_conditioning(batch, latents, local, world, mine)
+            latents, k, forward_calls = self._draw_conditioning(batch, latents, local, world, mine)
+        sigmas = sample_sigmas(
             local * world,
             generator=self.generator,
             distribution=config.timestep_sampling,
@@ -222,8 +223,8 @@ class Trainer:
         seeds = sample_seeds(local * world, generator=self.generator)[mine]
         noise = sample_noise(tuple(latents.shape[1:]), seeds, device)
         inputs = self.spec.training_inputs(latents, noise, sigmas.to(device), num_cond_latents=k)
+        inputs.forward_calls = forward_calls
         # accelerate autocasts a prepared model's forward, except under FSDP2 (which has its own policy).
-        inputs.forward_groups = forward_groups
         with self.accelerator.autocast() if self.sharded else nullcontext():
             prediction = self.spec.training_forward(self.model, inputs, text.to(device), text_mask.to(device))
         return flow_matching_loss(prediction, inputs)
@@ -234,7 +235,6 @@ class Trainer:
         shift = self.config.flow_schedule_shift
         return self.spec.defaults.training_shift if shift is None else shift
 
-    def step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
     def _draw_conditioning(self, batch: dict[str, Any], latents: torch.Tensor, local: int, world: int, mine: slice):
         """Each sample's mode (t2v, i2v, continuation) from the batch's conditioning mix.
 
@@ -242,8 +242,8 @@ class Trainer:
         and N ranks draw what one uninterrupted process would); a clip too short for its mode
         trains as t2v. The clean frames are the clip's own cached latents, except that an
         i2v sample with a conditioning image (``image_latents``) gets the image in frame 0.
-        Returns the latents, ``num_cond_latents`` ``[B]`` and every K of the global batch
-        (each rank runs one forward per K, so that their collectives stay in step).
+        Returns the latents, ``num_cond_latents`` ``[B]`` and the most distinct Ks any rank
+        holds (the DiT calls every rank makes, so that their collectives stay in step).
         """
         plan = draw_conditioning(
             batch["conditioning"], local * world, latent_frames=latents.shape[2],
@@ -257,8 +257,10 @@ class Trainer:
             latents[i2v, :, :1] = images[i2v].to(latents)
         k = torch.tensor([item.num_cond_latents for item in rows], dtype=torch.int64)
         self.conditioning_counts.update(item.mode if not item.fallback else f"{item.drawn}->t2v" for item in rows)
-        return latents, k, tuple(sorted({item.num_cond_latents for item in plan}))
+        calls = max(len({item.num_cond_latents for item in plan[r * local : (r + 1) * local]}) for r in range(world))
+        return latents, k, calls
 
+    def step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One micro-batch: forward, loss, backward and (at accumulation boundaries) the
         optimizer step. Returns the loss and the pre-clip gradient norm, both on the device
         (no host sync here; the benchmark times exactly this)."""

@@ -186,9 +186,12 @@ def test_dataset_batches_follow_the_contract(setup):
 
     batch = collate_cached([dataset[0], dataset[1]])
     assert batch["num_cond_latents"] == 1
-    assert torch.equal(batch["latents"][0, :, :1], vae.encode(setup.pixels.image(i2v[0]).unsqueeze(0)))  # explicit image -> frame 0
-    assert torch.equal(batch["latents"][0, :, 1:], vae.encode(setup.pixels(i2v[0]))[:, 1:])
-    assert torch.equal(batch["latents"][1], vae.encode(setup.pixels(i2v[1])))  # no image: the clip's own frame 0
+    # The clips' own latents stay (t2v and continuation samples of an i2v dataset train on them);
+    # the explicit image comes beside them, for the samples the trainer trains as i2v.
+    assert torch.equal(batch["image_latents"][0], vae.encode(setup.pixels.image(i2v[0]).unsqueeze(0)))
+    assert torch.equal(batch["latents"][0], vae.encode(setup.pixels(i2v[0])))
+    assert torch.equal(batch["latents"][1], vae.encode(setup.pixels(i2v[1])))
+    assert torch.equal(batch["image_latents"][1], batch["latents"][1, :, :1])  # no image: the clip's own frame 0
 
     with pytest.raises(ValueError, match="mixes"):
         dataset.collate([dataset[0], dataset[2]])

@@ -51,7 +51,12 @@ def run_job(rank: int, world_size: int, job: dict) -> None:
     from .helpers import synthetic_data, tiny_config
 
     config = tiny_config(Path(job["dir"]), **job["config"])
-    data = synthetic_data(n=job["samples"], batch_size=job["batch_size"], num_replicas=world_size, rank=rank)
+    extra = {}
+    if job.get("conditioning"):
+        from frametuner.config.conditioning import ConditioningMix
+
+        extra["conditioning"] = ConditioningMix(**job["conditioning"])
+    data = synthetic_data(n=job["samples"], batch_size=job["batch_size"], num_replicas=world_size, rank=rank, **extra)
     trainer = Trainer(config, data)
     if "stop_at" in job:
         trainer.max_steps = job["stop_at"]

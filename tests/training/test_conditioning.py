@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import re
 
@@ -142,10 +143,13 @@ def test_a_batch_is_split_by_its_clean_frame_counts():
     assert split_by_cond_latents(plan) == [(4, [0, 2]), (0, [1]), (1, [3])]
 
 
-def test_data_inspect_counts_the_clips_that_fall_back(tmp_path, capsys, monkeypatch):
-    from frametuner.cli import main
+def test_data_inspect_counts_the_clips_that_fall_back(tmp_path, capsys):
+    from rich.console import Console
 
-    monkeypatch.setenv("COLUMNS", "240")  # rich wraps table cells to the terminal width
+    from frametuner.cli import main
+    from frametuner.config import load_config
+    from frametuner.data import scan_datasets
+    from frametuner.data.report import conditioning_table
 
     from ..data.factory import write_caption, write_clip
 
@@ -155,11 +159,14 @@ def test_data_inspect_counts_the_clips_that_fall_back(tmp_path, capsys, monkeypa
     config = write_configs(
         tmp_path, [dataset("clips", "clips", video=video, conditioning={"t2v": 0.5, "i2v": 0.25, "vc": 0.25, "vc_cond_frames": [5, 13]})]
     )
-    assert main(["data", "inspect", "--config", str(config)]) == 0
-    out = " ".join(capsys.readouterr().out.split())
+    console = Console(width=400, record=True, file=io.StringIO())
+    console.print(conditioning_table(scan_datasets(load_config(config), summary=False)))
+    out = console.export_text()
     # 9 frames = 3 latent frames: 13 conditioning frames (4 latent frames) leave none to train.
     assert "t2v 0.5 / i2v 0.25 / vc 0.25 (5, 13 frames)" in out and "1 too short for vc 13 frames" in out
     assert "too short for vc 5" not in out and "too short for i2v" not in out
+    assert main(["data", "inspect", "--config", str(config)]) == 0
+    assert "Conditioning mix" in capsys.readouterr().out
 
 
 def test_the_first_latent_frames_of_a_clip_are_its_first_frames_encoded_alone():

@@ -36,6 +36,7 @@ FP32 = dict(atol=1e-6, rtol=1e-5)  # 2 ranks vs one process: same maths, other s
 # of cancelling terms) turns float32 summation noise into a visible update. A larger eps keeps
 # these comparisons about the sharding rather than Adam's conditioning.
 ADAM = dict(adam_epsilon=1e-4, lr_scheduler="cosine", lr_warmup_steps=1)  # + a schedule that must step once per step
+MIXED = {"t2v": 0.5, "vc": 0.5, "vc_cond_frames": [5]}  # the conditioning mix: K = 0 or 2 of 3 latent frames
 
 
 def checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -84,8 +85,10 @@ def ranks(tmp_path_factory):
             dict(dir=root / f"{strategy}-resumed", config={**settings, "resume_from_checkpoint": "latest"}),
         ]
     jobs.append(dict(dir=root / "fsdp-full", config=dict(max_train_steps=2, model_type="full", distributed={"strategy": "fsdp"}, **ADAM)))
+    jobs.append(dict(dir=root / "fsdp-mixed", config={**lora, "distributed": {"strategy": "fsdp"}}, conditioning=MIXED, batch_size=2))
     for job in jobs:
-        job.update(dir=str(job["dir"]), samples=SAMPLES, batch_size=1)
+        job.update(dir=str(job["dir"]), samples=SAMPLES)
+        job.setdefault("batch_size", 1)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FRAMETUNER_HOME", str(home))  # the ranks inherit it
         from frametuner.models.longcat_video.tiny import ensure_tiny_checkpoint
@@ -110,6 +113,23 @@ def test_distributed_fsdp_lora_equals_one_process_with_the_doubled_batch(ranks, 
     assert {p.name for p in checkpoint.glob("rng_rank*.pt")} == {"rng_rank0.pt", "rng_rank1.pt"}
     assert json.loads((checkpoint / "trainer_state.json").read_text())["num_processes"] == 2
     assert_same_weights(checkpoint_weights(checkpoint), one_process(tmp_path, STEPS))
+
+
+def test_distributed_fsdp_mixed_conditioning_equals_one_process(ranks, tmp_path, monkeypatch):
+    """A conditioning mix draws a mode per sample of the global batch (2 ranks x 2). The DiT
+    takes one K per call, so a rank holding two Ks calls it twice: a rank holding one K then
+    makes a second call with weight 0 (FSDP gathers per call; unequal counts would hang)."""
+    from frametuner.config.conditioning import ConditioningMix
+    from frametuner.training import trainer as trainer_module
+
+    draws = []
+    real = trainer_module.draw_conditioning
+    monkeypatch.setattr(trainer_module, "draw_conditioning", lambda *a, **k: draws.append(real(*a, **k)) or draws[-1])
+    config = tiny_config(tmp_path, max_train_steps=STEPS, **ADAM)
+    Trainer(config, synthetic_data(n=SAMPLES, batch_size=4, conditioning=ConditioningMix(**MIXED))).train()
+    distinct = [[len({item.num_cond_latents for item in plan[r * 2 : r * 2 + 2]}) for r in (0, 1)] for plan in draws]
+    assert [1, 2] in distinct or [2, 1] in distinct, distinct  # a step where the ranks' call counts differ
+    assert_same_weights(final_weights(ranks / "fsdp-mixed"), final_weights(tmp_path))
 
 
 def test_distributed_fsdp_full_finetune_equals_one_process(ranks, tmp_path):

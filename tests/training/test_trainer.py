@@ -171,3 +171,85 @@ def test_caption_dropout_pads_an_unpadded_empty_prompt_to_the_batch(tmp_path):
     assert torch.equal(dropped[0, 1:], torch.zeros(5, channels))
     assert dropped_mask[0].tolist() == [1, 0, 0, 0, 0, 0]
     assert torch.equal(dropped[1], text[1]) and dropped_mask[1].tolist() == [1] * 6
+
+
+# ------------------------------------------------------------------ the conditioning mix (issue 21)
+def test_a_vc_only_mix_keeps_the_conditioning_frames_clean_and_out_of_the_loss(tmp_path):
+    from frametuner.config.conditioning import ConditioningMix
+
+    config = tiny_config(tmp_path, model_type="full", max_train_steps=1)
+    # 5 conditioning frames are K = 1 + (5 - 1) // 4 = 2 latent frames of the 3.
+    data = synthetic_data(n=1, conditioning=ConditioningMix(vc=1.0, vc_cond_frames=[5]))
+    trainer = Trainer(config, data)
+    seen = {}
+
+    def keep_output(module, args, kwargs, output):
+        output.retain_grad()
+        seen.update(kwargs, output=output)
+
+    hook = trainer.model.register_forward_hook(keep_output, with_kwargs=True)
+    batch = next(iter(data.epoch(0)))
+    loss = trainer.training_step(batch)
+    hook.remove()
+    loss.backward()
+    assert seen["num_cond_latents"] == 2 and trainer.conditioning_counts == {"vc": 1}
+    assert torch.equal(seen["hidden_states"][:, :, :2], batch["latents"][:, :, :2])  # the clip's own first frames, clean
+    assert torch.equal(seen["timestep"][:, :2], torch.zeros(1, 2)) and bool((seen["timestep"][:, 2] > 0).all())
+    grad = seen["output"].grad
+    assert torch.equal(grad[:, :, :2], torch.zeros_like(grad[:, :, :2]))  # (a) no loss on conditioning frames
+    assert bool((grad[:, :, 2:] != 0).all())
+    # The loss is the MSE over the noised frame only, toward x0 - noise (recomputed here).
+    x0 = batch["latents"]
+    noise_free = seen["hidden_states"][:, :, 2:]  # (1 - s) x0 + s noise
+    s = seen["timestep"][0, 2] / 1000
+    noise = (noise_free - (1 - s) * x0[:, :, 2:]) / s
+    expected = (seen["output"][:, :, 2:].detach() - (x0[:, :, 2:] - noise)).square().mean()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_an_i2v_sample_with_an_image_gets_it_in_frame_0_and_a_t2v_sample_keeps_its_own(tmp_path):
+    from frametuner.config.conditioning import ConditioningMix
+
+    trainer = Trainer(tiny_config(tmp_path, model_type="full", max_train_steps=1), synthetic_data(n=1))
+    batch = next(iter(synthetic_data(n=1).epoch(0)))
+    image = torch.full_like(batch["latents"][:, :, :1], 7.0)
+    seen = {}
+    hook = trainer.model.register_forward_pre_hook(lambda m, args, kwargs: seen.update(kwargs), with_kwargs=True)
+    trainer.training_step({**batch, "conditioning": ConditioningMix.only("i2v"), "image_latents": image})
+    assert torch.equal(seen["hidden_states"][:, :, :1], image) and seen["num_cond_latents"] == 1
+    trainer.training_step({**batch, "conditioning": ConditioningMix.only("t2v"), "image_latents": image})
+    hook.remove()
+    assert seen["num_cond_latents"] == 0 and not torch.equal(seen["hidden_states"][:, :, :1], image)
+
+
+MIXED = {"t2v": 0.4, "i2v": 0.3, "vc": 0.3, "vc_cond_frames": [5]}
+
+
+def test_mixed_conditioning_resume_is_bitwise_and_draws_the_same_modes(tmp_path, monkeypatch):
+    """(b) of issue 21: batches of 2 mix modes (one DiT call per K); an interrupted run resumed
+    from its step-3 checkpoint draws the modes and ends with the weights of a straight run."""
+    from frametuner.config.conditioning import ConditioningMix
+    from frametuner.training import trainer as trainer_module
+
+    draws: list = []
+    real = trainer_module.draw_conditioning
+    monkeypatch.setattr(trainer_module, "draw_conditioning", lambda *a, **k: draws.append(real(*a, **k)) or draws[-1])
+
+    def data():
+        return synthetic_data(seed=0, n=4, batch_size=2, conditioning=ConditioningMix(**MIXED))
+
+    straight = Trainer(tiny_config(tmp_path / "a", max_train_steps=6), data())
+    straight.train()
+    straight_draws, draws[:] = list(draws), []
+    interrupted = Trainer(tiny_config(tmp_path / "b", max_train_steps=6, checkpointing_steps=3), data())
+    interrupted.max_steps = 3
+    interrupted.train()
+    resumed = Trainer(tiny_config(tmp_path / "b", max_train_steps=6, resume_from_checkpoint="latest"), data())
+    resumed.train()
+    assert draws == straight_draws and len(draws) == 6
+    modes = [[item.mode for item in plan] for plan in draws]
+    assert any(len(set(m)) > 1 for m in modes), modes  # some batch really mixes modes
+    a, b = straight.trainable_state_dict(), resumed.trainable_state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

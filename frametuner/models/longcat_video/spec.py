@@ -163,7 +163,7 @@ class LongCatVideoSpec(ModelFamily):
         (the DiT takes one K per call: conditioning tokens attend only to themselves)."""
         ks = inputs.num_cond_latents
         values = sorted(set(ks.tolist()))
-        if len(values) == 1:
+        if len(values) == 1 and (inputs.forward_calls or 1) <= 1:
             return model(
                 hidden_states=inputs.noisy_latents,
                 timestep=inputs.timesteps,
@@ -182,8 +182,19 @@ class LongCatVideoSpec(ModelFamily):
                 encoder_attention_mask=text_mask[rows],
                 num_cond_latents=value,
             ))
-        prediction = torch.cat(parts)
-        return prediction[torch.argsort(torch.cat(order))]
+        prediction = torch.cat(parts)[torch.argsort(torch.cat(order))]
+        # Another rank makes more calls (it holds more distinct Ks): make as many, on row 0, and
+        # join them with weight 0, so that their backward and collectives run here too.
+        for _ in range(max(0, (inputs.forward_calls or 0) - len(values))):
+            extra = model(
+                hidden_states=inputs.noisy_latents[:1],
+                timestep=inputs.timesteps[:1],
+                encoder_hidden_states=text[:1],
+                encoder_attention_mask=text_mask[:1],
+                num_cond_latents=values[0],
+            )
+            prediction = prediction + 0.0 * extra.mean()
+        return prediction
 
     # ------------------------------------------------------------------ sampling
     def sampling_loop(self, model, latents: torch.Tensor, text: TextConditioning, settings: DenoiseSettings) -> LongCatSamplingLoop:
