@@ -54,10 +54,12 @@ class ContinuationInfo:
     clean leading latent frames of the next clip (``frametuner sample --video/--segments``)."""
 
     cond_frames: int  # default conditioning frames (a valid frame count: 1 + frame_stride * k)
-    # denoise() options a continuation runs with unless turned off (``--no_<name>`` style flags)
+    # denoise() options a continuation runs with (True: on unless turned off by a ``--no_<name>`` style flag)
     sampler_options: dict[str, bool] = field(default_factory=dict)
     # of those, the ones the distilled schedule cannot run with (turned off under ``--distill``)
     not_with_distill: tuple[str, ...] = ()
+    # of those, the ones turned on when the memory options keep weights in host memory
+    with_offloaded_weights: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ a finished run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -118,19 +119,24 @@ def continuation_problems(info, *, num_frames: int | None, cond_frames: int, seg
     return problems
 
 
-def continuation_options(info, *, distill: bool, turned_off: tuple[str, ...] = ()) -> dict[str, bool]:
+def continuation_options(info, *, distill: bool, turned_off: tuple[str, ...] = (), offloaded_weights: bool = False) -> dict[str, bool]:
     """The sampler options continuation segments run with: the family's defaults, minus those
-    turned off (``--no_...`` flags) and those the distilled schedule cannot use."""
-    options = dict(info.continuation.sampler_options) if info.continuation else {}
+    turned off (``--no_...`` flags) and those the distilled schedule cannot use, plus those for
+    weights kept in host memory (``offloaded_weights``: block swap or group offload)."""
+    continuation = info.continuation
+    options = dict(continuation.sampler_options) if continuation else {}
     for name in turned_off:
         if name not in options:
             raise ValueError(f"{info.display_name or info.name}'s sampler has no {name!r} option to turn off")
         options[name] = False
     if distill:
-        for name in info.continuation.not_with_distill if info.continuation else ():
+        for name in continuation.not_with_distill if continuation else ():
             if options.get(name):
                 log.info("%s is off: it does not combine with the distilled schedule", name)
                 options[name] = False
+    if offloaded_weights:
+        for name in continuation.with_offloaded_weights if continuation else ():
+            options[name] = True
     return options
 
 
@@ -224,6 +230,7 @@ def stitch(segments: list[torch.Tensor], cond_frames: int) -> torch.Tensor:
 def run_settings(request, *, spec, root, dtype, shift, cond_frames: int, config=None) -> dict:
     """What shapes the video (the segment folder refuses to mix runs that differ in any of these).
     ``segments`` is not among them: a finished run may be extended."""
+    memory_only = spec.info.continuation.with_offloaded_weights if spec.info.continuation else ()
     settings = dict(
         family=spec.name, model=str(root), dtype=str(dtype).removeprefix("torch."),
         prompt=request.prompt, negative_prompt=request.negative_prompt,
@@ -231,7 +238,8 @@ def run_settings(request, *, spec, root, dtype, shift, cond_frames: int, config=
         loras=[[Path(path).name, file_digest(path), float(multiplier)] for path, multiplier in request.loras],
         height=request.height, width=request.width, num_frames=request.num_frames, cond_frames=cond_frames,
         steps=request.steps, guidance=request.guidance, shift=shift, seed=request.seed, distill=request.distill,
-        sampler_options=dict(sorted(request.sampler_options.items())),
+        # memory-only options (same video either way) may change between a run and its resume
+        sampler_options={name: value for name, value in sorted(request.sampler_options.items()) if name not in memory_only},
     )
     if config is not None:
         settings.update(base_model_precision=config.base_model_precision, attention=config.attention_implementation)
@@ -262,6 +270,14 @@ def sample_long_video(
     problems = continuation_problems(info, num_frames=request.num_frames, cond_frames=cond_frames, segments=request.segments)
     if problems:
         raise ValueError("; ".join(problems))
+    if config is not None and info.continuation is not None:
+        from ..memory.options import offloads_weights
+
+        if offloads_weights(config):  # the weights live in host memory: so do the conditioning frames' caches
+            turned_on = {name: True for name in info.continuation.with_offloaded_weights if not request.sampler_options.get(name)}
+            if turned_on:
+                log.info("%s: on, as the memory options keep weights in host memory", ", ".join(turned_on))
+                request = dataclasses.replace(request, sampler_options={**request.sampler_options, **turned_on})
     folder = SegmentFolder.beside(request.output, run_settings(request, spec=spec, root=root, dtype=dtype, shift=shift, cond_frames=cond_frames, config=config))
     total = 1 + request.segments
     done = folder.open()

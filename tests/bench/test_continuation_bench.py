@@ -27,5 +27,5 @@ def test_continuation_bench_smoke_on_cpu(tmp_path, monkeypatch):
     assert kv["num_cond_latents"] == 2 and kv["noisy_tokens"] == 3 * 2 * 3 and nokv["tokens"] == 5 * 2 * 3
     assert kv["cache_build_s"] is not None and kv["cache_gb"] > 0 and nokv["cache_gb"] == 0
     assert "x_kv" in nokv
-    assert rows[-1]["frames"] == 17 + (17 - 5) and rows[-1]["sampler_options"] == {"use_kv_cache": True, "enhance_hf": False}
+    assert rows[-1]["frames"] == 17 + (17 - 5) and rows[-1]["sampler_options"] == {"use_kv_cache": True, "enhance_hf": False, "offload_kv_cache": False}
     assert "| sample_vc_step | kv-eager |" in (tmp_path / "RESULTS.md").read_text()

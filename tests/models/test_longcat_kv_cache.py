@@ -183,3 +183,13 @@ def test_compiled_blocks_trace_the_cached_paths_without_graph_breaks(vc_cases):
     torch._dynamo.reset()
     assert breaks == {}, breaks
     assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_offloaded_cache_gives_the_same_output(reference_dit, vc_cases):
+    cache = reference_dit.build_condition_cache(vc_cases["kvdit.cond_latents"])
+    offloaded = cache.offloaded()
+    assert offloaded.device == torch.device("cpu") and all(k.device.type == "cpu" for k in offloaded.keys)
+    assert offloaded.nbytes == cache.nbytes
+    kwargs = dict(hidden_states=vc_cases["kvdit.noisy_latents"], timestep=vc_cases["kvdit.timestep"], **_text(vc_cases))
+    with torch.no_grad():
+        assert torch.equal(reference_dit(condition_cache=offloaded, **kwargs), reference_dit(condition_cache=cache, **kwargs))

@@ -237,3 +237,18 @@ def test_cli_continues_a_real_clip(capsys, tmp_path, fakes):
     assert first.shape == (5, 32, 48, 3)
     assert _frames_of(output) == long_video_frames(9, 5, 1)
     assert torch.equal(second, torch.from_numpy(np.load(tmp_path / "moto.segments" / "segment_000.npy"))[-5:])
+
+
+def test_block_swap_keeps_the_condition_cache_in_host_memory_too(spec, fakes, tiny_root, tmp_path, denoise_calls):
+    """Weights in host memory (block swap): the conditioning frames' KV cache goes there too, and
+    the segment folder does not count it as a setting (the same video either way)."""
+    from frametuner.config import TrainConfig
+
+    config = TrainConfig(model_flavour="tiny", mixed_precision="no", musubi_blocks_to_swap=1)
+    request = _request(tmp_path, segments=1)
+    outputs = sample_video(request, spec=spec, root=tiny_root, dtype=torch.float32, progress=False, config=config)
+    assert [call.get("offload_kv_cache") for call in denoise_calls] == [None, True]
+    manifest = json.loads((tmp_path / "long.segments" / "manifest.json").read_text())["settings"]
+    assert "offload_kv_cache" not in manifest["sampler_options"]
+    plain = sample_video(_request(tmp_path, "plain.mp4", segments=1), spec=spec, root=tiny_root, dtype=torch.float32, progress=False)
+    assert torch.equal(outputs.frames, plain.frames)

@@ -111,3 +111,21 @@ def test_kv_cache_serves_a_batch_of_videos(reference_dit, vc_cases):
     for index, single in enumerate((first, second)):
         alone = denoise(reference_dit, single, **_text(vc_cases), steps=2, guidance=GUIDANCE, num_cond_latents=K, use_kv_cache=True)
         assert_close(both[index : index + 1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_offloaded_kv_cache_is_the_same_video(reference_dit, vc_cases):
+    kv = denoise(reference_dit, _latents(vc_cases), **_text(vc_cases), steps=STEPS, guidance=GUIDANCE, num_cond_latents=K, use_kv_cache=True, offload_kv_cache=True)
+    assert_close(kv, vc_cases["sample_vc.kv.latents_final"], atol=5e-5, rtol=1e-5)
+
+
+def test_continuation_options_follow_the_family_and_the_flags():
+    from frametuner.models.registry import family_info
+    from frametuner.sampling.long_video import continuation_options
+
+    info = family_info("longcat_video")
+    assert continuation_options(info, distill=False) == {"use_kv_cache": True, "enhance_hf": True, "offload_kv_cache": False}
+    assert continuation_options(info, distill=True)["enhance_hf"] is False
+    assert continuation_options(info, distill=False, turned_off=("use_kv_cache",))["use_kv_cache"] is False
+    assert continuation_options(info, distill=False, offloaded_weights=True)["offload_kv_cache"] is True
+    with pytest.raises(ValueError, match="no 'warp_drive' option"):
+        continuation_options(info, distill=False, turned_off=("warp_drive",))

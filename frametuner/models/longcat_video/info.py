@@ -27,9 +27,11 @@ INFO = FamilyInfo(
     # Wan 2.1 VAE: 16 channels, stride 4x8x8; DiT patch (1, 2, 2). Frames are 4k+1, sizes multiples of 16.
     geometry=LatentGeometry(channels=16, vae_stride=(4, 8, 8), patch_size=(1, 2, 2)),
     # Upstream's generate_vc: 13 conditioning frames (4 latent frames), the condition's KV cache
-    # and the enhance_hf schedule on by default (enhance_hf asserts it is not the distilled schedule).
+    # and the enhance_hf schedule on by default (enhance_hf asserts it is not the distilled schedule);
+    # the cache (4.9 GB at 480p) moves to host memory when the weights do (block swap, group offload).
     continuation=ContinuationInfo(
-        cond_frames=13, sampler_options={"use_kv_cache": True, "enhance_hf": True}, not_with_distill=("enhance_hf",)
+        cond_frames=13, sampler_options={"use_kv_cache": True, "enhance_hf": True, "offload_kv_cache": False},
+        not_with_distill=("enhance_hf",), with_offloaded_weights=("offload_kv_cache",),
     ),
 )
 

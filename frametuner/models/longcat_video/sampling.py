@@ -88,7 +88,7 @@ def cfg_zero_star(uncond: torch.Tensor, cond: torch.Tensor, guidance: float) -> 
 
 # Keywords LongCat's sampler takes through ``denoise(**options)``, with their defaults there.
 # (Video continuation turns both on, as upstream's generate_vc: see sampling.long_video.)
-SAMPLING_OPTIONS = {"use_kv_cache": False, "enhance_hf": False}
+SAMPLING_OPTIONS = {"use_kv_cache": False, "enhance_hf": False, "offload_kv_cache": False}
 
 
 def sampling_problems(steps: int, guidance: float, distill: bool, options: dict | None = None) -> list[str]:
@@ -113,6 +113,7 @@ class LongCatSamplingLoop:
       then computed over the noisy frames only; without the cache over all frames
       (condition frames included), so the two modes are close but not the same video.
     * ``enhance_hf``: upstream's high-frequency schedule (:func:`enhance_hf_sigmas`).
+    * ``offload_kv_cache``: keep that cache in host memory (copied in block by block).
     """
 
     def __init__(self, model, latents: torch.Tensor, text: TextConditioning, settings: DenoiseSettings):
@@ -148,6 +149,8 @@ class LongCatSamplingLoop:
         self.noisy_frames = (torch.arange(frames, device=device) >= self.k).to(torch.float32) if self.k else None
         # The condition frames never change: their keys/values are computed once, for both CFG branches.
         self.cache = model.build_condition_cache(latents[:, :, : self.k]) if options["use_kv_cache"] and self.k else None
+        if self.cache is not None and options["offload_kv_cache"]:
+            self.cache = self.cache.offloaded()
 
     def forward(self, latents: torch.Tensor, index: int) -> torch.Tensor:
         """The DiT's raw float32 output for the CFG batch (``[negative; positive]`` when guided);
