@@ -18,6 +18,7 @@ as a JSON line.
 
     python bench/continuation.py                          # the step comparison (eager), ~2 min on an H100
     python bench/continuation.py --compile                # regional compile (adds ~1 min per shape)
+    python bench/continuation.py --offload                # also the KV cache in host memory
     python bench/continuation.py --long-video --skip-step # the one-minute video alone (~15 min eager)
     python bench/continuation.py --long-video --long-segments 3  # a shorter long video
 """
@@ -117,7 +118,7 @@ def text_inputs(batch: int, channels: int, dtype: torch.dtype) -> tuple[torch.Te
 
 
 # ---------------------------------------------------------------------- 1. one step
-def bench_step(spec, model, use_kv_cache: bool, warmup: int, iters: int) -> dict:
+def bench_step(spec, model, use_kv_cache: bool, warmup: int, iters: int, offload: bool = False) -> dict:
     from ..models.family import DenoiseSettings, TextConditioning
 
     height, width, frames = CASE
@@ -126,7 +127,7 @@ def bench_step(spec, model, use_kv_cache: bool, warmup: int, iters: int) -> dict
     text, mask = text_inputs(2, model.config.caption_channels, next(model.parameters()).dtype)
     conditioning = TextConditioning(text[1:].unsqueeze(1), mask[1:], text[:1].unsqueeze(1), mask[:1])
     latents = torch.randn(1, *latent_shape, device=DEVICE)
-    settings = DenoiseSettings(steps=50, guidance=4.0, shift=12.0, num_cond_latents=k, options={"use_kv_cache": use_kv_cache})
+    settings = DenoiseSettings(steps=50, guidance=4.0, shift=12.0, num_cond_latents=k, options={"use_kv_cache": use_kv_cache, "offload_kv_cache": offload})
     _reset_peak()
     with torch.no_grad():
         _sync()
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--skip-step", action="store_true", help="skip the KV-cache step comparison")
+    parser.add_argument("--offload", action="store_true", help="also time the step with the KV cache in host memory (offload_kv_cache)")
     parser.add_argument("--long-video", action="store_true", help="also time a long video (default 11 segments = one minute)")
     parser.add_argument("--long-segments", type=int, default=11, help="segments of the long video, the first included (11 = one minute at 15 fps)")
     parser.add_argument("--long-steps", type=int, default=16, help="steps per segment (16 = the distilled setting)")
@@ -269,22 +271,27 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0
     if not args.skip_step:
         results = {}
-        for use_kv_cache in (True, False):
-            label = f"{'kv' if use_kv_cache else 'nokv'}-{mode}"
+        variants = [(True, False), (False, False)] + ([(True, True)] if args.offload else [])
+        for use_kv_cache, offload in variants:
+            label = f"{'kv' if use_kv_cache else 'nokv'}{'-offload' if offload else ''}-{mode}"
             try:
-                result = bench_step(spec, model, use_kv_cache, args.warmup, args.iters)
+                result = bench_step(spec, model, use_kv_cache, args.warmup, args.iters, offload)
             except Exception as error:  # keep going: the other variant is still worth having
                 failures += 1
                 traceback.print_exc()
                 print(json.dumps({"kind": "sample_vc_step", "mode": label, "error": repr(error)}), flush=True)
                 _reset_peak()
                 continue
-            results[use_kv_cache] = result
+            if not offload:
+                results[use_kv_cache] = result
             row = base_row("sample_vc_step", label)
             row.update({key: value for key, value in result.items()})
             notes = [f"{result['noisy_tokens'] if use_kv_cache else result['tokens']} tokens through the DiT", f"first step {result['first_step_s']:.1f} s"]
             if use_kv_cache:
                 notes.append(f"cache {result['cache_gb']:.1f} GB built in {result['cache_build_s']:.2f} s")
+            if offload and True in results:
+                row["x_kv"] = result["s_per_step"] / results[True]["s_per_step"]
+                notes.append(f"{row['x_kv']:.2f}x the cached step with the cache on the GPU")
             if not use_kv_cache and True in results:
                 kv = results[True]
                 row["x_kv"] = result["s_per_step"] / kv["s_per_step"]
