@@ -168,10 +168,11 @@ class Validator:
                 length = max(text.shape[0], negative_text.shape[0])
                 embeds, mask = pad_text(text, length)
                 negative, negative_mask = pad_text(negative_text, length)
+                text = TextConditioning(embeds[None], mask[None], negative[None], negative_mask[None])
                 outputs = render_validation(
                     model, vae, spec=self.spec, validation_dir=self.folder, step=step, prompt_index=index, prompt=item.prompt,
-                    text=TextConditioning(embeds[None], mask[None], negative[None], negative_mask[None]),
-                    video=self.video_settings(size), cond_latents=item.cond_latents, device=device, write=writer, kind=item.kind,
+                    text=text, video=self.video_settings(size), cond_latents=item.cond_latents, device=device, write=writer,
+                    kind=item.kind, sampler_options=self.continuation_options if item.kind == "continuation" else None,
                 )
                 if writer:
                     self._report(trainer, step, index, item.prompt, outputs, kind=item.kind)
@@ -180,12 +181,8 @@ class Validator:
 
                     long = render_long_validation(
                         model, vae, outputs.frames, spec=self.spec, validation_dir=self.folder, step=step, prompt_index=index,
-                        prompt=item.prompt, prompt_embeds=embeds[None], prompt_mask=mask[None],
-                        negative_embeds=negative[None], negative_mask=negative_mask[None],
-                        segments=config.validation_segments, cond_frames=config.validation_cond_frames,
-                        height=size[0], width=size[1], num_frames=config.validation_num_video_frames,
-                        steps=config.validation_num_inference_steps, guidance=config.validation_guidance, seed=self.seed,
-                        fps=config.validation_fps, crf=config.validation_video_crf, device=device,
+                        prompt=item.prompt, text=text, video=self.video_settings(size), segments=config.validation_segments,
+                        cond_frames=config.validation_cond_frames, sampler_options=self.continuation_options, device=device,
                     )
                     self._report(trainer, step, index, item.prompt, long, kind="long")
         finally:
@@ -205,6 +202,14 @@ class Validator:
             steps=config.validation_num_inference_steps, guidance=config.validation_guidance,
             seed=self.seed, fps=config.validation_fps, crf=config.validation_video_crf,
         )
+
+    @property
+    def continuation_options(self) -> dict[str, bool]:
+        """The family's continuation sampler options (LongCat: upstream's KV cache and enhance_hf)."""
+        from ..memory import offloads_weights
+        from ..sampling.long_video import continuation_options
+
+        return continuation_options(self.spec.info, distill=False, offloaded_weights=offloads_weights(self.config))
 
     @property
     def seed(self) -> int:

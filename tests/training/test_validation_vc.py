@@ -26,16 +26,20 @@ def test_a_long_video_stitches_segments_without_repeating_the_conditioning_frame
     text = torch.randn(1, 4, 64, generator=g)
     mask = torch.ones(1, 4, dtype=torch.int64)
     first = torch.randint(0, 256, (9, 16, 16, 3), generator=g, dtype=torch.uint8)
-    common = dict(spec=spec, prompt_embeds=text, prompt_mask=mask, negative_embeds=None, negative_mask=None,
-                  height=16, width=16, num_frames=9, steps=2, guidance=1.0)
-    out = render_long_validation(model, vae, first, validation_dir=tmp_path, step=7, prompt_index=0, prompt="p",
-                                 segments=2, cond_frames=5, seed=11, **common)
+    from frametuner.models.family import TextConditioning
+    from frametuner.sampling.pipeline import VideoSettings
+
+    conditioning = TextConditioning(text, mask, None, None)
+    settings = VideoSettings(height=16, width=16, num_frames=9, steps=2, guidance=1.0, seed=11)
+    out = render_long_validation(model, vae, first, spec=spec, validation_dir=tmp_path, step=7, prompt_index=0, prompt="p",
+                                 text=conditioning, video=settings, segments=2, cond_frames=5)
     frames = out.frames
     assert frames.shape[0] == 9 + 2 * (9 - 5)
     # Oracle: the segments rendered one by one, each from the previous one's last 5 frames.
-    device = torch.device("cpu")
-    one = continue_frames(model, vae, first[-5:], seed=12, device=device, **common)
-    two = continue_frames(model, vae, one[-5:], seed=13, device=device, **common)
+    common = dict(spec=spec, prompt_embeds=text, prompt_mask=mask, negative_embeds=None, negative_mask=None,
+                  height=16, width=16, num_frames=9, steps=2, guidance=1.0, device=torch.device("cpu"))
+    one = continue_frames(model, vae, first[-5:], seed=12, **common)
+    two = continue_frames(model, vae, one[-5:], seed=13, **common)
     assert torch.equal(frames[:9], first) and torch.equal(frames[9:13], one[5:]) and torch.equal(frames[13:], two[5:])
     # Each segment is conditioned: its first 5 frames come back from the clean latents, not from noise.
     assert (one[:5].float() - vae.decode(vae.encode(first[-5:])).float()).abs().max() <= 1
@@ -88,6 +92,8 @@ def test_train_renders_continuation_and_long_validation_videos(clips, tmp_path):
     assert len(long["segment_sheets"]) == 2 and all((tmp_path / "vc" / p).exists() for p in long["segment_sheets"])
     continuation = json.loads((tmp_path / "vc" / "validation" / "step000000_prompt01_continuation.json").read_text())
     assert continuation["settings"]["cond_latent_frames"] == 2
+    # Continuations sample as upstream's generate_vc does: KV cache and enhance_hf (the family's options).
+    assert continuation["settings"]["sampler_options"] == {"use_kv_cache": True, "enhance_hf": True}
     page = (tmp_path / "vc" / "validation" / "index.html").read_text()
     assert "#0 long video:" in page and "#1 continuation:" in page
 
