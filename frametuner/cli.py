@@ -362,11 +362,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {line}", file=sys.stderr)
         return 2
     except StorageError as error:  # a full disk while caching or saving: one line, nothing lost
+        _end_progress_bars()
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _end_progress_bars() -> None:
+    """Close the progress bars an error cut short, so the error line starts a line of its own."""
+    tqdm = sys.modules.get("tqdm.std")
+    if tqdm is not None:
+        for bar in list(getattr(tqdm.tqdm, "_instances", ())):
+            bar.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

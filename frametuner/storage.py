@@ -63,7 +63,7 @@ def folder_bytes(folder: str | Path | None) -> int:
 
 def storage_error(error: OSError, folder: str | Path, *, needed: int | None, what: str, fix: str) -> StorageError:
     """One line for ``error`` raised while ``what`` under ``folder``; ``fix`` says what to do."""
-    folder = Path(folder)
+    folder = Path(folder).absolute()
     free = free_bytes(folder)
     amount = f"needs about {human_bytes(needed)} more, {human_bytes(free)} free" if needed else f"{human_bytes(free)} free"
     if error.errno in DISK_FULL:

@@ -237,7 +237,7 @@ def saving(staging: Path) -> Iterator[None]:
         needed = max(written, folder_bytes(previous) if previous is not None else 0)
         kept = f"the previous checkpoint {previous.name} is intact" if previous is not None else "no earlier checkpoint exists"
         raise storage_error(
-            error, staging.parent, needed=needed, what=f"saving checkpoint {staging.name[1:-len('.partial')]}",
+            error, staging.parent, needed=needed, what=f"saving {staging.name[1:-len('.partial')]}",
             fix=f"the partial save was removed and {kept}; free space (or set output_dir on a larger disk), then run again with --resume_from_checkpoint latest",
         ) from None
 

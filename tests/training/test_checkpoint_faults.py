@@ -186,3 +186,25 @@ def test_a_full_disk_at_a_save_is_one_line_and_keeps_the_previous_checkpoint(tra
         assert sorted(p.name for p in target.iterdir()) == ["checkpoint-000001"], "the partial save was not removed"
         assert json.loads((ckpt.checkpoint_folder(target, 1) / ckpt.COMPLETE_FILE).read_text()) == before
         assert ckpt.is_complete(ckpt.checkpoint_folder(target, 1))
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_training_ends_the_command_with_one_line(tmp_path, monkeypatch, capsys):
+    """`frametuner train` whose first checkpoint save meets a full disk: one `error:` line, exit 1,
+    no traceback, no partial left (the real trainer on synthetic data behind the CLI's entry point)."""
+    from frametuner import cli
+
+    def train(args, extra):
+        Trainer(tiny_config(tmp_path, max_train_steps=2, checkpointing_steps=1), synthetic_data(n=3)).train()
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "train", train)
+    target = tmp_path / "out" / "checkpoints"
+    with FileOps(target, fail_at=3, error=OSError(errno.ENOSPC, "No space left on device")):  # the weights file
+        code = cli.main(["train", "--config", str(tmp_path / "config.json")])  # the config is the stand-in's
+    err = capsys.readouterr().err
+    errors = [line for line in err.split("\n") if "error:" in line]
+    assert code == 1 and "Traceback" not in err
+    assert len(errors) == 1 and errors[0].startswith(f"error: disk full while saving checkpoint-000001 in {target}: "), err
+    assert "no earlier checkpoint exists" in errors[0] and "--resume_from_checkpoint latest" in errors[0]
+    assert not target.exists() or not any(target.iterdir())  # no partial left
