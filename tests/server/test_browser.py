@@ -8,6 +8,7 @@ that loads. A screenshot goes to ``.ci/artifacts/``. Skips when Chromium or the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -44,6 +45,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextlib.contextmanager
 def _serve(settings):
     """The server (uvicorn) for ``settings`` in a thread on its loopback port; yields its URL."""
     import uvicorn
@@ -55,9 +57,11 @@ def _serve(settings):
     while not server.started:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{settings.port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{settings.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 @pytest.fixture
@@ -68,13 +72,15 @@ def server_url(make_settings):
 
     # The demo example reads examples/demo/datasets.json -> examples/demo/clips (git-ignored).
     write_demo_clips(Path(__file__).resolve().parents[2] / "examples" / "demo" / "clips")
-    yield from _serve(make_settings(port=_free_port(), cli_command=default_cli_command()))
+    with _serve(make_settings(port=_free_port(), cli_command=default_cli_command())) as url:
+        yield url
 
 
 @pytest.fixture
 def cpu_server_url(make_settings):
     """The server of a machine without a GPU, running the stand-in trainer (tests/server/fake_trainer.py)."""
-    yield from _serve(make_settings(port=_free_port(), gpus=[]))
+    with _serve(make_settings(port=_free_port(), gpus=[])) as url:
+        yield url
 
 
 @pytest.fixture
@@ -168,3 +174,22 @@ def test_preview_defaults_to_a_flavour_the_cpu_can_run(cpu_server_url, page):
     page.goto(f"{cpu_server_url}/preview")
     expect(page.locator("#flavour")).to_have_value("tiny")
     expect(page.locator("#flavour option")).not_to_have_count(0)
+
+
+def test_check_says_how_to_make_the_demo_clips(make_settings, page, tmp_path):
+    """Issue 19 point 3: the shipped demo example without its clips fails Check with the command that makes them."""
+    import shutil
+
+    from frametuner.server.settings import package_root
+
+    examples = tmp_path / "examples"
+    shutil.copytree(package_root() / "examples" / "demo", examples / "demo", ignore=shutil.ignore_patterns("clips", "output"))
+    with _serve(make_settings(port=_free_port(), gpus=[], examples_dir=examples)) as url:
+        expect = sync_api.expect
+        page.goto(f"{url}/jobs/new")
+        page.select_option("#example", "demo")
+        expect(page.locator("#check-status")).to_contain_text("loaded example 'demo'")
+        page.click("#check")
+        error = page.locator('[data-error-for="data_backend_config"]').first
+        expect(error).to_contain_text("clips does not exist")
+        expect(error).to_contain_text(f"run `frametuner demo --dir {examples / 'demo'}` first")
