@@ -227,6 +227,7 @@ def _dataset_problem_text(problem: DatasetProblem, folder: Path, hint: str) -> s
     text = ": ".join(where + [problem.message])
     if problem.fix:
         text += f"; {problem.fix}"
+    text = text.replace(str(folder.resolve()), "the job's folder")  # a Check's throwaway folder means nothing to the user
     if problem.key in path_fields(DatasetConfig) and "not exist" in problem.message:
         text += hint
     return text

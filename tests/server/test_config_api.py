@@ -178,6 +178,9 @@ def test_check_fails_for_a_missing_dataset_folder(client, demo_config, demo_data
     (message,) = _dataset_errors(client, demo_config, dataset)
     assert message.startswith("datasets.json:3: dataset 'clips': 'instance_data_dir': ")
     assert "no-clips does not exist; fix the path" in message
+    # A relative folder in a list edited in the page sits beside its datasets.json, in the job's folder.
+    (message,) = _dataset_errors(client, demo_config, '[{"id": "clips", "instance_data_dir": "clips"}]')
+    assert message.endswith("the job's folder/clips does not exist; fix the path (relative to the job's folder) or create the folder")
 
 
 def test_check_fails_for_frames_the_vae_cannot_pack(client, demo_config, demo_dataset):
