@@ -118,6 +118,14 @@ def dataset_mix(dataset: "DatasetConfig", config: "TrainConfig") -> Conditioning
     return ConditioningMix.only("t2v")
 
 
+def clean_frame_conditioning(family: str) -> bool:
+    """Whether the family conditions on clean leading latent frames (i2v frame 0, continuation):
+    the registry's ``FamilyInfo.continuation`` (None: it cannot)."""
+    from ..models import registry
+
+    return registry.family_info(family).continuation is not None
+
+
 def dataset_problems(dataset: "DatasetConfig", config: "TrainConfig", stride: int) -> list[tuple[str, str, str, str]]:
     """(config field, key, message, fix) for the mix ``dataset`` trains with.
 
@@ -133,6 +141,11 @@ def dataset_problems(dataset: "DatasetConfig", config: "TrainConfig", stride: in
     mix = dataset_mix(dataset, config)
     num_frames = dataset.video.num_frames
     problems = []
+    explicit = own is not None or (config.conditioning is not None and not dataset.is_i2v)
+    if explicit and (mix.i2v > 0 or mix.vc > 0) and not clean_frame_conditioning(config.model_family):
+        where = "data_backend_config" if own is not None else "conditioning"
+        return [(where, "conditioning", f"{config.model_family} has no clean-frame conditioning (i2v frame 0 / continuation) to train",
+                 "use {\"t2v\": 1.0}, or a model family that can continue videos (see `frametuner models`)")]
     for message, fix in frame_problems(mix, num_frames, stride):
         if own is not None:
             problems.append(("data_backend_config", "conditioning.vc_cond_frames", message, fix))

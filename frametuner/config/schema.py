@@ -323,6 +323,11 @@ class TrainConfig(BaseModel):
             )
         if self.validation_continuation == CONTINUE_EVAL_DATASET and not self.eval_dataset_id:
             raise ValueError("validation_continuation 'eval_dataset' continues the clips of eval_dataset_id, which is not set; name the dataset id")
+        if (self.validation_continuation or self.validation_segments) and info.continuation is None:
+            raise ValueError(
+                f"validation_continuation / validation_segments: {info.display_name or info.name} cannot continue videos "
+                "(no clean-frame conditioning); remove them"
+            )
         if self.validation_continuation or self.validation_segments:
             try:
                 check_frame_count(self.validation_cond_frames, self.model_family)

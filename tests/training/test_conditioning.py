@@ -187,3 +187,14 @@ def test_the_first_latent_frames_of_a_clip_are_its_first_frames_encoded_alone():
     torch.testing.assert_close(latents[:, :1], vae.encode(clip[:1]), **same)  # i2v: the image encoded alone
     torch.testing.assert_close(latents[:, :2], vae.encode(clip[:5]), **same)  # continuation: 5 frames = 2 latent frames
     assert not torch.allclose(latents[:, -2:], vae.encode(clip[-5:]), atol=1e-3)
+
+
+def test_a_family_without_clean_frame_conditioning_refuses_i2v_and_vc(tmp_path):
+    """Continuation is a family fact (FamilyInfo.continuation): Wan 2.1 conditions otherwise."""
+    with pytest.raises(ValidationError, match="Wan 2.1 cannot continue videos"):
+        TrainConfig(model_family="wan", validation_segments=2)
+    wan = datasets_with(tmp_path, [dataset("x", "clips", video={"num_frames": 33})], model_family="wan", conditioning={"t2v": 0.5, "vc": 0.5})
+    [problem] = validate_dataset_list(wan, frame_stride=4)
+    assert problem.field == "conditioning" and "wan has no clean-frame conditioning" in problem.message
+    plain = datasets_with(tmp_path, [dataset("x", "clips", video={"num_frames": 33})], model_family="wan", conditioning={"t2v": 1.0})
+    assert validate_dataset_list(plain, frame_stride=4) == []

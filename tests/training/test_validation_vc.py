@@ -108,3 +108,23 @@ def test_the_job_page_gets_the_kind_and_the_segment_sheets_inside_the_job_only(t
     long, plain = progress.public()["validations"]
     assert (long["kind"], long["segment_sheets"]) == ("long", ["output/validation/s0.png", "output/validation/s1.png"])
     assert (plain["kind"], plain["segment_sheets"]) == ("prompt", [])  # events written before kinds existed
+
+
+def test_eval_dataset_clips_are_continued_from_their_cached_first_latent_frames():
+    from types import SimpleNamespace
+
+    from frametuner.config import TrainConfig
+    from frametuner.data.sample import Bucket
+    from frametuner.training.pipeline import ValidationPrompt, continuation_prompts
+
+    config = TrainConfig(model_flavour="tiny", validation_continuation="eval_dataset", eval_dataset_id="ev",
+                         validation_cond_frames=5, validation_num_video_frames=9)
+    long_clip = SimpleNamespace(caption="a long clip", bucket=Bucket(32, 48, 9), source=SimpleNamespace(path="long.mp4"))
+    short_clip = SimpleNamespace(caption="a short clip", bucket=Bucket(32, 48, 5), source=SimpleNamespace(path="short.mp4"))
+    entries = {"long.mp4": torch.randn(16, 3, 4, 6), "short.mp4": torch.randn(16, 2, 4, 6)}
+    scan = SimpleNamespace(dataset_samples=lambda dataset_id: [long_clip, short_clip] if dataset_id == "ev" else [])
+    cache = SimpleNamespace(load=lambda sample: {"latents": entries[sample.source.path]})
+    [item] = continuation_prompts(config, load_spec("longcat_video"), scan, cache, [ValidationPrompt("p", index=0)])
+    # 5 frames = 2 latent frames; the 5-frame clip has nothing left to compare with and is skipped.
+    assert (item.prompt, item.kind, item.index, item.size) == ("a long clip", "continuation", 1, (32, 48))
+    assert torch.equal(item.cond_latents, entries["long.mp4"][:, :2])
