@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..models.family import BlockModel
 from .blocks import BlockHook, BlockRunner
 from .errors import MemoryOptionError
 from .streams import PinnedPool, TransferStream
@@ -112,7 +113,7 @@ def _identity(tensor: torch.Tensor) -> tuple:
     return (tensor.device, tensor.dtype, tensor.numel(), tensor.data_ptr())
 
 
-def enable_activation_offload(model: nn.Module, device: torch.device | str) -> ActivationOffload:
+def enable_activation_offload(model: BlockModel, device: torch.device | str) -> ActivationOffload:
     """Offload each checkpointed block's input hidden states to host memory (training)."""
     if not getattr(model, "gradient_checkpointing", False):
         raise MemoryOptionError(

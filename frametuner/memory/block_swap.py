@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
+from ..models.family import BlockModel
 from .blocks import BlockHook, BlockRunner, frozen_parameters, place_outside_blocks, place_trainable, placement_device
 from .errors import MemoryOptionError
 from .streams import TransferStream, pinned_bytes
@@ -156,7 +157,7 @@ class BlockSwap(BlockHook):
         self._load(self.first_swapped, wait=False)
 
 
-def enable_block_swap(model: nn.Module, blocks_to_swap: int, device: torch.device | str, *, training: bool = True) -> BlockSwap | None:
+def enable_block_swap(model: BlockModel, blocks_to_swap: int, device: torch.device | str, *, training: bool = True) -> BlockSwap | None:
     """Keep the last ``blocks_to_swap`` blocks' frozen weights in host memory; place the
     rest of the model on ``device``. Returns the hook (None for 0 blocks)."""
     depth = len(model.blocks)

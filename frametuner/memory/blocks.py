@@ -3,7 +3,8 @@
 Memory tools need to act at block boundaries: load a block's weights before it runs,
 free them after, and do the same in reverse order in the backward, where checkpointed
 blocks are recomputed. Module forward hooks cannot see the backward, so the model's
-block seam (``model._run_block``, see the transformer's docstring) is replaced by a
+block seam (``model._run_block`` of the block protocol every family's denoiser
+implements, :class:`frametuner.models.family.BlockModel`) is replaced by a
 :class:`BlockRunner` that wraps each block call between two identity autograd
 functions. Their backward methods fire exactly when autograd reaches the block's
 output gradient (before the block's recomputation and backward) and when it leaves
@@ -21,6 +22,8 @@ from typing import Any, Callable, ContextManager
 
 import torch
 import torch.nn as nn
+
+from ..models.family import BlockModel
 
 
 class BlockHook:
@@ -60,6 +63,17 @@ class _BackwardBoundary(torch.autograd.Function):
         return grad, None
 
 
+def require_block_model(model) -> BlockModel:
+    """``model`` if it implements the block protocol, else TypeError naming what is missing."""
+    if not isinstance(model, BlockModel):
+        missing = [name for name in ("blocks", "_run_block", "enable_gradient_checkpointing", "disable_gradient_checkpointing", "compile_blocks") if not hasattr(model, name)]
+        raise TypeError(
+            f"{type(model).__name__} does not implement the block protocol memory tools need "
+            f"(frametuner.models.family.BlockModel); missing: {', '.join(missing)}"
+        )
+    return model
+
+
 class BlockRunner:
     """Replaces ``model._run_block`` and dispatches to the registered hooks.
 
@@ -67,7 +81,7 @@ class BlockRunner:
     policies live), so removing the runner restores the model exactly.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: BlockModel):
         self.model = model
         self.hooks: list[BlockHook] = []
         self._inner = model._run_block  # the class's seam, bound to the model
@@ -75,8 +89,9 @@ class BlockRunner:
 
     # ------------------------------------------------------------------ install
     @classmethod
-    def of(cls, model: nn.Module) -> "BlockRunner":
+    def of(cls, model: BlockModel) -> "BlockRunner":
         """The model's runner, installed on first use."""
+        require_block_model(model)
         runner = model.__dict__.get("_run_block")
         if isinstance(runner, BlockRunner):
             return runner
