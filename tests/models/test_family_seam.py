@@ -109,3 +109,65 @@ def test_the_scan_catches_a_leak(tmp_path, line, monkeypatch):
         assert violations([module]), line
     finally:
         PACKAGE = saved
+
+
+# ---------------------------------------------------------------------- the interface itself
+def test_every_family_declares_the_interface_and_is_found_from_its_model():
+    """Each registered family: a complete ModelFamily, a torch-free registry entry whose frame
+    rule and defaults agree with it, and a tiny denoiser that implements the block protocol and
+    leads back to its family (also under a LoRA)."""
+    import torch
+
+    from frametuner.lora import add_lora
+    from frametuner.models.family import BlockModel, ModelFamily, family_of
+
+    for name, info in families().items():
+        family = load_spec(name)
+        assert isinstance(family, ModelFamily) and family.name == name and family.info is info
+        assert family.geometry == info.geometry and family.shard_units and family.default_lora_targets
+        assert info.valid_frames(info.defaults.frames) and not info.valid_frames(info.defaults.frames + 1)
+        assert info.defaults.height % info.pixel_multiple == 0 and info.defaults.width % info.pixel_multiple == 0
+        tiny = next(f for f in info.flavours if f.startswith("tiny"))
+        model = family.build_transformer(flavour=tiny, device="cpu", dtype=torch.float32)
+        assert isinstance(model, BlockModel), f"{name}'s denoiser lacks the block protocol"
+        assert type(model.blocks[0]).__name__ in family.shard_units
+        assert family_of(model) is family
+        add_lora(model, rank=2)
+        assert family_of(model) is family
+
+
+def test_memory_tools_refuse_a_model_without_the_block_protocol():
+    import torch
+
+    from frametuner.memory.blocks import BlockRunner
+
+    with pytest.raises(TypeError, match="block protocol.*missing: blocks, _run_block"):
+        BlockRunner.of(torch.nn.Linear(2, 2))
+
+
+def test_a_mixed_batch_trains_each_sample_as_alone():
+    """Per-sample conditioning lengths: one batch with K = 0 and K = 1 gives each sample the
+    inputs, prediction and loss it gets in a batch of its own."""
+    import torch
+
+    from frametuner.training.flow_matching import flow_matching_loss
+
+    family = load_spec("longcat_video")
+    model = family.build_transformer(flavour="tiny", device="cpu", dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 16, 3, 4, 6, generator=g), torch.randn(2, 16, 3, 4, 6, generator=g)
+    channels = model.config.caption_channels
+    text, mask = torch.randn(2, 8, channels, generator=g), torch.ones(2, 8, dtype=torch.int64)
+    sigmas = torch.tensor([0.4, 0.7])
+    mixed = family.training_inputs(x0, noise, sigmas, num_cond_latents=torch.tensor([0, 1]))
+    with torch.no_grad():
+        prediction = family.training_forward(model, mixed, text, mask)
+    losses = []
+    for row, k in enumerate((0, 1)):
+        alone = family.training_inputs(x0[row : row + 1], noise[row : row + 1], sigmas[row : row + 1], num_cond_latents=k)
+        assert torch.equal(alone.noisy_latents[0], mixed.noisy_latents[row]) and torch.equal(alone.timesteps[0], mixed.timesteps[row])
+        with torch.no_grad():
+            single = family.training_forward(model, alone, text[row : row + 1], mask[row : row + 1])
+        torch.testing.assert_close(single[0], prediction[row], atol=1e-5, rtol=1e-5)
+        losses.append(flow_matching_loss(single, alone))
+    torch.testing.assert_close(flow_matching_loss(prediction, mixed), torch.stack(losses).mean(), atol=1e-6, rtol=1e-6)
