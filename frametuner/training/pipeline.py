@@ -205,7 +205,7 @@ class Validator:
 
     @property
     def continuation_options(self) -> dict[str, bool]:
-        """The family's continuation sampler options (LongCat: upstream's KV cache and enhance_hf)."""
+        """The family's continuation sampler options (e.g. a KV cache for the conditioning frames)."""
         from ..memory import offloads_weights
         from ..sampling.long_video import continuation_options
 
