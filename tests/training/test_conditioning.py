@@ -55,7 +55,7 @@ def test_cond_frames_follow_the_frame_rule_and_stay_below_the_sample_length(tmp_
     bad_rule = datasets_with(tmp_path, [dataset("x", "clips", video={"num_frames": 33}, conditioning={"vc": 1.0, "vc_cond_frames": [12]})])
     [problem] = validate_dataset_list(bad_rule, frame_stride=4)
     assert (problem.field, problem.key, problem.dataset) == ("data_backend_config", "conditioning.vc_cond_frames", "dataset 'x'")
-    assert "12 is not 4k+1" in problem.message and problem.fix == "use 9 or 13"
+    assert "vc_cond_frames: 12" in problem.message and "not 4k+1" in problem.message and problem.fix == "use 9 or 13"
     too_long = datasets_with(tmp_path, [dataset("x", "clips", video={"num_frames": 13}, conditioning={"t2v": 0.5, "vc": 0.5})])
     [problem] = validate_dataset_list(too_long, frame_stride=4)
     assert "13 leaves no frame to train in 13-frame samples" in problem.message and "at most 9" in problem.fix
