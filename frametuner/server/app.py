@@ -14,6 +14,7 @@ from fastapi.templating import Jinja2Templates
 
 from ..models.registry import families
 from .api import job_detail, job_or_404, job_summary, list_families, router
+from .captions import router as captions_router
 from .configform import DATASET_FILE, SERVER_OWNED_KEYS, grouped_form_fields
 from .jobs import JobManager
 from .security import guard
@@ -59,6 +60,7 @@ def create_app(settings: ServerSettings, manager: JobManager | None = None) -> F
     app.state.closing = threading.Event()
     app.middleware("http")(guard)
     app.include_router(router)
+    app.include_router(captions_router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     _add_pages(app)
     return app

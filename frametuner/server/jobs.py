@@ -1,6 +1,6 @@
 """Jobs: folders on disk, rows in SQLite, CLI subprocesses, and the queue that runs them.
 
-Each job is ``frametuner train`` or ``frametuner sample`` run as an argument list (never
+Each job is ``frametuner train``, ``sample`` or ``caption`` run as an argument list (never
 a shell string) in its own folder, with its own log and ``output/``. One job runs per
 GPU (pinned through ``CUDA_VISIBLE_DEVICES``); the rest wait in FIFO order. Processes
 start in their own session, so they outlive a server restart: the next server finds
@@ -33,6 +33,7 @@ from .progress import RunProgress
 from .settings import ServerSettings, package_root
 from .store import (
     CANCELLED,
+    CAPTION,
     CREATED,
     FAILED,
     FINISHED,
@@ -237,6 +238,10 @@ class JobManager:
         if job.kind == TRAIN:
             resume = ["--resume_from_checkpoint", "latest"] if job.resume else []
             return prefix + ["train", "--config", config_path] + resume
+        if job.kind == CAPTION:
+            from .captions import caption_command
+
+            return caption_command(prefix, job.params, self.output_dir(job.id))
         p = job.params
         # "--flag=value" keeps a prompt that starts with "-" from reading as a flag.
         args = prefix + ["sample", "--config", config_path, f"--prompt={p['prompt']}"]
@@ -354,6 +359,9 @@ class JobManager:
                 message = "the trainer went away without a final event" + (
                     "; resume from the latest checkpoint" if self.has_checkpoint(job) else " before its first checkpoint"
                 )
+        elif job.kind == CAPTION and code in (0, 1):  # 1: some files failed, each listed with its reason
+            status = FINISHED
+            message = "" if code == 0 else "some files could not be captioned; the log and the review list them with the reason"
         else:
             video = self.output_dir(job.id) / SAMPLE_VIDEO
             if code == 0 or (code is None and video.is_file()):

@@ -23,6 +23,7 @@ LIVE = (RUNNING, STOPPING)  # a process exists
 TERMINAL = (FINISHED, STOPPED, FAILED, CANCELLED, INTERRUPTED)
 
 TRAIN, SAMPLE = "train", "sample"
+CAPTION = "caption"  # frametuner caption on dataset folders (server/captions.py)
 
 
 @dataclass

@@ -147,6 +147,7 @@ function onTrainerEvent(event) {
 
 // ------------------------------------------------------------------ sample view
 async function renderSampleOutput() {
+  if (job.kind === "caption") return renderCaptions();
   const result = await api(`/api/jobs/${encodeURIComponent(job.id)}`);
   if (!result.ok) return;
   const outputs = result.data.outputs || {};
@@ -158,6 +159,21 @@ async function renderSampleOutput() {
     el("figcaption", {}, el("a", { href: fileUrl(job.id, outputs.video, true) }, "download mp4")),
     outputs.contact_sheet ? el("img", { class: "sheet", src: fileUrl(job.id, outputs.contact_sheet), alt: "contact sheet" }) : null,
   ));
+}
+
+// ------------------------------------------------------------------ caption view
+async function renderCaptions() {
+  const base = "output/caption_review/";
+  const result = await api(fileUrl(job.id, base + "index.json"));
+  if (!result.ok || !result.data) return;
+  const review = result.data;
+  const rows = (review.rows || []).map((row) => el("div", { class: "caption-row" },
+    row.sheet ? el("img", { class: "sheet", src: fileUrl(job.id, base + row.sheet), alt: "contact sheet" }) : el("p", { class: "muted" }, "no frames"),
+    el("div", {},
+      el("div", { class: "mono small muted" }, `${row.path} · ${row.status}`),
+      el("p", { class: row.status === "failed" ? "field-error" : "" }, row.caption || row.reason || ""))));
+  $("caption-output").replaceChildren(
+    el("p", {}, `${review.captioned} captioned now, ${review.skipped} had a caption, ${review.failed} failed.`), ...rows);
 }
 
 // ------------------------------------------------------------------ log

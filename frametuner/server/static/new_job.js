@@ -216,6 +216,23 @@ async function save(start) {
 document.getElementById("save").addEventListener("click", () => save(false));
 document.getElementById("start").addEventListener("click", () => save(true));
 
+// "Caption missing": a frametuner caption job on this config's datasets (server/captions.py).
+document.getElementById("caption").addEventListener("click", async () => {
+  statusLine.textContent = "creating the caption job…";
+  const value = (id) => document.getElementById(id).value.trim();
+  const body = Object.assign(requestBody(true), {
+    model: value("caption-model") || null,
+    batch_size: Number(value("caption-batch")) || 1,
+    quantize: value("caption-quantize") || "none",
+    prefix: value("caption-prefix"),
+    overwrite: document.getElementById("caption-overwrite").checked,
+  });
+  const result = await api("/api/captions", { method: "POST", body });
+  if (result.status === 201) window.location.href = `/jobs/${encodeURIComponent(result.data.job.id)}`;
+  else if (result.data && "ok" in result.data) showResult(result.data);
+  else statusLine.textContent = detailMessage(result.data);
+});
+
 async function init() {
   const initial = pageData.initial || {};
   config = Object.assign({}, initial.config || {});
