@@ -229,6 +229,22 @@ class ModelFamily(ABC):
         """The image encoder's cache key, or None when the family has none."""
         return None
 
+    @torch.no_grad()
+    def image_conditioning(
+        self, root: str | Path, vae: Any, image: torch.Tensor, latents: torch.Tensor, *, frames: int,
+        device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
+    ) -> tuple[int, dict[str, Any]]:
+        """Image-to-video from uint8 ``image [1, H, W, 3]``: edit ``latents [1, C, T, h, w]``
+        (float32) in place and/or return sampler conditioning; returns ``(num_cond_latents,
+        conditioning)`` for :func:`frametuner.sampling.denoise`.
+
+        Default: the image's latent is the first latent frame, clean (a family whose
+        denoiser reads the image another way overrides this).
+        """
+        cond = vae.encode(image)  # [C, 1, h, w]
+        latents[0, :, : cond.shape[1]] = cond.to(latents)
+        return cond.shape[1], {}
+
     def configure_attention(self, model: Any, config: Any) -> None:
         """Apply ``attention_implementation`` and the family's attention keys to a loaded denoiser."""
 

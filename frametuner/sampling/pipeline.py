@@ -232,13 +232,11 @@ def generate(
 
     latents = initial_noise((1, *spec.geometry.latent_shape(request.num_frames, request.height, request.width)), request.seed)
     vae = None  # text-to-video loads it only after the DiT is gone
-    num_cond_latents = 0
+    num_cond_latents, conditioning = 0, {}
     if request.image is not None:
         vae = spec.load_vae(root, device=device, dtype=dtype)
-        with torch.no_grad():
-            cond = vae.encode(condition_image(request.image, request.height, request.width))  # [C, 1, h, w]
-        num_cond_latents = cond.shape[1]
-        latents[0, :, :num_cond_latents] = cond.to(latents)
+        image = condition_image(request.image, request.height, request.width)
+        num_cond_latents, conditioning = spec.image_conditioning(root, vae, image, latents, frames=request.num_frames, device=device, dtype=dtype)
 
     model = load_denoiser(spec, root, loras=request.loras, device=device, dtype=dtype, attention=attention, config=config)
     latents = denoise(
@@ -254,6 +252,7 @@ def generate(
         num_cond_latents=num_cond_latents,
         distill=request.distill,
         progress=progress,
+        conditioning=conditioning or None,
     )
     del model
     free_memory(device)

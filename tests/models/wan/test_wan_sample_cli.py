@@ -30,3 +30,22 @@ def test_sample_cli_renders_tiny_wan_with_its_comfyui_lora(tmp_path):
     with av.open(str(out)) as container:
         frames = list(container.decode(video=0))
     assert len(frames) == 5 and (frames[0].height, frames[0].width) == (32, 48)
+
+
+def test_sample_cli_image_to_video_with_the_tiny_i2v_wan(tmp_path):
+    """--image on the I2V flavour conditions through the family's image_conditioning (mask + condition
+    latents + CLIP); on a text-to-video flavour it is a clear error."""
+    import numpy as np
+    from PIL import Image
+
+    from frametuner.cli import main
+
+    image = tmp_path / "first.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(image)
+    out = tmp_path / "i2v.mp4"
+    common = ["--prompt", "a red ball", "--resolution", "32x48", "--num_frames", "5", "--steps", "2", "--image", str(image)]
+    assert main(["sample", "--model_family", "wan", "--model_flavour", "tiny-i2v", *common, "--output", str(out)]) == 0
+    with av.open(str(out)) as container:
+        assert len(list(container.decode(video=0))) == 5
+    with pytest.raises(ValueError, match="text-to-video checkpoint"):
+        main(["sample", "--model_family", "wan", "--model_flavour", "tiny", *common, "--output", str(tmp_path / "t2v.mp4")])
