@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..models.spec import frame_count_problem
+
 if TYPE_CHECKING:
     from .dataset import DatasetConfig
     from .schema import TrainConfig
@@ -85,12 +87,9 @@ def frame_problems(mix: ConditioningMix, num_frames: int, stride: int) -> list[t
     that leaves no frame to denoise in a ``num_frames`` sample (the dataset's longest)."""
     problems = []
     for frames in mix.cond_frames_used:
-        if (frames - 1) % stride:
-            lower = frames - (frames - 1) % stride
-            problems.append((
-                f"vc_cond_frames: {frames} is not {stride}k+1 (the VAE packs the first frame alone, then groups of {stride})",
-                f"use {lower} or {lower + stride}",
-            ))
+        problem = frame_count_problem(frames, stride, unit="")
+        if problem is not None:
+            problems.append((f"vc_cond_frames: {problem[0]}", problem[1]))
         elif frames >= num_frames:
             problems.append((
                 f"vc_cond_frames: {frames} leaves no frame to train in {num_frames}-frame samples",

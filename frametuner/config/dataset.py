@@ -314,18 +314,11 @@ def _check_frame_rules(dataset: DatasetConfig, stride: int) -> list[tuple[str, s
     video = dataset.video
     problems = []
 
-    def valid(frames: int) -> bool:
-        return frames >= 1 and (frames - 1) % stride == 0
+    from ..models.spec import frame_count_problem
 
-    if not valid(video.num_frames):
-        lower = video.num_frames - (video.num_frames - 1) % stride
-        problems.append(
-            (
-                "video.num_frames",
-                f"{video.num_frames} frames is not {stride}k+1 (the VAE packs the first frame alone, then groups of {stride})",
-                f"use {lower} or {lower + stride}",
-            )
-        )
+    problem = frame_count_problem(video.num_frames, stride)
+    if problem is not None:
+        problems.append(("video.num_frames", *problem))
     if video.frame_interval % stride:
         problems.append(
             (

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import random
 
+from ..models.spec import largest_valid_frames  # the frame rule's one home (re-exported for data users)
 from .sample import Bucket, CropBox
 
 MAX_UPSCALE = 4.0  # a source scaled up more than this to its bucket is warned about (blurry)
@@ -32,11 +33,6 @@ def bucket_size(height: int, width: int, *, alignment: int, area: int | None = N
         return round_to_grid(math.sqrt(area / aspect), alignment), round_to_grid(math.sqrt(area * aspect), alignment)
     scale = shorter_edge / min(height, width)
     return round_to_grid(height * scale, alignment), round_to_grid(width * scale, alignment)
-
-
-def largest_valid_frames(available: int, stride: int) -> int:
-    """Largest ``1 + stride*k`` not above ``available`` (0 when nothing fits)."""
-    return 0 if available < 1 else available - (available - 1) % stride
 
 
 def frames_on_interval(available: int, interval: int) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
-from .spec import LatentGeometry
+from .spec import LatentGeometry, frame_count_problem, valid_frame_count
 
 # Torch-free modules that each call register_family() for one family.
 FAMILY_MODULES = ("frametuner.models.longcat_video.info", "frametuner.models.wan.info")
@@ -88,18 +88,14 @@ class FamilyInfo:
         return self.geometry.vae_stride[1] * self.geometry.patch_size[1]
 
     def valid_frames(self, frames: int) -> bool:
-        return frames >= 1 and (frames - 1) % self.frame_stride == 0
+        return valid_frame_count(frames, self.frame_stride)
 
     def check_frames(self, frames: int) -> int:
         """``frames`` if it is a valid count, else ValueError naming the two nearest valid ones."""
-        if self.valid_frames(frames):
-            return frames
-        stride = self.frame_stride
-        lower = max(1, frames - (frames - 1) % stride) if frames >= 1 else 1
-        raise ValueError(
-            f"{frames} frames is not {stride}k+1 (the VAE packs the first frame alone, then groups of {stride}); "
-            f"use {lower} or {lower + stride}"
-        )
+        problem = frame_count_problem(frames, self.frame_stride)
+        if problem is not None:
+            raise ValueError(f"{problem[0]}; {problem[1]}")
+        return frames
 
     def check_size(self, height: int, width: int, text: str | None = None) -> tuple[int, int]:
         multiple = self.pixel_multiple

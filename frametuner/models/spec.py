@@ -8,6 +8,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+# ---------------------------------------------------------------------- the frame rule
+# A causal video VAE of temporal stride s packs the first frame alone, then groups of s:
+# a clip must have 1 + s*k frames. The one home of that rule (FamilyInfo, config, data use it).
+def valid_frame_count(frames: int, stride: int) -> bool:
+    return frames >= 1 and (frames - 1) % stride == 0
+
+
+def largest_valid_frames(available: int, stride: int) -> int:
+    """Largest ``1 + stride*k`` not above ``available`` (0 when nothing fits)."""
+    return 0 if available < 1 else available - (available - 1) % stride
+
+
+def frame_count_problem(frames: int, stride: int, unit: str = "frames") -> tuple[str, str] | None:
+    """``(message, fix)`` when ``frames`` breaks the rule, else None (``unit`` follows the number)."""
+    if valid_frame_count(frames, stride):
+        return None
+    lower = max(1, largest_valid_frames(frames, stride))
+    return (
+        f"{frames}{' ' + unit if unit else ''} is not {stride}k+1 (the VAE packs the first frame alone, then groups of {stride})",
+        f"use {lower} or {lower + stride}",
+    )
+
+
 @dataclass(frozen=True)
 class LatentGeometry:
     """How pixels map to latents and tokens."""
