@@ -3,15 +3,15 @@
 Contract with ``training/`` (the trainer reads only this, never an encoder):
 
 - per sample, a safetensors file keyed by the sample's ``pixel_identity()`` + encoder
-  identity + dtype, holding ``latents`` ``[16, T_lat, H/8, W/8]`` normalised with the VAE's
+  identity + dtype, holding ``latents`` ``[C, T_lat, h, w]`` (the family's latent geometry) normalised with the VAE's
   ``(z - mean) / std``, and for image-to-video samples with an explicit conditioning
-  image ``cond_latent`` ``[16, 1, H/8, W/8]`` (otherwise latent frame 0 is the condition);
+  image ``cond_latent`` ``[C, 1, h, w]`` (otherwise latent frame 0 is the condition);
 - per unique caption, a safetensors file with only the valid tokens ``text`` ``[n, C]``
   (n = real token count) in the training dtype;
-- a batch (collate) is ``latents [B, 16, T, h, w]``, ``text [B, L, C]`` zero-padded,
+- a batch (collate) is ``latents [B, C, T, h, w]``, ``text [B, L, C]`` zero-padded,
   ``text_mask [B, L]`` int64 (1 = real token), ``num_cond_latents`` (0 or 1; batches never
   mix image-to-video and text-to-video samples), ``captions`` (list of str), and where a
-  sample has an explicit ``cond_latent``, ``image_latents`` ``[B, 16, 1, h, w]`` (the image,
+  sample has an explicit ``cond_latent``, ``image_latents`` ``[B, C, 1, h, w]`` (the image,
   else the clip's frame 0): the trainer puts it in frame 0 of the samples it trains as
   image-to-video (the conditioning mix, docs/conditioning.md); ``latents`` stay the clips'.
 

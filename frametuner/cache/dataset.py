@@ -62,11 +62,11 @@ class CachedDataset(Dataset):
 def collate_cached(items: list[dict[str, Any]], *, pad_to: int | None = None) -> dict[str, Any]:
     """Stack items of one group into a batch; text zero-padded to ``pad_to`` with an int64 mask.
 
-    ``pad_to=None`` pads only to the longest caption of the batch: the DiT's
-    ``text_virtual_length`` then stands in for the remaining padding exactly.
+    ``pad_to=None`` pads only to the longest caption of the batch: the family's denoiser
+    restores its full padded length exactly.
 
     ``latents`` are always the clips' own. Where an item has an explicit conditioning image,
-    the batch also holds ``image_latents`` ``[B, 16, 1, h, w]`` (the image; for the other
+    the batch also holds ``image_latents`` ``[B, C, 1, h, w]`` (the image; for the other
     rows their clip's frame 0): the trainer writes it into frame 0 of the samples it trains
     as image-to-video, and leaves the clip's own frame 0 to the others (t2v, continuation).
     """

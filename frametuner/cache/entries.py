@@ -66,7 +66,7 @@ class TextCache:
 
 
 class LatentCache:
-    """``<cache_dir>/latents/<bucket>/<key>.safetensors``: ``latents`` ``[16, T, h, w]`` (+ ``cond_latent`` ``[16, 1, h, w]``).
+    """``<cache_dir>/latents/<bucket>/<key>.safetensors``: ``latents`` ``[C, T, h, w]`` (+ ``cond_latent`` ``[C, 1, h, w]``).
 
     The key is the sample's pixel identity (file fingerprint, frames, crop, bucket), its
     conditioning identity and the VAE identity (weights, dtype, settings): a changed file

@@ -27,8 +27,8 @@ class CachedTrainingData:
     """:class:`~frametuner.training.data.TrainingData` over the on-disk caches.
 
     Batch order comes from the data room's resumable bucket sampler (never mixing buckets
-    or i2v with t2v); text is padded to the batch's longest caption only, and the DiT's
-    ``text_virtual_length`` restores upstream's 512-token semantics exactly.
+    or i2v with t2v); text is padded to the batch's longest caption only: the family's
+    denoiser restores its full padded length (``defaults.text_length``) exactly.
     """
 
     def __init__(self, dataset, sampler, mixes: dict | None = None):
@@ -163,7 +163,7 @@ class Validator:
                 index = item.index if item.index is not None else position
                 size = item.size or (height, width)
                 # Both prompts padded to the longer one (the CFG batch needs one length); the
-                # DiT's text_virtual_length makes this exactly upstream's 512-token padding.
+                # family's denoiser makes this exactly its full-length padding.
                 text = self.text_cache.load(item.prompt)
                 length = max(text.shape[0], negative_text.shape[0])
                 embeds, mask = pad_text(text, length)
