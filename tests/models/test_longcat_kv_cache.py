@@ -32,6 +32,8 @@ def test_cache_build_matches_reference(reference_dit, vc_cases):
         assert keys.shape == values.shape == expected_keys.shape
         assert_close(keys, apply_rope(expected_keys, cos, sin), atol=1e-5, rtol=1e-5)
         assert_close(values, vc_cases[f"kvdit.cache.block{block}.v"], atol=1e-5, rtol=1e-5)
+        for tensor in (keys, values):  # compact: no view keeping a larger buffer (the fused qkv) alive
+            assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
 
 
 def test_cached_forward_matches_reference_and_the_full_forward(reference_dit, vc_cases):

@@ -182,7 +182,11 @@ class SelfAttention(nn.Module):
         else:
             out = self_attention(q, k, v, grid_q=grid, grid_k=grid, settings=self.settings)
         out = self.proj(out.transpose(1, 2).reshape(batch, tokens, channels))
-        return (out, k, v) if return_kv else out
+        if not return_kv:
+            return out
+        # v is a view into the fused qkv output: a compact copy, or the cache would keep q and k
+        # of every block alive too (3x its size). k is already a fresh tensor (RoPE's output).
+        return out, k, v.contiguous()
 
 
 def _batch_cache(cached: torch.Tensor, batch: int) -> torch.Tensor:
