@@ -64,7 +64,8 @@ class CaptionReport:
     captions: dict[Path, str] = field(default_factory=dict)  # written this run
     dry_run: bool = False
     interrupted: bool = False
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole run
+    load_seconds: float = 0.0  # of which loading the model
 
 
 def load_captioner(options: CaptionOptions) -> Captioner:
@@ -157,7 +158,9 @@ def run_caption(options: CaptionOptions, captioner: Captioner | None = None) -> 
     prompts = instructions(options.prompt, options.prompt_file)
     if todo:
         if captioner is None:
+            loading = time.perf_counter()
             captioner = load_captioner(options)
+            report.load_seconds = time.perf_counter() - loading
         batch_size = max(1, options.batch_size)
         progress = _Progress(len(todo))
         pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="caption-decode")
@@ -244,8 +247,10 @@ def print_report(report: CaptionReport, *, file=None) -> None:
         console.print(f"failed {path}: {reason}", markup=False, highlight=False)
     for item in report.ignored:
         console.print(f"left out {item.path}: {item.reason}", markup=False, highlight=False)
-    if report.captioned and report.seconds > 0:
-        console.print(f"{len(report.captioned)} captions in {report.seconds:.1f} s "
-                      f"({len(report.captioned) / report.seconds:.2f} clips/s)", markup=False, highlight=False)
+    working = report.seconds - report.load_seconds
+    if report.captioned and working > 0:
+        loaded = f"; the model loaded in {report.load_seconds:.1f} s" if report.load_seconds else ""
+        console.print(f"{len(report.captioned)} captions in {working:.1f} s ({len(report.captioned) / working:.2f} clips/s{loaded})",
+                      markup=False, highlight=False)
     if report.interrupted:
         console.print("interrupted: run the same command again to caption the rest", markup=False, highlight=False)
