@@ -63,4 +63,5 @@ LORA_LAYOUT = LoraLayout(
     fused_outputs={},
     comfyui_names={name: (comfy,) for name, comfy in {**_BLOCK_NAMES, **_ROOT_NAMES}.items()},
     comfyui_prefix="diffusion_model.",
+    comfyui_format="comfyui_wan",  # the metadata "format": Wan's original module names
 )
