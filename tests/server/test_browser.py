@@ -193,3 +193,31 @@ def test_check_says_how_to_make_the_demo_clips(make_settings, page, tmp_path):
         error = page.locator('[data-error-for="data_backend_config"]').first
         expect(error).to_contain_text("clips does not exist")
         expect(error).to_contain_text(f"run `frametuner demo --dir {examples / 'demo'}` first")
+
+
+def test_preview_continues_an_uploaded_video_into_a_long_video(cpu_server_url, page, tmp_path):
+    """Issue 21: the Preview form's video, extra segments and KV-cache switch reach `frametuner sample`."""
+    import json
+    import urllib.request
+
+    import numpy as np
+
+    from frametuner.sampling.video import write_video
+
+    clip = write_video(np.zeros((9, 32, 48, 3), np.uint8), tmp_path / "clip.mp4", fps=15)
+    expect = sync_api.expect
+    page.goto(f"{cpu_server_url}/preview")
+    expect(page.locator("#flavour")).to_have_value("tiny")
+    page.fill("#prompt", "the fox keeps running")
+    page.set_input_files("#video", str(clip))
+    page.fill("#cond-frames", "5")
+    page.fill("#segments", "2")
+    page.uncheck("#kv-cache")
+    page.click("#render")
+    page.wait_for_url(re.compile(r".*/jobs/[^/]+$"))
+    job_id = page.url.rstrip("/").rsplit("/", 1)[1]
+    with urllib.request.urlopen(f"{cpu_server_url}/api/jobs/{job_id}") as response:
+        command = json.load(response)["command"]
+    assert any(arg.startswith("--video=") and arg.endswith("inputs/video.mp4") for arg in command), command
+    assert "--segments=2" in command and "--cond_frames=5" in command and "--no_kv_cache" in command
+    assert "--no_enhance_hf" not in command
