@@ -194,7 +194,7 @@ class _BenchFamily:
     def load_vae(self, root, *, device="cpu", dtype=torch.float32):
         from diffusers import AutoencoderKLWan
 
-        from ..models.longcat_video.vae import VideoVAE
+        from ..models.longcat_video import VideoVAE
 
         torch.manual_seed(0)
         config = {} if FLAVOUR == "final" else dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1)
