@@ -11,15 +11,15 @@ from typing import Callable
 import torch
 
 from ..components import resolve_component
-from ..loading import load_blockwise
+from ..encoders.umt5 import TextEncoder, text_encoder_identity
+from ..encoders.video_vae import VideoVAE, vae_identity
 from ..family import DenoiseSettings, ModelFamily, TextConditioning, TrainingInputs, frame_mask, per_sample_cond
+from ..loading import load_blockwise
 from .info import INFO
 from .lora_layout import LORA_LAYOUT
 from .sampling import NUM_TRAIN_TIMESTEPS, LongCatSamplingLoop, sampling_problems
-from .text import TextEncoder, text_encoder_identity
 from .tiny import FULL_DIT_CONFIG, build_tiny_transformer, ensure_tiny_checkpoint
 from .transformer import LongCatSingleStreamBlock, LongCatVideoTransformer3DModel
-from .vae import VideoVAE, vae_identity
 
 # Upstream's released LoRAs (cfg_step_lora, refinement_lora) wrap these Linear layers.
 DEFAULT_LORA_TARGETS = (
