@@ -54,7 +54,9 @@ def pad_text(embeds: torch.Tensor, mask: torch.Tensor | None, length: int = TEXT
 def model_dtype(model) -> torch.dtype:
     """The dtype the DiT's inputs are cast to (its patch embedding's weight dtype; a
     quantised base keeps that layer unquantised)."""
-    return model.patch_embedding.weight.dtype
+    from ..family import unwrap_model
+
+    return unwrap_model(model).patch_embedding.weight.dtype
 
 
 def _batched(tensor: torch.Tensor, batch: int) -> torch.Tensor:
@@ -107,14 +109,17 @@ class WanSamplingLoop:
         image_embeds = conditioning.pop("image_embeds", None)  # I2V: [B, N, image_dim]
         if conditioning:
             raise ValueError(f"Wan's sampler does not take the conditioning {sorted(conditioning)}")
-        in_channels = int(model.config.in_channels)
+        from ..family import unwrap_model
+
+        config = unwrap_model(model).config  # through PEFT / DDP / compile wrappers
+        in_channels = int(config.in_channels)
         expected = latents.shape[1] + (condition.shape[1] if condition is not None else 0)
         if expected != in_channels:
             raise ValueError(
                 f"the DiT takes {in_channels} input channels but gets {expected}: an image-to-video model needs an input "
                 "image (its mask and condition latents), a text-to-video model none"
             )
-        if (image_embeds is None) != (model.config.image_dim is None):
+        if (image_embeds is None) != (config.image_dim is None):
             raise ValueError("image features (CLIP) are needed exactly when the DiT has an image embedder (I2V-14B)")
         copies = 2 if self.use_cfg else 1
         self.condition = None
