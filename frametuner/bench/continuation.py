@@ -202,15 +202,27 @@ class _BenchFamily:
         return VideoVAE(vae, identity="random-wan-vae", dtype=dtype)
 
 
-def bench_long_video(spec, model, segments: int, steps: int, results_dir: Path, mode: str) -> None:
+class _OutOfBudget(Exception):
+    """Raised from the segment callback when the next segment would not fit this run's budget."""
+
+
+def bench_long_video(spec, model, segments: int, steps: int, results_dir: Path, mode: str, *, resume: bool = False, budget_s: float | None = None) -> None:
+    """Time a long video segment by segment. ``resume`` keeps the segment folder (and the
+    times of the segments already made, in ``times.json``) so a video longer than one
+    command's time limit is made over several runs; ``budget_s`` stops cleanly after a
+    segment when another would not fit. The total row is written once every segment exists:
+    the sum of the segments' own times (model setup excluded, each run's setup is not video work)."""
     from ..models.registry import family_info
     from ..sampling.long_video import continuation_options, long_video_frames, sample_long_video
     from ..sampling.pipeline import SampleRequest
 
     height, width, frames = CASE
     work = Path("/tmp/frametuner-bench/long-video")
-    shutil.rmtree(work, ignore_errors=True)  # a leftover segment folder would be resumed, not timed
-    work.mkdir(parents=True)
+    if not resume:
+        shutil.rmtree(work, ignore_errors=True)  # a leftover segment folder would be resumed, not timed
+    work.mkdir(parents=True, exist_ok=True)
+    times_file = work / "times.json"
+    recorded = json.loads(times_file.read_text()) if resume and times_file.exists() else {}
     options = continuation_options(family_info("longcat_video"), distill=True)
     request = SampleRequest(
         prompt="a red fox running through snow", height=height, width=width, num_frames=frames, steps=steps,
@@ -220,17 +232,30 @@ def bench_long_video(spec, model, segments: int, steps: int, results_dir: Path, 
     seconds = []
     _reset_peak()
 
+    run_started = time.perf_counter()
+
     def on_segment(index, total, elapsed):
         seconds.append(elapsed)
+        recorded[str(index)] = elapsed
+        times_file.write_text(json.dumps(recorded))
         row = base_row("long_video_segment", mode)
         row.update(segment=index + 1, segments=total, s_per_step=elapsed / steps, segment_s=elapsed, peak_gb=_peak_gb(),
                    steps=steps, sampler_options=options, notes=f"segment {index + 1}/{total}: {elapsed:.1f} s ({'text-to-video' if index == 0 else 'continuation'}, {steps} steps, guidance 1, incl. VAE encode/decode)")
         emit(row, results_dir)
+        if budget_s is not None and index + 1 < total and time.perf_counter() - run_started + 1.2 * max(seconds) > budget_s:
+            raise _OutOfBudget(f"stopping after segment {index + 1}/{total}: another would pass the {budget_s:.0f} s budget; rerun with --long-resume")
 
     started = time.perf_counter()
     dtype = next(model.parameters()).dtype
-    sample_long_video(request, spec=_BenchFamily(spec, model), root="random", device=DEVICE, dtype=dtype, attention="sdpa", progress=False, on_segment=on_segment)
+    try:
+        sample_long_video(request, spec=_BenchFamily(spec, model), root="random", device=DEVICE, dtype=dtype, attention="sdpa", progress=False, on_segment=on_segment)
+    except _OutOfBudget as stop:
+        print(json.dumps({"kind": "long_video", "stopped": str(stop), "segments_done": sorted(int(i) + 1 for i in recorded)}), flush=True)
+        return
     total = time.perf_counter() - started
+    if resume and len(recorded) == segments:
+        seconds = [recorded[str(i)] for i in range(segments)]
+        total = sum(seconds)
     row = base_row("long_video", mode)
     total_frames = long_video_frames(frames, COND_FRAMES, segments - 1)
     row.update(
@@ -252,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long-video", action="store_true", help="also time a long video (default 11 segments = one minute)")
     parser.add_argument("--long-segments", type=int, default=11, help="segments of the long video, the first included (11 = one minute at 15 fps)")
     parser.add_argument("--long-steps", type=int, default=16, help="steps per segment (16 = the distilled setting)")
+    parser.add_argument("--long-resume", action="store_true", help="continue the long video's segment folder of an earlier run (the total sums every segment's time)")
+    parser.add_argument("--long-budget-s", type=float, default=None, help="stop cleanly after a segment when the next would pass this many seconds of the run")
     parser.add_argument("--results-dir", default=str(REPO / "bench"))
     args = parser.parse_args(argv)
     import os
@@ -303,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             emit(row, results_dir)
     if args.long_video:
         try:
-            bench_long_video(spec, model, args.long_segments, args.long_steps, results_dir, mode)
+            bench_long_video(spec, model, args.long_segments, args.long_steps, results_dir, mode, resume=args.long_resume, budget_s=args.long_budget_s)
         except Exception as error:
             failures += 1
             traceback.print_exc()
