@@ -73,7 +73,7 @@ def incomplete_reason(path: str | Path) -> str | None:
         manifest = json.loads((path / COMPLETE_FILE).read_text())
         files = manifest["files"]
     except FileNotFoundError:
-        return f"no {COMPLETE_FILE} (an interrupted save, or not a frametuner checkpoint)"
+        return _legacy_reason(path)
     except (OSError, ValueError, KeyError, TypeError) as error:
         return f"unreadable {COMPLETE_FILE} ({error})"
     for name, size in files.items():
@@ -83,6 +83,32 @@ def incomplete_reason(path: str | Path) -> str | None:
             return f"{name} is missing"
         if found != size:
             return f"{name} has {found} bytes, {size} were written"
+    return None
+
+
+def _legacy_reason(path: Path) -> str | None:
+    """A checkpoint saved before completion markers existed (frametuner <= 0.1, no marker):
+    it counts when every file such a save wrote is there and its weights open, so runs
+    started before the upgrade still resume. Those saves renamed a finished folder into
+    place, so the one way to lose files was the old delete-before-replace, which leaves the
+    weights or the state missing: that is what is checked."""
+    if not CHECKPOINT_PATTERN.match(path.name):  # a staging or replaced copy is this version's: it needs its marker
+        return f"no {COMPLETE_FILE} (an interrupted save)"
+    missing = [name for name in (STATE_FILE, SCHEDULER_FILE, rng_file(0)) if not (path / name).is_file()]
+    if (path / SHARDED_DIR).is_dir():
+        pass
+    elif (path / WEIGHTS_FILE).is_file() and (path / OPTIMIZER_FILE).is_file():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(path / WEIGHTS_FILE, framework="pt"):
+                pass
+        except Exception as error:  # noqa: BLE001 - any unreadable weights make it incomplete
+            return f"{WEIGHTS_FILE} is unreadable ({error})"
+    else:
+        missing.append(WEIGHTS_FILE if not (path / WEIGHTS_FILE).is_file() else OPTIMIZER_FILE)
+    if missing:
+        return f"no {COMPLETE_FILE} and {', '.join(missing)} missing (an interrupted save, or not a frametuner checkpoint)"
     return None
 
 

@@ -160,8 +160,15 @@ def test_latest_skips_an_incomplete_checkpoint_and_names_it(trained, tmp_path, c
     assert f"skipping incomplete checkpoint {gutted}" in caplog.text and "trainable.safetensors is missing" in caplog.text
     with pytest.raises(FileNotFoundError, match="trainable.safetensors is missing"):
         ckpt.resolve_resume(target, str(gutted))
-    # A folder without the marker (written last) does not count either.
-    (ckpt.checkpoint_folder(target, 1) / ckpt.COMPLETE_FILE).unlink()
+    # Without the marker (written last) a folder counts only as a checkpoint of the format
+    # before markers, with every file such a save wrote: runs started before the upgrade resume.
+    (gutted / ckpt.COMPLETE_FILE).unlink()
+    legacy = ckpt.checkpoint_folder(target, 1)
+    (legacy / ckpt.COMPLETE_FILE).unlink()
+    assert ckpt.list_checkpoints(target) == [legacy] and ckpt.resolve_resume(target, "latest") == legacy
+    trainer.resume(legacy)
+    assert trainer.global_step == 1
+    (legacy / ckpt.rng_file(0)).unlink()
     assert ckpt.list_checkpoints(target) == [] and ckpt.resolve_resume(target, "latest") is None
 
 
