@@ -143,9 +143,15 @@ class TrainConfig(BaseModel):
         "auto", "model", "full: recompute whole blocks; save_attention: keep attention outputs (faster, ~0.3 GB/block at 480p); auto: save them in as many blocks as activation_memory_budget_gb allows"
     )
     activation_memory_budget_gb: float | None = _field(
-        None, "model", "Peak GPU memory the auto checkpointing policy aims for (null = 50 GB, or 90% of a smaller GPU)", gt=0
+        None, "model", "Peak GPU memory the auto checkpointing policy aims for (null = the card's capacity minus 6%, at least 2 GB: 74 GB on an 80 GB H100)", gt=0
     )
     compile_transformer: bool | None = _field(None, "model", "Regional torch.compile of the DiT blocks (null = on with CUDA, except under group offload or an int4-quanto base)")
+    fp8_compute: bool = _field(
+        False, "model", "Run the frozen base Linear layers' matmuls in float8 (torchao float8, forward and input gradient; LoRA stays bf16/fp32); needs a CUDA GPU with float8 (sm89+: RTX 40xx, L4, H100) and torchao; LoRA training and sampling"
+    )
+    fp8_compute_scaling: Literal["rowwise", "tensorwise"] = _field(
+        "rowwise", "model", "Scales of fp8_compute: rowwise (one per row, more accurate) or tensorwise (one per tensor, fastest)"
+    )
 
     # ------------------------------------------------------------------ data
     data_backend_config: str | None = _field(None, "data", "Path of the dataset list (JSON/JSONC); required to train", path=PATH_INPUT)
@@ -213,6 +219,10 @@ class TrainConfig(BaseModel):
         path=PATH_INPUT, path_keywords=(CONTINUE_EVAL_DATASET,),
     )
     validation_cond_frames: int = _field(13, "validation", "Conditioning frames of continuation and long validation videos (4k+1, below validation_num_video_frames; upstream: 13)", ge=1)
+    validation_distill_lora: str | None = _field(
+        None, "validation", "Render validation videos with the family's distilled setting (e.g. 16 steps, guidance 1) and this distillation LoRA file (upstream's cfg_step_lora; any LoRA format) stacked on the trained LoRA; families without a distilled mode refuse it",
+        path=PATH_INPUT,
+    )
     validation_segments: int = _field(
         0, "validation", "Also render a long video per validation prompt: its video plus N continuation segments, with a contact sheet per segment (0 = off)", ge=0, le=64
     )
@@ -224,8 +234,8 @@ class TrainConfig(BaseModel):
     group_offload_use_stream: bool = _field(False, "memory", "Overlap offload transfers on a CUDA stream")
     musubi_blocks_to_swap: int = _field(0, "memory", "Keep the last N DiT blocks in host memory, streamed in one block ahead", ge=0)
     musubi_block_swap_device: Literal["cpu"] = _field("cpu", "memory", "Where swapped blocks live (pinned host memory)")
-    gradient_checkpointing_cpu_offload: bool = _field(
-        False, "memory", "Keep checkpointed block inputs in pinned host memory until the backward (needs gradient_checkpointing)"
+    gradient_checkpointing_cpu_offload: bool | None = _field(
+        None, "memory", "Keep checkpointed block inputs in pinned host memory until the backward (needs gradient_checkpointing); null = auto: on with CUDA and the auto checkpointing policy, at each shape only if the host has the RAM (logged)"
     )
 
     # ------------------------------------------------------------------ logging
@@ -306,6 +316,27 @@ class TrainConfig(BaseModel):
                 "compile_transformer cannot compile an 'int4-quanto' base: torch.compile fails on quanto's int4 (tinygemm) "
                 "weights (seen with torch 2.11, optimum-quanto 0.2.7); leave compile_transformer unset (int4 runs eager) "
                 "or use 'int8-quanto'/'fp8-torchao'"
+            )
+        if self.fp8_compute and self.model_type == "full":
+            raise ValueError(
+                "fp8_compute runs the frozen base layers in float8; model_type 'full' trains every weight (a float8 "
+                "weight gradient is not supported); use model_type 'lora' with fp8_compute, or drop fp8_compute"
+            )
+        if self.fp8_compute and self.base_model_precision in ("int8-quanto", "int4-quanto", "fp8-torchao"):
+            instead = (
+                "drop fp8_compute (fp8-torchao keeps float8 weights for memory, computing in bf16) or use base_model_precision "
+                "'bf16' with fp8_compute for float8 speed"
+                if self.base_model_precision == "fp8-torchao"
+                else "use base_model_precision 'bf16' (or 'no_change') with fp8_compute for float8 speed, or "
+                f"'{self.base_model_precision}' without fp8_compute for memory"
+            )
+            raise ValueError(
+                f"fp8_compute cannot run with base_model_precision {self.base_model_precision!r}: float8 matmuls take "
+                f"high-precision base weights and cast them themselves; {instead}"
+            )
+        if self.validation_distill_lora and info.defaults.distill_steps is None:
+            raise ValueError(
+                f"validation_distill_lora: {info.display_name or info.name} has no distilled sampling mode; remove it"
             )
         moves_weights = [key for key, used in (("enable_group_offload", self.enable_group_offload), ("musubi_blocks_to_swap", self.musubi_blocks_to_swap)) if used]
         if moves_weights and self.model_type == "full":

@@ -45,19 +45,44 @@ class _Offloaded:
 class ActivationOffload(BlockHook):
     """See the module docstring. Create with :func:`enable_activation_offload`."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, num_blocks: int = 0, check_host_ram: bool = False):
         self.transfer = TransferStream(device)
         self.pool = PinnedPool()
         self._entries: list[_Offloaded | None] = []  # this forward's inputs, in block order
         self.packed = 0  # counters for tests and logs
         self.prefetched = 0
+        # The default (auto) setting checks, at each new input shape, that the host has the
+        # pinned RAM for every block's input; a shape that does not fit trains without offload.
+        self.num_blocks = num_blocks
+        self.check_host_ram = check_host_ram
+        self.host_ram_ok: dict[tuple, bool] = {}
+        self._active = True
 
     def forward_pre(self, index: int) -> None:
         if index == 0 and torch.is_grad_enabled():
             self._entries = []  # a new forward: the previous one's entries were consumed
 
+    def _fits_host(self, hidden_states: torch.Tensor) -> bool:
+        from .auto import host_available_bytes, host_ram_allows, host_total_bytes, local_processes
+
+        key = (tuple(hidden_states.shape), hidden_states.dtype)
+        if key not in self.host_ram_ok:
+            needed = self.num_blocks * hidden_states.numel() * hidden_states.element_size()
+            available, total = host_available_bytes(), host_total_bytes()
+            ok = host_ram_allows(needed, available, total, local_processes())
+            self.host_ram_ok[key] = ok
+            log.info(
+                "activation offload (auto) at input %s: %s (needs %.1f GB pinned host memory, %.1f GB available)",
+                "x".join(map(str, key[0])), "on" if ok else "off, not enough host RAM", needed / 2**30, available / 2**30,
+            )
+        return self.host_ram_ok[key]
+
     def call_context(self, index: int, hidden_states: torch.Tensor):
         if not torch.is_grad_enabled():
+            return contextlib.nullcontext()
+        if index == 0:
+            self._active = not self.check_host_ram or self._fits_host(hidden_states)
+        if not self._active:
             return contextlib.nullcontext()
 
         # Autograd keeps a saved tensor's pack hook alive until the backward releases it, so
@@ -113,14 +138,17 @@ def _identity(tensor: torch.Tensor) -> tuple:
     return (tensor.device, tensor.dtype, tensor.numel(), tensor.data_ptr())
 
 
-def enable_activation_offload(model: BlockModel, device: torch.device | str) -> ActivationOffload:
-    """Offload each checkpointed block's input hidden states to host memory (training)."""
+def enable_activation_offload(model: BlockModel, device: torch.device | str, *, check_host_ram: bool = False) -> ActivationOffload:
+    """Offload each checkpointed block's input hidden states to host memory (training).
+
+    ``check_host_ram`` (the auto default): at each new input shape, offload only if the host
+    has the pinned RAM for every block's input (:func:`frametuner.memory.auto.host_ram_allows`)."""
     if not getattr(model, "gradient_checkpointing", False):
         raise MemoryOptionError(
             "gradient_checkpointing_cpu_offload needs gradient_checkpointing: true "
             "(it offloads the block inputs that checkpointing keeps)"
         )
-    hook = ActivationOffload(torch.device(device))
+    hook = ActivationOffload(torch.device(device), num_blocks=len(model.blocks), check_host_ram=check_host_ram)
     BlockRunner.of(model).add(hook)
     log.info("activation offload: checkpointed block inputs go to %s host memory", "pinned" if hook.transfer.asynchronous else "plain")
     return hook

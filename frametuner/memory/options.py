@@ -42,8 +42,9 @@ class MemoryPlan:
         return self.block_swap is not None or self.group_offload is not None
 
 
-def memory_mode(config) -> str:
-    """A short name of the precision and memory options, e.g. ``int8-quanto+swap24+actoffload``."""
+def memory_mode(config, activation_offload: bool | None = None) -> str:
+    """A short name of the precision and memory options, e.g. ``int8-quanto+swap24+actoffload``
+    (``activation_offload``: the resolved setting where the config leaves it to auto)."""
     precision = config.base_model_precision
     parts = [config.mixed_precision if precision == "no_change" else precision]
     if config.enable_group_offload:
@@ -52,8 +53,12 @@ def memory_mode(config) -> str:
         parts.append(f"groupoffload-{level}{config.group_offload_blocks_per_group if level == 'block' else ''}{stream}")
     if config.musubi_blocks_to_swap:
         parts.append(f"swap{config.musubi_blocks_to_swap}")
-    if config.gradient_checkpointing_cpu_offload:
+    if activation_offload is None:
+        activation_offload = bool(config.gradient_checkpointing_cpu_offload)
+    if activation_offload:
         parts.append("actoffload")
+    if getattr(config, "fp8_compute", False):
+        parts.append("fp8compute")
     return "+".join(parts)
 
 
@@ -96,8 +101,13 @@ def load_transformer(spec, root: str | Path, config, *, device: torch.device | s
     return spec.load_transformer(root, dtype=dtype, device=home, prepare_block=prepare)
 
 
-def apply_memory_options(model: nn.Module, config, device: torch.device | str, *, training: bool) -> MemoryPlan:
+def apply_memory_options(
+    model: nn.Module, config, device: torch.device | str, *, training: bool, activation_offload: bool | None = None, check_host_ram: bool = False
+) -> MemoryPlan:
     """Apply the config's memory settings to ``model`` (LoRA already added); see the module docstring.
+
+    ``activation_offload``: the resolved setting (:func:`frametuner.memory.auto.decide_activation_offload`);
+    None reads the config key. ``check_host_ram``: offload only at shapes whose pinned memory fits the host.
 
     A quantised base is quantised before this, while loading (:func:`load_transformer`) or,
     for a model handed to the trainer, before LoRA wraps it. Activation offload only applies
@@ -107,7 +117,9 @@ def apply_memory_options(model: nn.Module, config, device: torch.device | str, *
     _check(config, device)
     if not training:
         model.requires_grad_(False)  # sampling: every weight is frozen, so every weight may move
-    plan = MemoryPlan(mode=memory_mode(config))
+    if activation_offload is None:
+        activation_offload = bool(config.gradient_checkpointing_cpu_offload)
+    plan = MemoryPlan(mode=memory_mode(config, activation_offload and training))
     if config.enable_group_offload:
         plan.group_offload = enable_group_offload(
             model,
@@ -119,8 +131,8 @@ def apply_memory_options(model: nn.Module, config, device: torch.device | str, *
         )
     elif config.musubi_blocks_to_swap:
         plan.block_swap = enable_block_swap(model, config.musubi_blocks_to_swap, device, training=training)
-    if config.gradient_checkpointing_cpu_offload and training:
-        plan.activation_offload = enable_activation_offload(model, device)
+    if activation_offload and training:
+        plan.activation_offload = enable_activation_offload(model, device, check_host_ram=check_host_ram)
     if plan.mode not in ("bf16", "fp16", "no", "fp32"):
         log.info("memory options: %s", plan.mode)
     return plan

@@ -163,19 +163,34 @@ class Trainer:
     def _configure_speed(self, model: torch.nn.Module) -> None:
         """Checkpointing policy, memory options (offload, swap) and regional compilation
         (see bench/NOTES.md for the numbers)."""
+        from ..memory.auto import auto_activation_budget, decide_activation_offload
+
         config, device = self.config, self.accelerator.device
+        policy = config.gradient_checkpointing_policy
         if config.gradient_checkpointing:
-            policy = config.gradient_checkpointing_policy
             budget = None
             if policy == "auto":
-                if device.type == "cuda":
-                    total = torch.cuda.get_device_properties(device).total_memory
-                    budget_gb = config.activation_memory_budget_gb or min(50.0, 0.9 * total / 2**30)
-                    budget = int(budget_gb * 2**30)
+                if device.type == "cuda":  # the card's real capacity, minus a margin (memory/auto.py)
+                    gb = config.activation_memory_budget_gb
+                    budget = int(gb * 2**30) if gb else auto_activation_budget(device)
                 else:
                     policy = "full"
             model.enable_gradient_checkpointing(policy, budget_bytes=budget)
-        self.memory = apply_memory_options(model, config, device, training=True)
+            if budget is not None:
+                log.info("auto checkpointing policy: attention kept in as many blocks as a %.1f GB peak allows", budget / 2**30)
+        offload = decide_activation_offload(
+            config.gradient_checkpointing_cpu_offload, device_type=device.type,
+            gradient_checkpointing=config.gradient_checkpointing, policy=policy,
+        )
+        if config.gradient_checkpointing_cpu_offload is None:
+            log.info("activation offload: %s", offload.reason)
+        if config.fp8_compute:
+            from ..memory.fp8 import enable_fp8_compute
+
+            enable_fp8_compute(model, device, scaling=config.fp8_compute_scaling)
+        self.memory = apply_memory_options(
+            model, config, device, training=True, activation_offload=offload.enabled, check_host_ram=offload.check_host_ram
+        )
         compile_blocks = config.compile_transformer
         if compile_blocks is None:
             compile_blocks = compiles_by_default(config, device)

@@ -1,0 +1,215 @@
+"""Issue 23's defaults: the auto policy's budget from the card's capacity, activation offload
+on by default where it buys speed and the host has the RAM (explicit settings win), and
+fp8_compute (off by default, refused where the GPU cannot run it)."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import pytest
+import torch
+
+from frametuner.config import TrainConfig
+from frametuner.memory import activation_offload as offload_module
+from frametuner.memory import auto
+from frametuner.memory.activation_offload import enable_activation_offload
+from frametuner.memory.errors import MemoryOptionError
+
+from .conftest import DEPTH
+from .helpers import assert_same, loss_and_grads, make_batch, twin
+
+GiB = 2**30
+H100_TOTAL = 85_045_870_592  # torch.cuda.mem_get_info()[1] of an H100 80GB HBM3 (79.2 GiB)
+
+
+# ---------------------------------------------------------------------- budget
+def test_budget_comes_from_the_cards_capacity_minus_a_margin():
+    budget = auto.activation_budget_bytes(H100_TOTAL, H100_TOTAL)
+    assert budget == H100_TOTAL - int(0.06 * H100_TOTAL)  # 74.4 GiB on an H100, not the old fixed 50 GB
+    assert 74 * GiB < budget < 75 * GiB
+    # Another process holds 20 GiB of the card: the budget is what this process can have.
+    assert auto.activation_budget_bytes(H100_TOTAL - 20 * GiB, H100_TOTAL) == budget - 20 * GiB
+    # A small card: the 2 GiB minimum margin; capacity is never above the total.
+    assert auto.activation_budget_bytes(16 * GiB, 16 * GiB) == 14 * GiB
+    assert auto.activation_budget_bytes(32 * GiB, 16 * GiB) == 14 * GiB
+    assert auto.activation_budget_bytes(GiB, 16 * GiB) == 0
+
+
+# ---------------------------------------------------------------------- offload decision
+@pytest.mark.parametrize(
+    "explicit, device, checkpointing, policy, enabled, check",
+    [
+        (None, "cuda", True, "auto", True, True),  # the default on a GPU: on, host RAM checked per shape
+        (None, "cpu", True, "auto", False, False),  # frees GPU memory only
+        (None, "cuda", False, "auto", False, False),
+        (None, "cuda", True, "full", False, False),  # nothing would use the room
+        (None, "cuda", True, "save_attention", False, False),
+        (True, "cuda", True, "full", True, False),  # explicit true wins, no RAM check (the user asked)
+        (True, "cpu", True, "auto", True, False),
+        (False, "cuda", True, "auto", False, False),  # explicit false wins
+    ],
+)
+def test_activation_offload_decision(explicit, device, checkpointing, policy, enabled, check):
+    decision = auto.decide_activation_offload(explicit, device_type=device, gradient_checkpointing=checkpointing, policy=policy)
+    assert (decision.enabled, decision.check_host_ram) == (enabled, check)
+    assert decision.reason
+
+
+def test_activation_offload_is_never_on_for_sampling():
+    assert not auto.decide_activation_offload(None, device_type="cuda", gradient_checkpointing=True, policy="auto", training=False).enabled
+    assert not auto.decide_activation_offload(True, device_type="cuda", gradient_checkpointing=True, policy="auto", training=False).enabled
+
+
+def test_host_ram_check():
+    needed = 14 * GiB  # 48 blocks x 0.29 GiB at 480x832x93
+    assert auto.host_ram_allows(needed, available=120 * GiB, total=128 * GiB)
+    assert not auto.host_ram_allows(needed, available=20 * GiB, total=128 * GiB)  # 14 + 12.8 margin > 20
+    assert auto.host_ram_allows(needed, available=20 * GiB, total=32 * GiB)  # 14 + 4 <= 20
+    assert not auto.host_ram_allows(needed, available=60 * GiB, total=128 * GiB, processes=4)  # 4 ranks pin 56 GiB
+    assert auto.host_available_bytes() > 0
+
+
+def test_the_config_key_defaults_to_auto_and_keeps_explicit_values():
+    assert TrainConfig.model_fields["gradient_checkpointing_cpu_offload"].default is None
+    assert TrainConfig(gradient_checkpointing_cpu_offload=False).gradient_checkpointing_cpu_offload is False
+    assert TrainConfig(gradient_checkpointing_cpu_offload=True).gradient_checkpointing_cpu_offload is True
+    # Auto never conflicts with gradient_checkpointing: false (an explicit true still does).
+    TrainConfig(gradient_checkpointing=False)
+    with pytest.raises(ValueError, match="needs gradient_checkpointing"):
+        TrainConfig(gradient_checkpointing=False, gradient_checkpointing_cpu_offload=True)
+
+
+def _forward_backward(model):
+    batch = make_batch()
+    prediction = model(**{key: value for key, value in batch.items() if key != "target"})
+    (prediction.float() - batch["target"]).pow(2).mean().backward()
+
+
+def test_a_host_without_the_ram_trains_without_offload(lora_model, monkeypatch, caplog):
+    """The auto setting checks the pinned memory a shape needs before taking any, logs its
+    decision once per shape, and a host that lacks it trains as without offload (same maths)."""
+    monkeypatch.setattr(auto, "host_available_bytes", lambda: 1 * GiB)
+    monkeypatch.setattr(auto, "host_total_bytes", lambda: 8 * GiB)
+    model = twin(lora_model)
+    hook = enable_activation_offload(model, "cpu", check_host_ram=True)
+    with caplog.at_level(logging.INFO, logger=offload_module.__name__):
+        assert_same(loss_and_grads(model, make_batch()), loss_and_grads(lora_model, make_batch()))
+        _forward_backward(model)
+    assert hook.packed == 0  # nothing went to host memory
+    assert list(hook.host_ram_ok.values()) == [False]
+    assert sum("not enough host RAM" in r.message for r in caplog.records) == 1  # one line per shape
+
+
+def test_a_host_with_the_ram_offloads(lora_model, monkeypatch):
+    monkeypatch.setattr(auto, "host_available_bytes", lambda: 256 * GiB)
+    monkeypatch.setattr(auto, "host_total_bytes", lambda: 256 * GiB)
+    model = twin(lora_model)
+    hook = enable_activation_offload(model, "cpu", check_host_ram=True)
+    assert_same(loss_and_grads(model, make_batch()), loss_and_grads(lora_model, make_batch()))
+    assert hook.packed == DEPTH and list(hook.host_ram_ok.values()) == [True]
+
+
+def test_the_trainer_keeps_todays_behaviour_on_a_cpu(tmp_path):
+    """Auto on a CPU: no activation offload, full recomputation (no budget)."""
+    from frametuner.models.longcat_video.tiny import ensure_tiny_checkpoint
+    from frametuner.training.trainer import Trainer
+
+    from ..training.helpers import synthetic_data, tiny_config
+
+    ensure_tiny_checkpoint()
+    trainer = Trainer(tiny_config(tmp_path, max_train_steps=1), synthetic_data(n=1))
+    assert trainer.memory.activation_offload is None
+    assert "actoffload" not in trainer.memory.mode
+
+
+# ---------------------------------------------------------------------- fp8 compute
+def test_fp8_compute_is_off_by_default():
+    config = TrainConfig()
+    assert config.fp8_compute is False and config.fp8_compute_scaling == "rowwise"
+
+
+def test_fp8_compute_is_refused_where_the_gpu_cannot_run_it(tmp_path):
+    from frametuner.models.longcat_video.tiny import ensure_tiny_checkpoint
+    from frametuner.training.trainer import Trainer
+
+    from ..training.helpers import synthetic_data, tiny_config
+
+    ensure_tiny_checkpoint()
+    with pytest.raises(MemoryOptionError, match=r"fp8_compute needs a CUDA GPU with float8 tensor cores \(sm89\+.*runs on cpu; remove fp8_compute"):
+        Trainer(tiny_config(tmp_path, max_train_steps=1, fp8_compute=True), synthetic_data(n=1))
+
+
+def test_fp8_compute_refuses_an_older_gpu(monkeypatch):
+    from frametuner.memory import fp8
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    with pytest.raises(MemoryOptionError, match="A100-SXM4-80GB is sm80"):
+        fp8.check_fp8_compute_supported(torch.device("cuda", 0))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(base_model_precision="int8-quanto"), "use base_model_precision 'bf16'.*with fp8_compute"),
+        (dict(base_model_precision="int4-quanto"), "'int4-quanto' without fp8_compute"),
+        (dict(base_model_precision="fp8-torchao"), "drop fp8_compute"),
+        (dict(model_type="full"), "use model_type 'lora' with fp8_compute"),
+    ],
+)
+def test_fp8_compute_refuses_combinations_that_cannot_work(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(fp8_compute=True, **overrides)
+
+
+requires_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="torchao is not installed")
+
+
+@requires_torchao
+def test_frozen_float8_linear_matches_torchaos_float8_linear_without_a_weight_gradient():
+    """Oracle: torchao's own Float8Linear (emulated float8 on the CPU): the same output and
+    input gradient, bit for bit; no weight gradient is computed."""
+    from torchao.float8.float8_linear import Float8Linear
+
+    from frametuner.memory.fp8 import _frozen_float8_linear_class, float8_config
+
+    for scaling in ("rowwise", "tensorwise"):
+        torch.manual_seed(0)
+        linear = torch.nn.Linear(64, 32).to(torch.bfloat16).requires_grad_(False)
+        reference = Float8Linear.from_float(torch.nn.Linear(64, 32).to(torch.bfloat16), config=float8_config(scaling, emulate=True))
+        reference.weight = torch.nn.Parameter(linear.weight.detach().clone())
+        reference.bias = torch.nn.Parameter(linear.bias.detach().clone())
+        mine = _frozen_float8_linear_class().from_float(linear, config=float8_config(scaling, emulate=True))
+        x = torch.randn(3, 10, 64, dtype=torch.bfloat16, requires_grad=True)
+        x_ref = x.detach().clone().requires_grad_(True)
+        grad = torch.randn(3, 10, 32, dtype=torch.bfloat16)
+        out, out_ref = mine(x), reference(x_ref)
+        out.backward(grad)
+        out_ref.backward(grad)
+        assert torch.equal(out, out_ref) and torch.equal(x.grad, x_ref.grad)
+        assert linear.weight.grad is None
+        exact = torch.nn.functional.linear(x.float(), linear.weight.float(), linear.bias.float())
+        assert 0 < ((out.float() - exact).norm() / exact.norm()).item() < 0.08  # float8 rounding, not garbage
+
+
+@requires_torchao
+def test_fp8_conversion_picks_only_the_frozen_base_linears(lora_model):
+    from torchao.float8.float8_linear import Float8Linear
+
+    from frametuner.memory.fp8 import convert_to_fp8_compute
+
+    model = twin(lora_model)
+    bf16_linears = {n for n, m in model.named_modules() if type(m) is torch.nn.Linear and not m.weight.requires_grad and "lora_" not in n and n.startswith("blocks.")}
+    count = convert_to_fp8_compute(model, emulate=True)
+    converted = {n for n, m in model.named_modules() if isinstance(m, Float8Linear)}
+    assert count == len(converted) > 0 and converted == {n for n in bf16_linears if model.get_submodule(n).in_features % 16 == 0 and model.get_submodule(n).out_features % 16 == 0}
+    assert all(not model.get_submodule(n).weight.requires_grad for n in converted)
+    assert any(n.endswith("base_layer") for n in converted)  # inside PEFT's LoRA layers
+    # LoRA trains: gradients reach every LoRA weight and close to the bf16 ones.
+    reference = loss_and_grads(lora_model, make_batch())
+    result = loss_and_grads(model, make_batch())
+    assert set(result[1]) == set(reference[1])
+    for name, grad in reference[1].items():
+        cosine = torch.nn.functional.cosine_similarity(result[1][name].flatten().float(), grad.flatten().float(), dim=0)
+        assert cosine > 0.9, name
