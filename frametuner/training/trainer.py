@@ -195,6 +195,9 @@ class Trainer:
         if compile_blocks is None:
             compile_blocks = compiles_by_default(config, device)
         if compile_blocks:
+            from ..compile_cache import enable_compile_cache
+
+            enable_compile_cache()  # a second run of the same config reuses the compiled graphs
             model.compile_blocks()
 
     def _total_steps(self) -> int:

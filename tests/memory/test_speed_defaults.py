@@ -213,3 +213,46 @@ def test_fp8_conversion_picks_only_the_frozen_base_linears(lora_model):
     for name, grad in reference[1].items():
         cosine = torch.nn.functional.cosine_similarity(result[1][name].flatten().float(), grad.flatten().float(), dim=0)
         assert cosine > 0.9, name
+
+
+# ---------------------------------------------------------------------- compile once
+def test_compile_cache_folder_and_torch_settings(tmp_path, monkeypatch):
+    import torch._functorch.config
+    import torch._inductor.config
+
+    from frametuner import compile_cache
+
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", compile_cache.ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FRAMETUNER_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
+    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
+    assert compile_cache.compile_cache_dir() == tmp_path / "home" / "compile-cache"
+    monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "mine"))  # overridable
+    folder = compile_cache.enable_compile_cache()
+    assert folder == tmp_path / "mine" and folder.is_dir()
+    import os
+
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(folder / "inductor")
+    assert os.environ["TRITON_CACHE_DIR"] == str(folder / "triton")
+    assert torch._inductor.config.fx_graph_cache and torch._functorch.config.enable_autograd_cache
+    # What the user set already wins.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "theirs"))
+    compile_cache.enable_compile_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "theirs")
+
+
+def test_the_trainer_sets_the_compile_cache_before_compiling(tmp_path, monkeypatch):
+    from frametuner import compile_cache
+    from frametuner.models.longcat_video.tiny import ensure_tiny_checkpoint
+    from frametuner.models.longcat_video.transformer import LongCatVideoTransformer3DModel
+    from frametuner.training.trainer import Trainer
+
+    from ..training.helpers import synthetic_data, tiny_config
+
+    events = []
+    monkeypatch.setattr(compile_cache, "enable_compile_cache", lambda folder=None: events.append("cache"))
+    monkeypatch.setattr(LongCatVideoTransformer3DModel, "compile_blocks", lambda self, **kw: events.append("compile"))
+    ensure_tiny_checkpoint()
+    Trainer(tiny_config(tmp_path, max_train_steps=1, compile_transformer=True), synthetic_data(n=1))
+    assert events == ["cache", "compile"]
