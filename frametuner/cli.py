@@ -121,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     lora_info = lora_sub.add_parser("info", help="print a LoRA's format, rank, scale and layers")
     lora_info.add_argument("path", help="LoRA file, or a PEFT folder")
     for lora_parser in (lora_convert, lora_info):
-        lora_parser.add_argument("--model_family", default=DEFAULT_MODEL_FAMILY, help=f"the family the LoRA is for (default {DEFAULT_MODEL_FAMILY})")
+        lora_parser.add_argument(
+            "--model_family", default=None,
+            help=f"the family the LoRA is for (default: the one its metadata names, else {DEFAULT_MODEL_FAMILY})",
+        )
 
 
     server = sub.add_parser("server", help="web UI: configure, launch, watch and preview jobs")
@@ -266,14 +269,18 @@ def cmd_decode(args: argparse.Namespace, extra: list[str]) -> int:
 
 @command("lora")
 def cmd_lora(args: argparse.Namespace, extra: list[str]) -> int:
+    from .config.schema import DEFAULT_MODEL_FAMILY
     from .lora import LoraError, convert, read_lora
+    from .lora.formats import family_of_file
 
+    source = args.src if args.lora_command == "convert" else getattr(args, "path", None)
+    family = args.model_family or (family_of_file(source) if source else None) or DEFAULT_MODEL_FAMILY
     try:
         if args.lora_command == "convert":
-            print(convert(args.src, args.dst, to=args.to, family=args.model_family))
+            print(convert(args.src, args.dst, to=args.to, family=family))
             return 0
         if args.lora_command == "info":
-            weights = read_lora(args.path, family=args.model_family)
+            weights = read_lora(args.path, family=family)
             ranks = sorted(weights.ranks())
             scales = sorted({delta.scale for delta in weights.deltas.values()})
             print(f"{args.path}: {weights.format} format, {len(weights.deltas)} layers, rank {ranks}, scale {scales}")

@@ -406,6 +406,22 @@ def _tidy(value: float) -> float | int:
     return int(value) if float(value).is_integer() else float(value)
 
 
+def family_of_file(path: str | Path) -> str | None:
+    """The registered family a LoRA file says it is for: its ``base_model`` metadata
+    (``"<family>:<flavour>"``, written by training), else None."""
+    from ..models.registry import families
+
+    path = Path(path)
+    weights_file = path / PEFT_WEIGHTS_NAME if path.is_dir() else path
+    try:
+        with safe_open(str(weights_file), framework="pt") as handle:
+            base_model = (handle.metadata() or {}).get("base_model", "")
+    except (OSError, ValueError, RuntimeError):  # missing or not safetensors: the reader says why
+        return None
+    family = base_model.split(":", 1)[0]
+    return family if family in families() else None
+
+
 def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     with safe_open(str(path), framework="pt") as handle:
         return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})

@@ -71,3 +71,22 @@ def test_lora_in_wan_pipeline_equals_frametuner_sampler(tmp_path):
     torch.testing.assert_close(ours_trained, with_lora, atol=1e-5, rtol=0)
     torch.testing.assert_close(ours_applied, with_lora, atol=1e-5, rtol=0)
     assert (with_lora - plain).abs().max() > 1e-2  # the LoRA changes the output far beyond the tolerance
+
+
+def test_lora_cli_takes_the_family_from_the_files_metadata(tmp_path, capsys):
+    """`frametuner lora info/convert` on a Wan LoRA need no --model_family: training writes
+    base_model "wan:<flavour>" into every file."""
+    from frametuner.cli import main
+    from frametuner.lora import export_lora, read_lora
+
+    _, root = tiny_pipeline("tiny")
+    model = _trained_lora(frametuner_dit(root))
+    comfyui = export_lora(model, tmp_path, formats=["comfyui"], metadata={"base_model": "wan:tiny"})["comfyui"]
+    assert main(["lora", "info", str(comfyui)]) == 0
+    assert "comfyui format, 20 layers, rank [4]" in capsys.readouterr().out
+    assert main(["lora", "convert", str(comfyui), str(tmp_path / "peft"), "--to", "peft"]) == 0
+    back = read_lora(tmp_path / "peft", family="wan")
+    original = read_lora(comfyui, family="wan")
+    assert back.deltas.keys() == original.deltas.keys()
+    for name, delta in original.deltas.items():
+        torch.testing.assert_close(back.deltas[name].weight(), delta.weight())
