@@ -69,6 +69,7 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=int, default=None, help=f"frame rate written into the mp4 (default {_family_defaults(lambda i: i.defaults.fps)})")
     parser.add_argument("--crf", type=int, default=DEFAULT_CRF, help=f"H.264 quality, lower is better (default {DEFAULT_CRF})")
     parser.add_argument("--distill", action="store_true", help="the distilled schedule of upstream's cfg_step_lora (pass that LoRA with --lora)")
+    parser.add_argument("--distill_lora", default=None, metavar="PATH", help="upstream's distillation LoRA (cfg_step_lora; any LoRA format), stacked on the --lora ones, with the family's distilled schedule (= --lora PATH --distill)")
     parser.add_argument("--output", default="out.mp4", help="the mp4 to write; a contact sheet goes beside it as .png")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or a torch device")
     exclude = tuple(key for key in TrainConfig.model_fields if field_group(key) not in SAMPLE_CONFIG_GROUPS or key in TRAINING_ONLY_KEYS)
@@ -107,7 +108,9 @@ def build_request(args: argparse.Namespace, spec):
     size = _check(problems, "--resolution", lambda text: parse_resolution(text, spec.name), resolution)
     num_frames = args.num_frames if args.num_frames is not None else defaults.frames
     frames = _check(problems, "--num_frames", lambda value: check_frame_count(value, spec.name), num_frames)
-    settings = DenoiseSettings(steps=args.steps, guidance=args.guidance, distill=args.distill).resolved(spec.defaults)
+    # --distill_lora: upstream's distillation LoRA, sampled with the family's distilled schedule.
+    distill = bool(args.distill or getattr(args, "distill_lora", None))
+    settings = DenoiseSettings(steps=args.steps, guidance=args.guidance, distill=distill).resolved(spec.defaults)
     steps, guidance = settings.steps, settings.guidance
     if steps < 1:
         problems.append(f"--steps {steps}: must be at least 1")
@@ -137,18 +140,28 @@ def build_request(args: argparse.Namespace, spec):
             loras.append((path, multiplier))
         except (ValueError, LoraFileError) as error:
             problems.append(f"--lora {error}" if not str(error).startswith("--lora") else str(error))
+    if getattr(args, "distill_lora", None):
+        if defaults.distill_steps is None:
+            problems.append(f"--distill_lora {args.distill_lora}: {spec.info.display_name or spec.name} has no distilled sampling mode; drop it")
+        else:
+            try:
+                path = Path(args.distill_lora)
+                lora_modules(read_lora_header(path), path)
+                loras.append((path, 1.0))
+            except (ValueError, LoraFileError) as error:
+                problems.append(f"--distill_lora {error}")
     video = Path(args.video) if args.video else None
     cond_frames, sampler_options = None, {}
     if video is not None or args.segments:
         cond_frames, sampler_options = _continuation_settings(args, spec, frames, video, problems)
     if problems:
         raise ConfigError(problems)
-    if args.distill and not loras:
+    if distill and not loras:
         log.warning("--distill without --lora: the distilled schedule is made for the family's distilled LoRA (see its README entry); pass it with --lora")
     return SampleRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt, image=image, loras=loras,
         height=size[0], width=size[1], num_frames=frames, steps=steps, guidance=guidance,
-        seed=args.seed, fps=fps, crf=args.crf, distill=args.distill, output=output,
+        seed=args.seed, fps=fps, crf=args.crf, distill=distill, output=output,
         video=video, cond_frames=cond_frames, segments=args.segments, sampler_options=sampler_options,
     )
 
@@ -173,7 +186,7 @@ def _continuation_settings(args, spec, frames, video: Path | None, problems: lis
         problems.extend(_video_problems(video, cond_frames, info.frame_stride))
     turned_off = tuple(option for flag, option in _CONTINUATION_SWITCHES.items() if getattr(args, flag, False))
     try:
-        options = continuation_options(info, distill=args.distill, turned_off=turned_off)
+        options = continuation_options(info, distill=bool(args.distill or getattr(args, "distill_lora", None)), turned_off=turned_off)
     except ValueError as error:
         problems.append(str(error))
         options = {}
@@ -281,6 +294,14 @@ def run_sample(args: argparse.Namespace) -> int:
     check_loras_fit(request, spec, root)
 
     device, dtype = pick_device(args.device), sampling_dtype(config)
+    if config.fp8_compute:  # before any weight is read
+        from ..memory.errors import MemoryOptionError
+        from ..memory.fp8 import check_fp8_compute_supported
+
+        try:
+            check_fp8_compute_supported(device)
+        except MemoryOptionError as error:
+            raise ConfigError([f"--fp8_compute: {error}"]) from None
     kind = "video continuation" if request.video else ("image-to-video" if request.image else "text-to-video")
     if request.segments:
         from .long_video import long_video_frames

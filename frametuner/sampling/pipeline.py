@@ -194,7 +194,11 @@ def load_denoiser(spec, root, *, loras=(), device: torch.device, dtype: torch.dt
         spec.configure_attention(model, config)
     elif hasattr(model, "set_attention_implementation"):
         model.set_attention_implementation(attention)
-    apply_loras(model, loras)  # on the quantised layers; before offload places them
+    if config is not None and getattr(config, "fp8_compute", False):  # before LoRAs: it swaps the base Linears
+        from ..memory.fp8 import enable_fp8_compute
+
+        enable_fp8_compute(model, device, scaling=config.fp8_compute_scaling)
+        apply_loras(model, loras)  # on the quantised layers; before offload places them
     if config is not None:
         from ..memory import apply_memory_options
 

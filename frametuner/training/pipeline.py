@@ -150,6 +150,7 @@ class Validator:
         elif writer:
             self.deferred = True
         negative_text = self.text_cache.load(config.validation_negative_prompt)
+        distill_lora = self._apply_distill_lora(model)
         long_videos = config.validation_segments > 0 and any(item.kind == "prompt" for item in self.prompts)
         if long_videos and (vae is None or trainer.sharded):  # each segment re-encodes the last one's frames
             if writer:
@@ -186,21 +187,39 @@ class Validator:
                     )
                     self._report(trainer, step, index, item.prompt, long, kind="long")
         finally:
+            if distill_lora is not None:
+                distill_lora.remove()
             if vae is not None:
                 del vae
                 gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
 
+    def _apply_distill_lora(self, model):
+        """``validation_distill_lora``: the distillation LoRA stacked on the trained one for
+        this validation (removed afterwards); None when unset."""
+        if not self.config.validation_distill_lora:
+            return None
+        from ..config import resolve_input_path
+        from ..lora import apply_lora
+
+        return apply_lora(model, resolve_input_path(self.config, self.config.validation_distill_lora))
+
     def video_settings(self, size: tuple[int, int]) -> VideoSettings:
-        """The config's validation_* settings as one object (``size``: height, width)."""
+        """The config's validation_* settings as one object (``size``: height, width). With
+        ``validation_distill_lora``: the family's distilled steps and guidance unless set."""
         from ..sampling.pipeline import VideoSettings
 
         config = self.config
+        distill = bool(config.validation_distill_lora)
+        steps, guidance = config.validation_num_inference_steps, config.validation_guidance
+        if distill:  # the family's distilled steps and guidance, unless the config sets them
+            steps = steps if "validation_num_inference_steps" in config.model_fields_set else None
+            guidance = guidance if "validation_guidance" in config.model_fields_set else None
         return VideoSettings(
             height=size[0], width=size[1], num_frames=config.validation_num_video_frames,
-            steps=config.validation_num_inference_steps, guidance=config.validation_guidance,
-            seed=self.seed, fps=config.validation_fps, crf=config.validation_video_crf,
+            steps=steps, guidance=guidance,
+            seed=self.seed, fps=config.validation_fps, crf=config.validation_video_crf, distill=distill,
         )
 
     @property
@@ -209,7 +228,8 @@ class Validator:
         from ..memory import offloads_weights
         from ..sampling.long_video import continuation_options
 
-        return continuation_options(self.spec.info, distill=False, offloaded_weights=offloads_weights(self.config))
+        distill = bool(self.config.validation_distill_lora)
+        return continuation_options(self.spec.info, distill=distill, offloaded_weights=offloads_weights(self.config))
 
     @property
     def seed(self) -> int:
