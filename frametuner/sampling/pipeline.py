@@ -198,7 +198,7 @@ def load_denoiser(spec, root, *, loras=(), device: torch.device, dtype: torch.dt
         from ..memory.fp8 import enable_fp8_compute
 
         enable_fp8_compute(model, device, scaling=config.fp8_compute_scaling)
-        apply_loras(model, loras)  # on the quantised layers; before offload places them
+    apply_loras(model, loras)  # on the quantised layers; before offload places them
     if config is not None:
         from ..memory import apply_memory_options
 
