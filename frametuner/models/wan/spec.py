@@ -19,8 +19,8 @@ import torch
 from ..components import resolve_component
 from ..family import DenoiseSettings, ModelFamily, TextConditioning, TrainingInputs, frame_mask, per_sample_cond
 from ..loading import load_blockwise
-from ..longcat_video.text import TextEncoder, text_encoder_identity
-from ..longcat_video.vae import VideoVAE, vae_identity
+from ..encoders.umt5 import TextEncoder, text_encoder_identity
+from ..encoders.video_vae import VideoVAE, vae_identity
 from .configs import DIT_CONFIGS
 from .info import INFO
 from .lora_layout import DEFAULT_LORA_TARGETS, LORA_LAYOUT, OPTIONAL_LORA_TARGETS
@@ -129,7 +129,7 @@ class WanSpec(ModelFamily):
     # ------------------------------------------------------------------ encoders
     def load_text_encoder(self, root: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> TextEncoder:
         """umT5 from ``<root>/text_encoder`` + ``<root>/tokenizer``, prompts cleaned and padded to 512 as
-        ``WanPipeline`` does (frametuner's shared umT5 code: the same cache entries as LongCat's)."""
+        ``WanPipeline`` does (the shared umT5 code of models/encoders: the same cache entries as any family shipping these files)."""
         return TextEncoder.from_pretrained(
             root, device=device, dtype=dtype, max_length=self.defaults.text_length,
             text_encoder_subfolder=self.subfolders["text_encoder"], tokenizer_subfolder=self.subfolders["tokenizer"],

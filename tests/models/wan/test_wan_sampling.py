@@ -69,7 +69,7 @@ def test_i2v_sampling_equals_wan_image_to_video_pipeline():
         output_type="latent",
     ).frames
 
-    from frametuner.models.longcat_video.vae import VideoVAE
+    from frametuner.models.encoders.video_vae import VideoVAE
 
     vae = VideoVAE.from_pretrained(root)
     conditioning = {
