@@ -93,7 +93,8 @@ def test_train_renders_continuation_and_long_validation_videos(clips, tmp_path):
     continuation = json.loads((tmp_path / "vc" / "validation" / "step000000_prompt01_continuation.json").read_text())
     assert continuation["settings"]["cond_latent_frames"] == 2
     # Continuations sample as upstream's generate_vc does: KV cache and enhance_hf (the family's options).
-    assert continuation["settings"]["sampler_options"] == {"use_kv_cache": True, "enhance_hf": True}
+    options = continuation["settings"]["sampler_options"]
+    assert options["use_kv_cache"] is True and options["enhance_hf"] is True
     page = (tmp_path / "vc" / "validation" / "index.html").read_text()
     assert "#0 long video:" in page and "#1 continuation:" in page
 
