@@ -86,7 +86,8 @@ class Trainer:
         # dropout), in the same state on every rank: each draws for the global batch and
         # keeps its own rows. Its state is checkpointed; validation never draws from it.
         self.generator = torch.Generator().manual_seed(self.seed)
-        self.conditioning_counts: Counter = Counter()  # samples trained per mode ("vc->t2v": a fallback)
+        # Samples of the global batches drawn per mode this run ("vc->t2v": a clip too short for vc).
+        self.conditioning_counts: Counter = Counter()
 
         self.model = model if model is not None else self._load_model()
         # A model handed in (benchmarks, tests, the server) gets the config's kernel choice too.
@@ -274,7 +275,7 @@ class Trainer:
             latents = latents.clone()
             latents[i2v, :, :1] = images[i2v].to(latents)
         k = torch.tensor([item.num_cond_latents for item in rows], dtype=torch.int64)
-        self.conditioning_counts.update(item.mode if not item.fallback else f"{item.drawn}->t2v" for item in rows)
+        self.conditioning_counts.update(item.mode if not item.fallback else f"{item.drawn}->t2v" for item in plan)
         calls = max(len({item.num_cond_latents for item in plan[r * local : (r + 1) * local]}) for r in range(world))
         return latents, k, calls
 
@@ -526,7 +527,12 @@ class Trainer:
         self._validate(final=True)
         seconds = time.perf_counter() - started
         exports = {fmt: p for fmt, p in self._export_paths(final).items()}
-        self.events.emit("done", step=self.global_step, seconds=seconds, lora={k: str(v.relative_to(self.output_dir)) for k, v in exports.items()})
+        self.events.emit(
+            "done", step=self.global_step, seconds=seconds, lora={k: str(v.relative_to(self.output_dir)) for k, v in exports.items()},
+            **({"conditioning": dict(self.conditioning_counts)} if self.conditioning_counts else {}),
+        )
+        if self.conditioning_counts:
+            log.info("conditioning modes trained (since this launch): %s", dict(sorted(self.conditioning_counts.items())))
         end_run(self.accelerator)
         return {"step": self.global_step, "seconds": seconds, "checkpoint": final, "lora": exports}
 

@@ -247,6 +247,8 @@ def test_mixed_conditioning_resume_is_bitwise_and_draws_the_same_modes(tmp_path,
     resumed = Trainer(tiny_config(tmp_path / "b", max_train_steps=6, resume_from_checkpoint="latest"), data())
     resumed.train()
     assert draws == straight_draws and len(draws) == 6
+    done = [json.loads(line) for line in (tmp_path / "a" / "out" / "events.jsonl").read_text().splitlines()][-1]
+    assert done["event"] == "done" and sum(done["conditioning"].values()) == 12  # 6 steps x 2 samples, by mode
     modes = [[item.mode for item in plan] for plan in draws]
     assert any(len(set(m)) > 1 for m in modes), modes  # some batch really mixes modes
     a, b = straight.trainable_state_dict(), resumed.trainable_state_dict()
