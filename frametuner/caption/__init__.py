@@ -1,4 +1,4 @@
-"""Captioning: ``frametuner caption`` writes the caption files a LongCat LoRA trains on.
+"""Captioning: ``frametuner caption`` writes the caption files a LoRA trains on.
 
 A vision-language model (Qwen2.5-VL through transformers; ``--model tiny`` for a random
 one built locally) looks at frames sampled evenly from each clip (or at each image) and

@@ -18,7 +18,7 @@ def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=None,
                         help="frames sampled evenly per clip, first and last included (default: the model's, 16 for Qwen2.5-VL)")
     prompt = parser.add_mutually_exclusive_group()
-    prompt.add_argument("--prompt", default=None, help="instruction to the model (default: a LongCat-style one-paragraph caption)")
+    prompt.add_argument("--prompt", default=None, help="instruction to the model (default: a dense one-paragraph caption, as the video models were trained on)")
     prompt.add_argument("--prompt_file", default=None, help="read the instruction from this UTF-8 text file")
     parser.add_argument("--prefix", default="", help="put this before every caption (a trigger word), followed by a space")
     parser.add_argument("--overwrite", action="store_true", help="replace existing captions too")

@@ -1,6 +1,6 @@
-"""The default captioning instructions, tuned for LongCat-style captions.
+"""The default captioning instructions, tuned for dense video-model captions.
 
-LongCat-Video was trained on long, dense captions: who or what is in the shot, what
+The video models frametuner trains were trained on long, dense captions: who or what is in the shot, what
 happens, how the camera moves, where and when it is, and how it looks, written as one
 paragraph of plain prose. The instructions ask for exactly that, in that order, and
 forbid what hurts a text-to-video caption (lists, headings, "this video shows", guesses).

@@ -4,7 +4,7 @@ Same transformers class (``Qwen2_5_VLForConditionalGeneration``), the same chat 
 and the same files as a Hub checkpoint (config, weights, tokenizer, chat template,
 preprocessor and video-processor configs, generation config), so ``--model tiny`` runs
 the exact code path of ``--model Qwen/Qwen2.5-VL-7B-Instruct`` on a CPU in seconds, with
-no download. Written once (atomically) into ``$FRAMETUNER_HOME`` like the tiny LongCat.
+no download. Written once (atomically) into ``$FRAMETUNER_HOME`` like the tiny video models.
 
 Its words are random: a caption reads like shuffled caption vocabulary. Generation is
 bounded by the folder's ``generation_config.json`` (``max_new_tokens``), and the special
