@@ -63,10 +63,16 @@ class _BackwardBoundary(torch.autograd.Function):
         return grad, None
 
 
+BLOCK_PROTOCOL = ("blocks", "_run_block", "enable_gradient_checkpointing", "disable_gradient_checkpointing", "compile_blocks")
+
+
 def require_block_model(model) -> BlockModel:
     """``model`` if it implements the block protocol, else TypeError naming what is missing."""
-    if not isinstance(model, BlockModel):
-        missing = [name for name in ("blocks", "_run_block", "enable_gradient_checkpointing", "disable_gradient_checkpointing", "compile_blocks") if not hasattr(model, name)]
+    # hasattr, not isinstance(model, BlockModel): from Python 3.12 a runtime-checkable
+    # Protocol looks members up with inspect.getattr_static, which misses an nn.Module's
+    # submodules (``blocks`` lives in ``_modules``), so isinstance is False for every model.
+    missing = [name for name in BLOCK_PROTOCOL if not hasattr(model, name)]
+    if missing:
         raise TypeError(
             f"{type(model).__name__} does not implement the block protocol memory tools need "
             f"(frametuner.models.family.BlockModel); missing: {', '.join(missing)}"

@@ -119,7 +119,11 @@ def test_every_family_declares_the_interface_and_is_found_from_its_model():
     import torch
 
     from frametuner.lora import add_lora
+    from frametuner.memory.blocks import BLOCK_PROTOCOL, require_block_model
     from frametuner.models.family import BlockModel, ModelFamily, family_of
+
+    declared = set(BlockModel.__annotations__) | {n for n in vars(BlockModel) if not n.startswith("__") and callable(vars(BlockModel)[n])}
+    assert declared == set(BLOCK_PROTOCOL), "memory/blocks.py checks other members than the BlockModel protocol declares"
 
     for name, info in families().items():
         family = load_spec(name)
@@ -129,7 +133,7 @@ def test_every_family_declares_the_interface_and_is_found_from_its_model():
         assert info.defaults.height % info.pixel_multiple == 0 and info.defaults.width % info.pixel_multiple == 0
         tiny = next(f for f in info.flavours if f.startswith("tiny"))
         model = family.build_transformer(flavour=tiny, device="cpu", dtype=torch.float32)
-        assert isinstance(model, BlockModel), f"{name}'s denoiser lacks the block protocol"
+        require_block_model(model)  # TypeError naming what is missing
         assert type(model.blocks[0]).__name__ in family.shard_units
         assert family_of(model) is family
         add_lora(model, rank=2)
