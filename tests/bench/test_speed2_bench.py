@@ -1,0 +1,46 @@
+"""The Speed II benchmark (bench/speed2.py) runs end to end on the CPU with the tiny model, so
+the one GPU run cannot die on an import, a typo or a wrong shape."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from frametuner.bench import speed2
+
+HAS_TORCHAO = importlib.util.find_spec("torchao") is not None
+
+
+@pytest.mark.slow
+def test_speed2_bench_smoke_on_cpu(tmp_path, monkeypatch):
+    monkeypatch.setattr(speed2, "DEVICE", "cpu")
+    monkeypatch.setattr(speed2, "FLAVOUR", "tiny")
+    monkeypatch.setattr(speed2, "CASE", (32, 48, 9))
+    monkeypatch.setattr(speed2, "QUALITY_CASE", (32, 48, 5))
+    monkeypatch.setattr(speed2, "COMPILE_ONCE_CASE", (32, 48, 5))
+    monkeypatch.setattr(speed2, "NEEDS", {part: 0 for part in speed2.NEEDS})
+    parts = "f,a,b,c,d,e" if HAS_TORCHAO else "f,a,d,e"
+    code = speed2.main(["--parts", parts, "--iters", "2", "--quality-batches", "2", "--results-dir", str(tmp_path)])
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    by_part = {}
+    for row in rows:
+        by_part.setdefault(row["part"], []).append(row)
+    assert [r["kind"] for r in by_part["f"]] == ["compile_once"] and by_part["f"][0]["ratio"] > 0
+    train = by_part["a"][0]
+    assert train["kind"] == "train" and train["s_per_step"] > 0 and len(train["times"]) >= 1
+    assert train["activation_offload"] is False and train["saved_attention_blocks"] == 0  # a CPU: today's behaviour
+    sample = [r for r in by_part["d"] if r["mode"] == "bf16"][0]
+    assert sample["kind"] == "sample_cfg" and sample["s_per_step"] > 0
+    video = by_part["e"][0]
+    assert video["kind"] == "validation_video" and video["steps"] == 16 and video["guidance"] == 1.0 and video["total_s"] > 0
+    if HAS_TORCHAO:
+        assert code == 0, rows
+        assert by_part["b"][0]["mode"] == "fp8_compute" and by_part["b"][0]["fp8_layers"] > 0
+        quality = by_part["c"][0]
+        assert len(quality["output_rel_l2"]) == 2 and 0 < quality["output_rel_l2_max"] < 0.5 and quality["grad_cosine_min"] > 0.5
+        assert [r["mode"] for r in by_part["d"]] == ["bf16", "fp8_compute"] and video["mode"] == "fp8_compute"
+    else:
+        assert [r["mode"] for r in by_part["d"]] == ["bf16", "fp8_compute"] and "error" in by_part["d"][1]
+    assert "| a | 32x48x9 | train | default |" in (tmp_path / "RESULTS.md").read_text()
