@@ -389,7 +389,7 @@ def _sample_step(spec, model, latents, text, mask):
 
 def part_de(report: Report, rates: _Rates, parts: str, iters: int, state: dict) -> None:
     spec, model = _build()
-    model.eval()
+    model.eval().requires_grad_(False)
     if _on_cuda():
         model.compile_blocks()
     t, h, w, tokens = _grid(CASE)
@@ -406,8 +406,9 @@ def part_de(report: Report, rates: _Rates, parts: str, iters: int, state: dict) 
                     report.emit("d", "sample_cfg", variant, CASE, skipped="not enough time left", notes="skipped: not enough time left")
                     break
                 try:
+                    extra = {}
                     if variant == "fp8_compute":
-                        _fp8(model)
+                        extra["fp8_layers"] = _fp8(model)
                         _reset_compiled()
                     step = _sample_step(spec, model, latents, text, mask)
                     _reset_peak()
@@ -418,7 +419,7 @@ def part_de(report: Report, rates: _Rates, parts: str, iters: int, state: dict) 
                     notes = f"batch 2 (CFG), {'compiled' if _on_cuda() else 'eager'}; first step {first:.0f} s"
                     if variant == "fp8_compute":
                         notes += f"; {results['bf16'] / results[variant]:.2f}x bf16" if "bf16" in results else ""
-                    report.emit("d", "sample_cfg", variant, CASE, s_per_step=results[variant], times=times, peak_gb=_peak_gb(), floor_s=floor, first_step_s=first, notes=notes)
+                    report.emit("d", "sample_cfg", variant, CASE, s_per_step=results[variant], times=times, peak_gb=_peak_gb(), floor_s=floor, first_step_s=first, notes=notes, **extra)
                 except Exception as error:
                     traceback.print_exc()
                     report.emit("d", "sample_cfg", variant, CASE, error=repr(error)[:500], notes=f"failed: {repr(error)[:200]}")

@@ -174,5 +174,10 @@ def enable_fp8_compute(model: nn.Module, device: torch.device | str, *, scaling:
             "weights; use model_type 'lora' with fp8_compute"
         )
     count = convert_to_fp8_compute(model, scaling)
+    if count == 0:
+        raise MemoryOptionError(
+            "fp8_compute found no frozen base Linear layer (bf16/fp16, dimensions multiples of 16) in the model's blocks; "
+            "freeze the base (model_type 'lora') or remove fp8_compute"
+        )
     log.info("fp8 compute: %d frozen base Linear layers run float8 matmuls (%s scales, torchao)", count, scaling)
     return count

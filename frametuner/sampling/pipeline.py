@@ -197,6 +197,7 @@ def load_denoiser(spec, root, *, loras=(), device: torch.device, dtype: torch.dt
     if config is not None and getattr(config, "fp8_compute", False):  # before LoRAs: it swaps the base Linears
         from ..memory.fp8 import enable_fp8_compute
 
+        model.requires_grad_(False)  # sampling: every weight is frozen
         enable_fp8_compute(model, device, scaling=config.fp8_compute_scaling)
     apply_loras(model, loras)  # on the quantised layers; before offload places them
     if config is not None:

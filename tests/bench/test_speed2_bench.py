@@ -41,6 +41,7 @@ def test_speed2_bench_smoke_on_cpu(tmp_path, monkeypatch):
         quality = by_part["c"][0]
         assert len(quality["output_rel_l2"]) == 2 and 0 < quality["output_rel_l2_max"] < 0.5 and quality["grad_cosine_min"] > 0.5
         assert [r["mode"] for r in by_part["d"]] == ["bf16", "fp8_compute"] and video["mode"] == "fp8_compute"
+        assert by_part["d"][1]["fp8_layers"] == by_part["b"][0]["fp8_layers"] > 0
     else:
         assert [r["mode"] for r in by_part["d"]] == ["bf16", "fp8_compute"] and "error" in by_part["d"][1]
     assert "| a | 32x48x9 | train | default |" in (tmp_path / "RESULTS.md").read_text()
