@@ -99,6 +99,13 @@ def _timed(fn, iters: int) -> list[float]:
     return times
 
 
+def _timed_until(fn, iters: int, deadline: float) -> list[float]:
+    """One timed call, then up to ``iters - 1`` more while they fit before ``deadline``."""
+    times = _timed(fn, 1)
+    more = min(iters - 1, int((deadline - time.perf_counter()) / max(times[0], 1e-3)))
+    return times + (_timed(fn, more) if more > 0 else [])
+
+
 def _wall(fn):
     _sync()
     started = time.perf_counter()
@@ -273,9 +280,7 @@ def bench_train_steps(trainer, batch, iters: int, deadline: float) -> dict:
     _, first = _wall(lambda: trainer.step(batch))
     _, second = _wall(lambda: trainer.step(batch))
     _reset_peak()
-    step_estimate = second
-    iters = max(1, min(iters, int((deadline - time.perf_counter()) / max(step_estimate, 1e-3)) - 1))
-    times = _timed(lambda: trainer.step(batch), iters)
+    times = _timed_until(lambda: trainer.step(batch), iters, deadline)
     return dict(times=times, s_per_step=statistics.median(times), peak_gb=_peak_gb(), first_step_s=first, second_step_s=second, **_train_state(trainer))
 
 
@@ -300,8 +305,7 @@ def part_ab(report: Report, rates: _Rates, parts: str, iters: int, deadline_a: f
             _reset_peak()
             _, first = _wall(lambda: trainer.step(batch))
             _reset_peak()
-            remaining = int((deadline - time.perf_counter()) / max(first / 4, 1e-3))
-            times = _timed(lambda: trainer.step(batch), max(1, min(iters, remaining)))
+            times = _timed_until(lambda: trainer.step(batch), iters, deadline)
             result = dict(times=times, s_per_step=statistics.median(times), peak_gb=_peak_gb(), first_step_s=first, fp8_layers=converted, **_train_state(trainer))
             floor = _floor("train", ceilings, CASE, result["saved_attention_blocks"] / result["blocks"])
             notes = (f"default config + fp8_compute (rowwise, {converted} frozen Linears); attention saved in {result['saved_attention_blocks']}/{result['blocks']} blocks "
@@ -441,12 +445,13 @@ def _random_distill_lora(spec, model, rank: int):
     from ..lora.adapters import resolve_lora_targets
     from ..lora.delta import LoraWeights, LowRankDelta
 
-    generator = torch.Generator().manual_seed(5)
+    generator = torch.Generator(device=DEVICE).manual_seed(5)
     deltas = {}
     for name in resolve_lora_targets(model, spec.default_lora_targets):
         layer = model.get_submodule(name)
-        deltas[name] = LowRankDelta(0.01 * torch.randn(rank, layer.in_features, generator=generator),
-                                    0.01 * torch.randn(layer.out_features, rank, generator=generator), 1.0)
+        down = 0.01 * torch.randn(rank, layer.in_features, generator=generator, device=DEVICE, dtype=_dtype())
+        up = 0.01 * torch.randn(layer.out_features, rank, generator=generator, device=DEVICE, dtype=_dtype())
+        deltas[name] = LowRankDelta(down, up, 1.0)
     return LoraWeights(deltas, {"rank": str(rank)})
 
 
@@ -481,11 +486,20 @@ def bench_distilled_validation(report: Report, spec, model, text, mask, mode: st
     _, warmup_s = _wall(lambda: denoise(model, noise, text[1:], mask[1:], None, None, steps=1, guidance=resolved.guidance))
     _reset_peak()
     folder = Path(tempfile.mkdtemp(prefix="speed2-validation-"))
+    decode_times = []
+    decode = vae.decode
+
+    def timed_decode(*args, **kwargs):  # the VAE's share of the video, timed inside render_validation
+        result, seconds = _wall(lambda: decode(*args, **kwargs))
+        decode_times.append(seconds)
+        return result
+
+    vae.decode = timed_decode
     outputs, total = _wall(lambda: render_validation(
         model, vae, spec=spec, validation_dir=folder, step=0, prompt_index=0, prompt="speed2", text=conditioning,
         video=video, device=torch.device(DEVICE),
     ))
-    _, decode_s = _wall(lambda: vae.decode(torch.randn(spec.geometry.channels, t, h, w, device=DEVICE)))
+    decode_s = sum(decode_times)
     handle.remove()
     report.emit(
         "e", "validation_video", mode, CASE, total_s=total, s_per_step=(total - decode_s) / resolved.steps, peak_gb=_peak_gb(),
