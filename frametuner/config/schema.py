@@ -94,6 +94,7 @@ FAMILY_DEFAULTS = {
     "validation_guidance": lambda info: info.defaults.guidance,
     "validation_fps": lambda info: info.defaults.fps,
     "lora_export_formats": lambda info: list(info.lora_formats),
+    "validation_cond_frames": lambda info: info.continuation.cond_frames if info.continuation else None,
 }
 
 
@@ -218,7 +219,7 @@ class TrainConfig(BaseModel):
         None, "validation", "Also render a continuation: a video file (its last validation_cond_frames frames are continued, with each validation prompt), or 'eval_dataset' (each clip of eval_dataset_id continued from its first frames)",
         path=PATH_INPUT, path_keywords=(CONTINUE_EVAL_DATASET,),
     )
-    validation_cond_frames: int = _field(13, "validation", "Conditioning frames of continuation and long validation videos (4k+1, below validation_num_video_frames; upstream: 13)", ge=1)
+    validation_cond_frames: int | None = _field(None, "validation", "Conditioning frames of continuation and long validation videos (by the frame rule, below validation_num_video_frames); null = the family's", ge=1)
     validation_distill_lora: str | None = _field(
         None, "validation", "Render validation videos with the family's distilled setting (e.g. 16 steps, guidance 1) and this distillation LoRA file (upstream's cfg_step_lora; any LoRA format) stacked on the trained LoRA; families without a distilled mode refuse it",
         path=PATH_INPUT,
@@ -367,7 +368,7 @@ class TrainConfig(BaseModel):
             if self.validation_cond_frames >= self.validation_num_video_frames:
                 raise ValueError(
                     f"validation_cond_frames {self.validation_cond_frames} leaves no frame to generate in "
-                    f"{self.validation_num_video_frames}-frame validation videos; lower it (upstream: 13) or raise validation_num_video_frames"
+                    f"{self.validation_num_video_frames}-frame validation videos; lower it or raise validation_num_video_frames"
                 )
         if self.validation_using_datasets and not self.eval_dataset_id:
             raise ValueError("validation_using_datasets is true but eval_dataset_id is not set; name the dataset id to validate with")
