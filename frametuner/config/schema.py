@@ -221,7 +221,7 @@ class TrainConfig(BaseModel):
     )
     validation_cond_frames: int | None = _field(None, "validation", "Conditioning frames of continuation and long validation videos (by the frame rule, below validation_num_video_frames); null = the family's", ge=1)
     validation_distill_lora: str | None = _field(
-        None, "validation", "Render validation videos with the family's distilled setting (e.g. 16 steps, guidance 1) and this distillation LoRA file (upstream's cfg_step_lora; any LoRA format) stacked on the trained LoRA; families without a distilled mode refuse it",
+        None, "validation", "Render validation videos with the family's distilled setting (its distill_steps and distill_guidance) and this distillation LoRA file (the family's released one; any LoRA format) stacked on the trained LoRA; families without a distilled mode refuse it",
         path=PATH_INPUT,
     )
     validation_segments: int = _field(
