@@ -266,7 +266,7 @@ class Trainer:
         """
         plan = draw_conditioning(
             batch["conditioning"], local * world, latent_frames=latents.shape[2],
-            temporal_stride=self.spec.geometry.vae_stride[0], generator=self.generator,
+            temporal_stride=self.spec.info.frame_stride, generator=self.generator,
         )
         rows = plan[mine]
         images = batch.get("image_latents")
