@@ -177,20 +177,26 @@ def test_frozen_float8_linear_matches_torchaos_float8_linear_without_a_weight_gr
     for scaling in ("rowwise", "tensorwise"):
         torch.manual_seed(0)
         linear = torch.nn.Linear(64, 32).to(torch.bfloat16).requires_grad_(False)
+        with torch.no_grad():  # rows and columns spanning more than float8's range: the scaling axis matters
+            linear.weight.mul_(torch.logspace(-10, 10, 32, base=2)[:, None] * torch.logspace(10, -10, 64, base=2)[None, :])
         reference = Float8Linear.from_float(torch.nn.Linear(64, 32).to(torch.bfloat16), config=float8_config(scaling, emulate=True))
         reference.weight = torch.nn.Parameter(linear.weight.detach().clone())
         reference.bias = torch.nn.Parameter(linear.bias.detach().clone())
         mine = _frozen_float8_linear_class().from_float(linear, config=float8_config(scaling, emulate=True))
-        x = torch.randn(3, 10, 64, dtype=torch.bfloat16, requires_grad=True)
+        x = (torch.randn(3, 10, 64) * torch.logspace(-10, 10, 64, base=2)).to(torch.bfloat16).requires_grad_(True)
         x_ref = x.detach().clone().requires_grad_(True)
-        grad = torch.randn(3, 10, 32, dtype=torch.bfloat16)
+        grad = (torch.randn(3, 10, 32) * torch.logspace(10, -10, 32, base=2)).to(torch.bfloat16)
         out, out_ref = mine(x), reference(x_ref)
         out.backward(grad)
         out_ref.backward(grad)
         assert torch.equal(out, out_ref) and torch.equal(x.grad, x_ref.grad)
         assert linear.weight.grad is None
-        exact = torch.nn.functional.linear(x.float(), linear.weight.float(), linear.bias.float())
-        assert 0 < ((out.float() - exact).norm() / exact.norm()).item() < 0.08  # float8 rounding, not garbage
+        # On ordinary data: float8 rounding, not garbage.
+        plain = torch.nn.Linear(256, 128).to(torch.bfloat16).requires_grad_(False)
+        exact_input = torch.randn(64, 256, dtype=torch.bfloat16)
+        exact = torch.nn.functional.linear(exact_input.float(), plain.weight.float(), plain.bias.float())
+        approx = _frozen_float8_linear_class().from_float(plain, config=float8_config(scaling, emulate=True))(exact_input).float()
+        assert 0.005 < ((approx - exact).norm() / exact.norm()).item() < 0.08
 
 
 @requires_torchao
@@ -206,6 +212,8 @@ def test_fp8_conversion_picks_only_the_frozen_base_linears(lora_model):
     assert count == len(converted) > 0 and converted == {n for n in bf16_linears if model.get_submodule(n).in_features % 16 == 0 and model.get_submodule(n).out_features % 16 == 0}
     assert all(not model.get_submodule(n).weight.requires_grad for n in converted)
     assert any(n.endswith("base_layer") for n in converted)  # inside PEFT's LoRA layers
+    trainable = twin(lora_model).requires_grad_(True)  # full fine-tuning: nothing is frozen, nothing converts
+    assert convert_to_fp8_compute(trainable, emulate=True) == 0
     # LoRA trains: gradients reach every LoRA weight and close to the bf16 ones.
     reference = loss_and_grads(lora_model, make_batch())
     result = loss_and_grads(model, make_batch())
