@@ -316,7 +316,7 @@ def part_ab(report: Report, rates: _Rates, parts: str, iters: int, deadline_a: f
             report.emit("b", "train", "fp8_compute", CASE, skipped="not enough time left", notes="skipped: not enough time left")
     finally:
         trainer.accelerator.free_memory()
-        del trainer, model
+        del trainer.model, trainer.optimizer, trainer, model
         _reset_compiled()
 
 

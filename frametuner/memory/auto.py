@@ -66,14 +66,14 @@ class OffloadDecision:
 
 
 def decide_activation_offload(
-    explicit: bool | None, *, device_type: str, gradient_checkpointing: bool, policy: str, training: bool = True
+    explicit: bool | None, *, device_type: str, gradient_checkpointing: bool, policy: str, training: bool = True, processes: int = 1
 ) -> OffloadDecision:
     """``gradient_checkpointing_cpu_offload`` as the run will use it.
 
     ``explicit`` (the user's true/false) wins. Unset, it is on only where it buys speed:
     training on CUDA with gradient checkpointing under the ``auto`` policy, which turns the
-    GPU memory it frees into blocks that keep their attention; the host RAM is then checked
-    at each new training shape (``check_host_ram``).
+    GPU memory it frees into blocks that keep their attention, in a single process; the host
+    RAM is then checked at each new training shape (``check_host_ram``).
     """
     if explicit is not None:
         return OffloadDecision(bool(explicit) and training, "set in the config" if explicit else "off in the config")
@@ -83,6 +83,8 @@ def decide_activation_offload(
         return OffloadDecision(False, f"auto: off on {device_type} (it frees GPU memory only)")
     if not gradient_checkpointing:
         return OffloadDecision(False, "auto: off without gradient checkpointing")
+    if processes > 1:  # each rank would pin its own copy; measured on one GPU only so far
+        return OffloadDecision(False, f"auto: off with {processes} processes (set gradient_checkpointing_cpu_offload: true to use it)")
     if policy != "auto":
         return OffloadDecision(False, f"auto: off with gradient_checkpointing_policy {policy!r} (nothing would use the room it frees)")
     return OffloadDecision(True, "auto: on, the auto checkpointing policy keeps attention in the room it frees", check_host_ram=True)

@@ -181,7 +181,7 @@ class Trainer:
                 log.info("auto checkpointing policy: attention kept in as many blocks as a %.1f GB peak allows", budget / 2**30)
         offload = decide_activation_offload(
             config.gradient_checkpointing_cpu_offload, device_type=device.type,
-            gradient_checkpointing=config.gradient_checkpointing, policy=policy,
+            gradient_checkpointing=config.gradient_checkpointing, policy=policy, processes=self.accelerator.num_processes,
         )
         if config.gradient_checkpointing_cpu_offload is None:
             log.info("activation offload: %s", offload.reason)

@@ -56,6 +56,12 @@ def test_activation_offload_decision(explicit, device, checkpointing, policy, en
     assert decision.reason
 
 
+def test_activation_offload_auto_stays_off_with_several_processes():
+    decision = auto.decide_activation_offload(None, device_type="cuda", gradient_checkpointing=True, policy="auto", processes=8)
+    assert not decision.enabled and "8 processes" in decision.reason
+    assert auto.decide_activation_offload(True, device_type="cuda", gradient_checkpointing=True, policy="auto", processes=8).enabled
+
+
 def test_activation_offload_is_never_on_for_sampling():
     assert not auto.decide_activation_offload(None, device_type="cuda", gradient_checkpointing=True, policy="auto", training=False).enabled
     assert not auto.decide_activation_offload(True, device_type="cuda", gradient_checkpointing=True, policy="auto", training=False).enabled
