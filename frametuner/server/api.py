@@ -82,11 +82,6 @@ class VideoChoice(_Body):
     path: str = Field(min_length=1, max_length=1000, description="a video inside that job's folder (validation or preview video)")
 
 
-class VideoChoice(_Body):
-    job_id: str = Field(pattern=JOB_ID_PATTERN)
-    path: str = Field(min_length=1, max_length=1000, description="a video inside that job's folder (validation or preview video)")
-
-
 class SampleJobRequest(_Body):
     name: str = Field("", max_length=200)
     base_job_id: str | None = Field(None, pattern=JOB_ID_PATTERN, description="take model settings from this training job")
@@ -205,6 +200,13 @@ def list_families(cpu_only: bool = False) -> list[dict[str, Any]]:
             "default_flavour": info.default_flavour,
             "suggested_flavour": _flavour_for_this_machine(info, cpu_only),
             "flavours": [{"name": f.name, "description": f.description, "hub_id": f.hub_id} for f in info.flavours.values()],
+            # What Preview's form starts from: the family's own sampling defaults (one home: its info.py).
+            "defaults": {
+                "resolution": f"{info.defaults.height}x{info.defaults.width}",
+                "frames": info.defaults.frames,
+                "steps": info.defaults.steps,
+                "guidance": info.defaults.guidance,
+            },
         }
         for info in families().values()
     ]

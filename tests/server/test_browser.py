@@ -174,6 +174,15 @@ def test_preview_defaults_to_a_flavour_the_cpu_can_run(cpu_server_url, page):
     page.goto(f"{cpu_server_url}/preview")
     expect(page.locator("#flavour")).to_have_value("tiny")
     expect(page.locator("#flavour option")).not_to_have_count(0)
+    # The form's numbers are the chosen family's defaults, and follow a change of family.
+    from frametuner.models.registry import families
+
+    for name, info in families().items():
+        page.select_option("#family", name)
+        d = info.defaults
+        expect(page.locator("#resolution")).to_have_value(f"{d.height}x{d.width}")
+        expect(page.locator("#num-frames")).to_have_value(str(d.frames))
+        expect(page.locator("#steps")).to_have_value(str(d.steps))
 
 
 def test_check_says_how_to_make_the_demo_clips(make_settings, page, tmp_path):

@@ -15,6 +15,17 @@ def test_families_list_longcat_with_tiny_flavour(client):
     assert families["longcat_video"]["default_flavour"] == "final"
 
 
+def test_families_carry_their_sampling_defaults_from_the_registry(client):
+    """Preview's form starts from each family's own defaults (its info.py), not numbers in the page."""
+    from frametuner.models.registry import families as registered
+
+    listed = {f["name"]: f for f in client.get("/api/families").json()}
+    assert set(listed) == set(registered())
+    for name, info in registered().items():
+        d = info.defaults
+        assert listed[name]["defaults"] == {"resolution": f"{d.height}x{d.width}", "frames": d.frames, "steps": d.steps, "guidance": d.guidance}
+
+
 def test_schema_has_every_config_key_with_group_default_and_widget(client):
     schema = client.get("/api/schema").json()
     fields = {f["name"]: f for f in schema["fields"]}

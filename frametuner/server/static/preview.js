@@ -14,6 +14,12 @@ function fillFlavours() {
   const info = families.find((f) => f.name === familySelect.value);
   flavourSelect.replaceChildren(...(info ? info.flavours : []).map((f) => el("option", { value: f.name }, f.name)));
   if (info) flavourSelect.value = info.suggested_flavour || info.default_flavour; // no GPU: a flavour the CPU can run
+  if (info && info.defaults) { // the family's sampling defaults
+    document.getElementById("resolution").value = info.defaults.resolution;
+    document.getElementById("num-frames").value = info.defaults.frames;
+    document.getElementById("steps").value = info.defaults.steps;
+    document.getElementById("guidance").value = info.defaults.guidance;
+  }
 }
 
 function fillLoras() {
