@@ -430,7 +430,9 @@ def part_de(report: Report, rates: _Rates, parts: str, iters: int, state: dict) 
                 except Exception as error:
                     traceback.print_exc()
                     report.emit("d", "sample_cfg", variant, CASE, error=repr(error)[:500], notes=f"failed: {repr(error)[:200]}")
-                    if variant == "fp8_compute":
+                    if variant == "fp8_compute":  # (e) then renders in bf16
+                        _unconvert_fp8(model)
+                        _reset_compiled()
                         break
         if "e" in parts and time.perf_counter() + NEEDS["e"] < state["deadline"]:
             try:
@@ -442,6 +444,24 @@ def part_de(report: Report, rates: _Rates, parts: str, iters: int, state: dict) 
             report.emit("e", "validation_video", mode, CASE, skipped="not enough time left", notes="skipped: not enough time left")
     del model
     _reset_compiled()
+
+
+def _unconvert_fp8(model) -> int:
+    """Swap float8 Linears back to plain ones (same weights); returns how many."""
+    try:
+        from torchao.float8.float8_linear import Float8Linear
+    except ImportError:
+        return 0
+    count = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, Float8Linear):
+                with torch.device("meta"):
+                    plain = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
+                plain.weight, plain.bias = child.weight, child.bias
+                setattr(module, name, plain)
+                count += 1
+    return count
 
 
 def _random_distill_lora(spec, model, rank: int):
