@@ -45,3 +45,16 @@ def test_speed2_bench_smoke_on_cpu(tmp_path, monkeypatch):
     else:
         assert [r["mode"] for r in by_part["d"]] == ["bf16", "fp8_compute"] and "error" in by_part["d"][1]
     assert "| a | 32x48x9 | train | default |" in (tmp_path / "RESULTS.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_TORCHAO, reason="fp8 needs torchao")
+def test_speed2_e_alone_renders_with_fp8_compute(tmp_path, monkeypatch):
+    monkeypatch.setattr(speed2, "DEVICE", "cpu")
+    monkeypatch.setattr(speed2, "FLAVOUR", "tiny")
+    monkeypatch.setattr(speed2, "CASE", (32, 48, 9))
+    monkeypatch.setattr(speed2, "NEEDS", {part: 0 for part in speed2.NEEDS})
+    assert speed2.main(["--parts", "e", "--results-dir", str(tmp_path)]) == 0
+    (row,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert (row["part"], row["mode"], row["steps"]) == ("e", "fp8_compute", 16)
+
