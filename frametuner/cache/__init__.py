@@ -14,6 +14,11 @@ Contract with ``training/`` (the trainer reads only this, never an encoder):
   sample has an explicit ``cond_latent``, ``image_latents`` ``[B, C, 1, h, w]`` (the image,
   else the clip's frame 0): the trainer puts it in frame 0 of the samples it trains as
   image-to-video (the conditioning mix, docs/conditioning.md); ``latents`` stay the clips'.
+- where the family's model trains with more per-sample inputs (``ModelFamily.training_conditioning``,
+  e.g. an image-to-video model's condition latents and image features), one more file per
+  sample under ``<cache_dir>/conditioning/`` (:class:`.entries.ConditioningCache`, keyed like the
+  latents plus the family's encoder identity), stacked into ``batch["conditioning_inputs"]``
+  ``{name: [B, ...]}``; the trainer hands them to the family as ``TrainingInputs.conditioning``.
 
 Layout: ``<cache_dir>/text/<key>.safetensors`` and
 ``<cache_dir>/latents/<bucket>/<key>.safetensors`` (:mod:`.entries`); writing, validation

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..data.sample import Sample
 from ..models.family import ModelFamily
-from .entries import LatentCache, TextCache, has_conditioning_image
+from .entries import ConditioningCache, LatentCache, TextCache, has_conditioning_image
 from ..storage import DISK_FULL, StorageError, storage_error
 from .store import CorruptCacheEntry, discard_corrupt, sweep_temporaries
 
@@ -36,6 +36,8 @@ class CacheReport:
     text_reused: int = 0
     latents_encoded: int = 0
     latents_reused: int = 0
+    conditioning_encoded: int = 0  # the family's per-sample training conditioning (image features...)
+    conditioning_reused: int = 0
     repaired: list[Path] = field(default_factory=list)  # corrupt files deleted and encoded again
     failed: list[tuple[str, str]] = field(default_factory=list)  # (source file, error) of samples not cached
     seconds: float = 0.0
@@ -43,7 +45,9 @@ class CacheReport:
     def summary(self) -> str:
         return (
             f"text: {self.text_encoded} encoded, {self.text_reused} reused; latents: {self.latents_encoded} encoded, "
-            f"{self.latents_reused} reused; {len(self.repaired)} corrupt re-encoded; {len(self.failed)} failed; {self.seconds:.1f}s"
+            f"{self.latents_reused} reused; "
+            + (f"conditioning: {self.conditioning_encoded} encoded, {self.conditioning_reused} reused; " if self.conditioning_encoded or self.conditioning_reused else "")
+            + f"{len(self.repaired)} corrupt re-encoded; {len(self.failed)} failed; {self.seconds:.1f}s"
         )
 
 
@@ -181,6 +185,62 @@ def cache_latents(
         vae.unload()
 
 
+def cache_conditioning(
+    samples: Sequence[Sample],
+    *,
+    conditioning_cache: ConditioningCache,
+    load_conditioner: Callable[[], object],
+    load_pixels: PixelLoader,
+    load_conditioning_image: PixelLoader | None,
+    device: torch.device | str,
+    report: CacheReport,
+    progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+) -> None:
+    """Encode the family's per-sample training conditioning (``ModelFamily.training_conditioning``)
+    missing from ``conditioning_cache``, from each sample's conditioning image, else its clip's
+    first frame. A sample whose pixels fail to load is reported and skipped."""
+    clips = list({conditioning_cache.path(sample): sample for sample in samples}.values())[rank::world_size]
+    missing = [sample for sample in clips if not _present(conditioning_cache.check, sample, report)]
+    report.conditioning_reused += len(clips) - len(missing)
+    if not missing:
+        return
+    if load_conditioning_image is None and any(has_conditioning_image(s) for s in missing):
+        raise ValueError("some image-to-video samples name a conditioning image, but no load_conditioning_image was given")
+    encoder = load_conditioner()
+    try:
+        if encoder.identity != conditioning_cache.identity:
+            raise RuntimeError(f"conditioning encoder identity {encoder.identity} differs from the cache's {conditioning_cache.identity}")
+        encoder.to(device)
+        with _progress(len(missing), "conditioning", "clip", progress) as bar:
+            for sample in missing:
+                bucket = sample.bucket
+                try:
+                    if has_conditioning_image(sample):
+                        image = load_conditioning_image(sample)
+                        image = image.unsqueeze(0) if image.ndim == 3 else image
+                    else:  # the clip's own first frame
+                        image = _checked_pixels(load_pixels(sample), sample, (bucket.frames, bucket.height, bucket.width, 3))[:1]
+                    image = _checked_pixels(image, sample, (1, bucket.height, bucket.width, 3))
+                    tensors = encoder.encode(image, bucket.frames)
+                except Exception as error:  # one unreadable clip must not cost the whole run
+                    if isinstance(error, OSError) and error.errno in DISK_FULL:  # ...but a full disk is no bad clip
+                        raise _stop(error, conditioning_cache.folder, "caching training conditioning", None, len(missing) - report.conditioning_encoded, "clips") from None
+                    log.error("could not cache the conditioning of %s (%s): %s", sample.source.path, bucket.key, error)
+                    report.failed.append((str(sample.source.path), str(error)))
+                    bar.update(1)
+                    continue
+                try:
+                    conditioning_cache.save(sample, tensors)
+                except OSError as error:  # the disk, not the clip: stop, drop nothing
+                    raise _stop(error, conditioning_cache.folder, "caching training conditioning", None, len(missing) - report.conditioning_encoded, "clips") from None
+                report.conditioning_encoded += 1
+                bar.update(1)
+    finally:
+        encoder.unload()
+
+
 def _latent_bytes(latent_cache: LatentCache, samples: Sequence[Sample]) -> int:
     """Bytes the latents of ``samples`` take in the cache (tensor data; headers are small)."""
     total = 0
@@ -258,6 +318,20 @@ def cache_samples(
         rank=rank,
         world_size=world_size,
     )
+    conditioning = spec.training_conditioning(model_root, dtype=vae_dtype)
+    if conditioning is not None:
+        cache_conditioning(
+            samples,
+            conditioning_cache=ConditioningCache(cache_dir, identity=conditioning.identity, names=conditioning.names),
+            load_conditioner=lambda: conditioning.load(device="cpu", dtype=vae_dtype),
+            load_pixels=load_pixels,
+            load_conditioning_image=load_conditioning_image,
+            device=device,
+            report=report,
+            progress=progress,
+            rank=rank,
+            world_size=world_size,
+        )
     report.seconds = time.perf_counter() - start
     log.info("cache %s: %s", cache_dir, report.summary())
     return report
@@ -281,3 +355,11 @@ def open_caches(
     )
     latent_cache = LatentCache(cache_dir, vae_identity=spec.vae_identity(model_root, dtype=vae_dtype), geometry=spec.geometry)
     return text_cache, latent_cache
+
+
+def open_conditioning_cache(spec: ModelFamily, model_root: str | Path, cache_dir: str | Path, *, vae_dtype: torch.dtype) -> ConditioningCache | None:
+    """The cache of the family's per-sample training conditioning, or None when its model needs none."""
+    conditioning = spec.training_conditioning(model_root, dtype=vae_dtype)
+    if conditioning is None:
+        return None
+    return ConditioningCache(cache_dir, identity=conditioning.identity, names=conditioning.names)

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data.sample import Sample
-from .entries import LatentCache, TextCache, pad_text
+from .entries import ConditioningCache, LatentCache, TextCache, pad_text
 from .store import CorruptCacheEntry
 
 
@@ -23,12 +23,18 @@ class CachedDataset(Dataset):
     gives the grouping key for a batch sampler, and :meth:`collate` enforces it.
     """
 
-    def __init__(self, samples: Sequence[Sample], *, text_cache: TextCache, latent_cache: LatentCache, pad_to: int | None | str = "max_length"):
+    def __init__(
+        self, samples: Sequence[Sample], *, text_cache: TextCache, latent_cache: LatentCache, pad_to: int | None | str = "max_length",
+        conditioning_cache: ConditioningCache | None = None,
+    ):
         """``pad_to``: ``"max_length"`` pads text to the encoder's length (the text cache's
-        ``max_length``, the family's), None to the batch's longest caption, an int to that."""
+        ``max_length``, the family's), None to the batch's longest caption, an int to that.
+        ``conditioning_cache``: the family's per-sample training conditioning (when its model
+        needs some), handed to the trainer as ``batch["conditioning_inputs"]``."""
         self.samples = list(samples)
         self.text_cache = text_cache
         self.latent_cache = latent_cache
+        self.conditioning_cache = conditioning_cache
         self.pad_to = text_cache.max_length if pad_to == "max_length" else pad_to
 
     def __len__(self) -> int:
@@ -42,6 +48,7 @@ class CachedDataset(Dataset):
         try:
             entry = self.latent_cache.load(sample)
             text = self.text_cache.load(sample.caption)
+            extras = self.conditioning_cache.load(sample) if self.conditioning_cache is not None else None
         except (FileNotFoundError, CorruptCacheEntry) as error:
             raise CacheEntryUnavailable(
                 f"cache entry for {sample.source.path} ({sample.bucket.key}) is missing or corrupt ({error}); "
@@ -53,6 +60,7 @@ class CachedDataset(Dataset):
             "text": text,
             "caption": sample.caption,
             "group": sample.batch_group,
+            **({"conditioning_inputs": extras} if extras is not None else {}),
         }
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -90,4 +98,15 @@ def collate_cached(items: list[dict[str, Any]], *, pad_to: int | None = None) ->
         "num_cond_latents": 1 if is_i2v else 0,
         "captions": [item["caption"] for item in items],
         **({"image_latents": images} if images is not None else {}),
+        **_stacked_conditioning(items),
     }
+
+
+def _stacked_conditioning(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"conditioning_inputs": {name: [B, ...]}}`` from the items' family conditioning (if any)."""
+    extras = [item.get("conditioning_inputs") for item in items]
+    if all(extra is None for extra in extras):
+        return {}
+    if any(extra is None for extra in extras):
+        raise ValueError("a batch mixes samples with and without cached training conditioning")
+    return {"conditioning_inputs": {name: torch.stack([extra[name] for extra in extras]) for name in extras[0]}}

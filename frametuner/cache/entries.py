@@ -121,6 +121,51 @@ class LatentCache:
         return tensors
 
 
+class ConditioningCache:
+    """``<cache_dir>/conditioning/<bucket>/<key>.safetensors``: the per-sample inputs a family
+    trains with beyond latents and text (``ModelFamily.training_conditioning``, e.g. an
+    image-to-video model's condition latents and image features), tensors ``names``.
+
+    Keyed like the latents (pixel and conditioning identity) plus the family's identity of
+    its conditioning encoders, so a changed encoder or setting is encoded again.
+    """
+
+    def __init__(self, cache_dir: str | Path, *, identity: str, names: tuple[str, ...], dtype: torch.dtype = torch.float32):
+        self.folder = Path(cache_dir) / "conditioning"
+        self.identity = identity
+        self.names = tuple(names)
+        self.dtype = dtype
+
+    def path(self, sample: Sample) -> Path:
+        parts = {"pixels": sample.pixel_identity(), "conditioning": sample.conditioning_identity(), "encoder": self.identity, "dtype": str(self.dtype)}
+        return self.folder / sample.bucket.key / f"{cache_key(parts)}.safetensors"
+
+    def check(self, sample: Sample) -> None:
+        path = self.path(sample)
+        if not path.exists():
+            raise FileNotFoundError(path)
+        check_entry(path, {name: (None, self.dtype) for name in self.names})
+
+    def save(self, sample: Sample, tensors: dict[str, torch.Tensor]) -> Path:
+        missing = [name for name in self.names if name not in tensors]
+        if missing:
+            raise ValueError(f"the conditioning encoder returned no {missing}")
+        path = self.path(sample)
+        atomic_save(
+            {name: tensors[name].to(self.dtype).contiguous() for name in self.names}, path,
+            metadata={"source": str(sample.source.path), "bucket": sample.bucket.key, "encoder": self.identity},
+        )
+        return path
+
+    def load(self, sample: Sample) -> dict[str, torch.Tensor]:
+        path = self.path(sample)
+        tensors = read_entry(path)
+        missing = [name for name in self.names if name not in tensors]
+        if missing:
+            raise CorruptCacheEntry(path, f"{missing} missing")
+        return {name: tensors[name] for name in self.names}
+
+
 def has_conditioning_image(sample: Sample) -> bool:
     """An image-to-video sample conditioned on a separate image (not the clip's own first frame)."""
     return sample.is_i2v and sample.conditioning_image is not None

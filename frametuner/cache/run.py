@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import ConfigError, resolve_input_path
 from ..config.precision import torch_dtype
-from .build import CacheReport, cache_samples, open_caches
+from .build import CacheReport, cache_samples, open_caches, open_conditioning_cache
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,15 @@ def open_config_caches(config):
     spec = load_spec(config.model_family)
     root = spec.checkpoint_root(config.model_flavour, config.pretrained_model_name_or_path)
     return open_caches(spec, root, cache_dir_for(config), **cache_settings(config, spec))
+
+
+def open_config_conditioning_cache(config):
+    """The cache of the family's per-sample training conditioning for ``config`` (None when its model needs none)."""
+    from ..models.registry import load_spec
+
+    spec = load_spec(config.model_family)
+    root = spec.checkpoint_root(config.model_flavour, config.pretrained_model_name_or_path)
+    return open_conditioning_cache(spec, root, cache_dir_for(config), vae_dtype=cache_settings(config, spec)["vae_dtype"])
 
 
 def run_cache(config, *, scan=None, progress: bool = True, rank: int = 0, world_size: int = 1, device=None) -> CacheReport:

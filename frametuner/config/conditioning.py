@@ -141,7 +141,10 @@ def dataset_problems(dataset: "DatasetConfig", config: "TrainConfig", stride: in
     num_frames = dataset.video.num_frames
     problems = []
     explicit = own is not None or (config.conditioning is not None and not dataset.is_i2v)
-    if explicit and (mix.i2v > 0 or mix.vc > 0) and not clean_frame_conditioning(config.model_family):
+    from ..models import registry
+
+    i2v_otherwise = registry.family_info(config.model_family).image_to_video_training
+    if explicit and (mix.vc > 0 or (mix.i2v > 0 and not i2v_otherwise)) and not clean_frame_conditioning(config.model_family):
         where = "data_backend_config" if own is not None else "conditioning"
         return [(where, "conditioning", f"{config.model_family} has no clean-frame conditioning (i2v frame 0 / continuation) to train",
                  "use {\"t2v\": 1.0}, or a model family that can continue videos (see `frametuner models`)")]

@@ -95,6 +95,24 @@ def frame_mask(num_cond_latents: torch.Tensor, frames: int) -> torch.Tensor:
     return (index[None, :] >= num_cond_latents[:, None]).to(torch.float32)
 
 
+@dataclass(frozen=True)
+class TrainingConditioning:
+    """Per-sample inputs a family's denoiser trains with beyond latents and text (e.g. an
+    image-to-video model's image features), cached like the latents (``cache/``).
+
+    ``identity`` keys the cache entries (the encoders' weights, dtype and settings);
+    ``names`` are the tensors of one entry; ``load(device=, dtype=)`` returns the encoder:
+    ``encode(image uint8 [1, H, W, 3], frames) -> {name: tensor}`` (one sample, no batch
+    axis; ``image`` is the sample's conditioning image, else its clip's first frame),
+    ``to(device)``, ``unload()``. A batch hands them to the family as
+    ``TrainingInputs.conditioning[name]`` (stacked ``[B, ...]``).
+    """
+
+    identity: str
+    names: tuple[str, ...]
+    load: Callable[..., Any]
+
+
 # ---------------------------------------------------------------------- sampling
 @dataclass
 class TextConditioning:
@@ -227,6 +245,11 @@ class ModelFamily(ABC):
 
     def image_encoder_identity(self, root: str | Path, *, dtype: torch.dtype = torch.float32) -> str | None:
         """The image encoder's cache key, or None when the family has none."""
+        return None
+
+    def training_conditioning(self, root: str | Path, *, dtype: torch.dtype = torch.float32) -> TrainingConditioning | None:
+        """What the denoiser of ``root`` needs per training sample beyond latents and text
+        (cached; see :class:`TrainingConditioning`), or None (the default: nothing)."""
         return None
 
     @torch.no_grad()

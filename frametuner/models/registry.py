@@ -76,6 +76,9 @@ class FamilyInfo:
     lora_formats: tuple[str, ...] = ("peft",)  # LoRA export formats the family writes (config choices)
     geometry: LatentGeometry | None = None  # channels, VAE stride, patch: the frame and size rules
     continuation: ContinuationInfo | None = None  # None: the family cannot continue videos
+    # Trains image-to-video samples without clean frames (through ModelFamily.training_conditioning:
+    # an image-to-video flavour's own inputs), so an i2v conditioning mix is allowed without continuation.
+    image_to_video_training: bool = False
 
     @property
     def frame_stride(self) -> int:

@@ -41,11 +41,14 @@ class CachedTrainingData:
     def from_scan(cls, scan, config, *, caches=None, num_replicas: int = 1, rank: int = 0) -> "CachedTrainingData":
         """``caches``: the run's (TextCache, LatentCache) when already open."""
         from ..cache import CachedDataset
-        from ..cache.run import open_config_caches
+        from ..cache.run import open_config_caches, open_config_conditioning_cache
         from ..data.sampler import BucketBatchSampler
 
         text_cache, latent_cache = caches or open_config_caches(config)
-        dataset = CachedDataset(scan.samples, text_cache=text_cache, latent_cache=latent_cache, pad_to=None)
+        dataset = CachedDataset(
+            scan.samples, text_cache=text_cache, latent_cache=latent_cache, pad_to=None,
+            conditioning_cache=open_config_conditioning_cache(config),
+        )
         sampler = BucketBatchSampler.from_scan(scan, config, num_replicas=num_replicas, rank=rank)
         mixes = {result.config.id: result.config.conditioning_mix for result in scan.datasets.values()}
         return cls(dataset, sampler, mixes)

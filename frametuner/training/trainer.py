@@ -243,6 +243,8 @@ class Trainer:
         noise = sample_noise(tuple(latents.shape[1:]), seeds, device)
         inputs = self.spec.training_inputs(latents, noise, sigmas.to(device), num_cond_latents=k)
         inputs.forward_calls = forward_calls
+        for name, value in (batch.get("conditioning_inputs") or {}).items():  # the family's cached extras (cache/)
+            inputs.conditioning[name] = value.to(device)
         # accelerate autocasts a prepared model's forward, except under FSDP2 (which has its own policy).
         with self.accelerator.autocast() if self.sharded else nullcontext():
             prediction = self.spec.training_forward(self.model, inputs, text.to(device), text_mask.to(device))

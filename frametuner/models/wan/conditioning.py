@@ -97,3 +97,33 @@ class ImageEncoder:
 
 def image_encoder_identity(encoder_folder: str | Path, processor_folder: str | Path, *, dtype: torch.dtype) -> str:
     return component_identity("clip-vision", [encoder_folder, processor_folder], dtype=dtype, settings={"hidden_state": -2})
+
+
+class TrainingConditioner:
+    """The image-to-video Wan's per-sample training inputs, computed once at caching time:
+    ``condition`` ``[4 + C, T, h, w]`` (:func:`condition_latents`: mask + VAE latents of
+    ``[image, grey...]``) and ``image_embeds`` ``[N, D]`` (CLIP), as the sampler builds them
+    (and ``WanImageToVideoPipeline.prepare_latents`` / ``encode_image``)."""
+
+    names = ("condition", "image_embeds")
+
+    def __init__(self, vae, image_encoder, *, identity: str):
+        self.vae = vae
+        self.image_encoder = image_encoder
+        self.identity = identity
+
+    def to(self, device) -> "TrainingConditioner":
+        self.vae.to(device)
+        self.image_encoder.to(device)
+        return self
+
+    def unload(self) -> None:
+        self.vae.unload()
+        self.image_encoder.unload()
+
+    @torch.no_grad()
+    def encode(self, image: torch.Tensor, frames: int) -> dict[str, torch.Tensor]:
+        return {
+            "condition": condition_latents(self.vae, image, frames)[0].float().cpu(),
+            "image_embeds": self.image_encoder.encode(image)[0].float().cpu(),
+        }

@@ -31,6 +31,8 @@ INFO = FamilyInfo(
     lora_formats=("peft", "comfyui"),
     # Wan 2.1 VAE: 16 channels, stride 4x8x8; DiT patch (1, 2, 2). Frames are 4k+1, sizes multiples of 16.
     geometry=LatentGeometry(channels=16, vae_stride=(4, 8, 8), patch_size=(1, 2, 2)),
+    # The I2V flavours train image-to-video through their image conditioning (WanSpec.training_conditioning).
+    image_to_video_training=True,
 )
 
 register_family(INFO)

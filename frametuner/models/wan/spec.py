@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from ..components import resolve_component
-from ..family import DenoiseSettings, ModelFamily, TextConditioning, TrainingInputs, frame_mask, per_sample_cond
+from ..family import DenoiseSettings, ModelFamily, TextConditioning, TrainingConditioning, TrainingInputs, per_sample_cond
 from ..loading import load_blockwise
 from ..encoders.umt5 import TextEncoder, text_encoder_identity
 from ..encoders.video_vae import VideoVAE, vae_identity
@@ -176,6 +176,28 @@ class WanSpec(ModelFamily):
             resolve_component(root, self.subfolders["image_encoder"]), resolve_component(root, self.subfolders["image_processor"]), dtype=dtype
         )
 
+    def training_conditioning(self, root: str | Path, *, dtype: torch.dtype = torch.float32) -> TrainingConditioning | None:
+        """An image-to-video checkpoint trains with, per sample, the condition tensor (mask +
+        VAE latents of ``[image, grey...]``) and the image's CLIP features, cached once
+        (:class:`.conditioning.TrainingConditioner`); a text-to-video one needs nothing."""
+        clip = self.image_encoder_identity(root, dtype=dtype)
+        if clip is None:
+            return None
+        from .conditioning import TrainingConditioner
+
+        identity = f"wan-i2v-condition/1|{self.vae_identity(root, dtype=dtype)}|{clip}"
+
+        def load(*, device: str | torch.device = "cpu", dtype: torch.dtype = dtype) -> TrainingConditioner:
+            vae = self.load_vae(root, device=device, dtype=dtype)
+            try:
+                encoder = self.load_image_encoder(root, device=device, dtype=dtype)
+            except BaseException:
+                vae.unload()
+                raise
+            return TrainingConditioner(vae, encoder, identity=identity)
+
+        return TrainingConditioning(identity=identity, names=TrainingConditioner.names, load=load)
+
     def image_conditioning(self, root, vae, image: torch.Tensor, latents: torch.Tensor, *, frames: int, device=None, dtype: torch.dtype = torch.float32):
         """Image-to-video as ``WanImageToVideoPipeline``: the latents stay noise; the DiT gets the
         mask + condition latents as extra channels and the image's CLIP features
@@ -193,40 +215,76 @@ class WanSpec(ModelFamily):
 
     # ------------------------------------------------------------------ training
     def training_inputs(self, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor, num_cond_latents: int | torch.Tensor = 0) -> TrainingInputs:
-        """``x_s = (1 - s) x0 + s noise``, timestep ``1000 s`` (the same for every frame),
+        """``x_s = (1 - s) x0 + s noise`` on every frame, timestep ``1000 s`` (one per sample),
         target the velocity ``noise - x0``, every frame in the loss.
 
-        Wan 2.1 has no clean-frame conditioning (its image-to-video model reads the image
-        through extra input channels instead), so ``num_cond_latents`` must be 0.
+        Wan 2.1 has no clean-frame conditioning. Its image-to-video model reads the image
+        through extra input channels (and CLIP features) instead, and its noisy input keeps
+        no clean frame: ``WanImageToVideoPipeline`` starts from pure noise on all latent
+        frames, calls the DiT on ``cat([latents, condition], dim=1)`` with one timestep per
+        sample and steps every frame with the scheduler (``prepare_latents`` returns the noise
+        untouched and the condition separately; Wan 2.1's ``expand_timesteps`` is off). So a
+        sample drawn as image-to-video (``num_cond_latents`` 1, frame 0 = the image) trains
+        exactly like a text-to-video one here, plus ``conditioning["image_rows"]`` (``[B]``
+        bool) telling :meth:`training_forward` to add the cached image conditioning.
+        Continuation (``num_cond_latents`` > 1) does not exist for Wan and is refused.
         """
         x0, noise = x0.float(), noise.float()
         batch, _, frames = x0.shape[:3]
         k = per_sample_cond(num_cond_latents, batch, frames, device=x0.device)
-        if bool((k != 0).any()):
+        if bool((k > 1).any()):
             raise ValueError(
-                "Wan 2.1 does not train on clean conditioning frames (image-to-video or video continuation samples); "
-                "set the dataset's conditioning mix to text-to-video only"
+                "Wan 2.1 cannot train video continuation samples (clean leading latent frames); "
+                "set the dataset's conditioning mix to text-to-video or image-to-video"
             )
         s = sigmas.float().to(x0.device).view(-1, 1, 1, 1, 1)
         noisy = (1 - s) * x0 + s * noise
         timesteps = (sigmas.float().to(x0.device) * float(NUM_TRAIN_TIMESTEPS))[:, None].expand(-1, frames).clone()
-        loss_mask = frame_mask(k, frames)[:, None, :, None, None]
-        return TrainingInputs(noisy, timesteps, noise - x0, loss_mask, k)
+        loss_mask = torch.ones(batch, 1, frames, 1, 1, dtype=torch.float32, device=x0.device)
+        none = torch.zeros_like(k)  # no clean frames: all frames noised and in the loss
+        return TrainingInputs(noisy, timesteps, noise - x0, loss_mask, none, conditioning={"image_rows": k == 1})
 
     def training_forward(self, model, inputs: TrainingInputs, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        """The DiT at timestep ``[B]`` on the noisy latents, text zero-padded to 512 rows (no mask)."""
-        if inputs.conditioning:
-            raise ValueError(f"Wan's training forward takes no conditioning extras (got {sorted(inputs.conditioning)})")
-        if _in_channels(model) != inputs.noisy_latents.shape[1]:
-            raise ValueError(
-                "training the image-to-video Wan needs its image conditioning (mask and condition latents, CLIP features), "
-                "which frametuner does not cache yet; train a text-to-video flavour"
-            )
+        """The DiT at timestep ``[B]``, text zero-padded to 512 rows (no mask).
+
+        Text-to-video: on the noisy latents. Image-to-video (a DiT with more input channels
+        than latent channels): on ``cat([noisy latents, condition], dim=1)`` with
+        ``encoder_hidden_states_image`` = the CLIP features, both from the cache
+        (``conditioning["condition"]``, ``conditioning["image_embeds"]``), exactly as
+        ``WanImageToVideoPipeline`` calls it while sampling.
+        """
+        extras = dict(inputs.conditioning)
+        image_rows = extras.pop("image_rows", None)
+        condition = extras.pop("condition", None)
+        image_embeds = extras.pop("image_embeds", None)
+        if extras:
+            raise ValueError(f"Wan's training forward takes no conditioning {sorted(extras)}")
+        noisy = inputs.noisy_latents
+        wants_image = image_rows is not None and bool(image_rows.any())
         text = pad_text(text, text_mask, self.defaults.text_length)
+        if _in_channels(model) == noisy.shape[1]:  # text-to-video
+            if wants_image:
+                raise ValueError(
+                    "a text-to-video Wan cannot train image-to-video samples; train an image-to-video flavour "
+                    "(i2v-14b-480p) or set the dataset's conditioning mix to text-to-video"
+                )
+            return model(hidden_states=noisy, timestep=inputs.timesteps[:, 0], encoder_hidden_states=text, return_dict=False)[0]
+        if image_rows is None or not bool(image_rows.all()):
+            raise ValueError(
+                "the image-to-video Wan trains image-to-video samples only (its DiT always reads an image): set the "
+                "dataset's conditioning mix to {\"i2v\": 1.0} (the clip's first frame) or give it conditioning images (is_i2v)"
+            )
+        if condition is None or image_embeds is None:
+            raise ValueError(
+                "training the image-to-video Wan needs each sample's cached image conditioning (condition latents and CLIP "
+                "features); run `frametuner cache --config ...` with this model, and read batches with the conditioning cache"
+            )
+        hidden = torch.cat([noisy, condition.to(noisy)], dim=1)
         return model(
-            hidden_states=inputs.noisy_latents,
+            hidden_states=hidden,
             timestep=inputs.timesteps[:, 0],
             encoder_hidden_states=text,
+            encoder_hidden_states_image=image_embeds.to(noisy.device),
             return_dict=False,
         )[0]
 
