@@ -168,8 +168,12 @@ def _build(depth: int | None = None):
     return spec, model
 
 
-def _fp8(model, scaling: str = "rowwise") -> int:
+FP8_SCALING = "rowwise"  # --fp8-scaling
+
+
+def _fp8(model, scaling: str | None = None) -> int:
     """fp8 compute on ``model``: the trainer's/sampler's own call on CUDA; emulated on a CPU (smoke test)."""
+    scaling = scaling or FP8_SCALING
     from ..memory.fp8 import convert_to_fp8_compute, enable_fp8_compute
 
     if _on_cuda():
@@ -311,9 +315,9 @@ def part_ab(report: Report, rates: _Rates, parts: str, iters: int, deadline_a: f
             times = _timed_until(lambda: trainer.step(batch), iters, deadline)
             result = dict(times=times, s_per_step=statistics.median(times), peak_gb=_peak_gb(), first_step_s=first, fp8_layers=converted, **_train_state(trainer))
             floor = _floor("train", ceilings, CASE, result["saved_attention_blocks"] / result["blocks"])
-            notes = (f"default config + fp8_compute (rowwise, {converted} frozen Linears); attention saved in {result['saved_attention_blocks']}/{result['blocks']} blocks "
+            notes = (f"default config + fp8_compute ({FP8_SCALING}, {converted} frozen Linears); attention saved in {result['saved_attention_blocks']}/{result['blocks']} blocks "
                      f"(the plan of a); first step {first:.0f} s (compile); floor = the bf16 floor")
-            report.emit("b", "train", "fp8_compute", CASE, floor_s=floor, notes=notes, **result)
+            report.emit("b", "train", "fp8_compute" + ("" if FP8_SCALING == "rowwise" else f"-{FP8_SCALING}"), CASE, floor_s=floor, notes=notes, **result)
         elif "b" in parts:
             report.emit("b", "train", "fp8_compute", CASE, skipped="not enough time left", notes="skipped: not enough time left")
     finally:
@@ -376,7 +380,7 @@ def part_c(report: Report, batches: int = 5) -> None:
     errors = [((p8 - p).norm() / p.norm()).item() for (p, _), (p8, _) in zip(reference, fp8)]
     cosines = [torch.nn.functional.cosine_similarity(g8, g, dim=0).item() for (_, g), (_, g8) in zip(reference, fp8)]
     report.emit(
-        "c", "fp8_quality", "fp8_compute-rowwise-eager", QUALITY_CASE, output_rel_l2=errors, grad_cosine=cosines,
+        "c", "fp8_quality", f"fp8_compute-{FP8_SCALING}-eager", QUALITY_CASE, output_rel_l2=errors, grad_cosine=cosines,
         output_rel_l2_mean=statistics.mean(errors), output_rel_l2_max=max(errors), grad_cosine_mean=statistics.mean(cosines),
         grad_cosine_min=min(cosines), fp8_layers=converted, bf16_s=bf16_s, fp8_s=fp8_s,
         notes=(f"{batches} random batches (noise, sigma, text), same weights, LoRA rank 16 random non-zero: DiT output rel. L2 error "
@@ -416,6 +420,7 @@ def part_de(report: Report, rates: _Rates, parts: str, iters: int, state: dict) 
                     extra = {}
                     if variant == "fp8_compute":
                         extra["fp8_layers"] = _fp8(model)
+                        extra["fp8_scaling"] = FP8_SCALING
                         _reset_compiled()
                     step = _sample_step(spec, model, latents, text, mask)
                     _reset_peak()
@@ -425,7 +430,7 @@ def part_de(report: Report, rates: _Rates, parts: str, iters: int, state: dict) 
                     results[variant] = statistics.median(times)
                     notes = f"batch 2 (CFG), {'compiled' if _on_cuda() else 'eager'}; first step {first:.0f} s"
                     if variant == "fp8_compute":
-                        notes += f"; {results['bf16'] / results[variant]:.2f}x bf16" if "bf16" in results else ""
+                        notes += f"; {FP8_SCALING} scales" + (f"; {results['bf16'] / results[variant]:.2f}x bf16" if "bf16" in results else "")
                     report.emit("d", "sample_cfg", variant, CASE, s_per_step=results[variant], times=times, peak_gb=_peak_gb(), floor_s=floor, first_step_s=first, notes=notes, **extra)
                 except Exception as error:
                     traceback.print_exc()
@@ -532,7 +537,7 @@ def bench_distilled_validation(report: Report, spec, model, text, mask, mode: st
         steps=resolved.steps, guidance=resolved.guidance, warmup_s=warmup_s, decode_s=decode_s, lora_apply_s=lora_s, vae_load_s=vae_load_s,
         video=str(outputs.video) if outputs is not None else None,
         notes=(f"{frames}-frame video: {total:.1f} s (denoise {resolved.steps} steps, guidance {resolved.guidance:g}, distilled schedule, + VAE decode "
-               f"~{decode_s:.1f} s + mp4); random rank-{DISTILL_RANK} distill LoRA stacked; {mode}; compile warm-up {warmup_s:.0f} s apart (goal <= 75 s)"),
+               f"~{decode_s:.1f} s + mp4); random rank-{DISTILL_RANK} distill LoRA stacked; {mode}{f' ({FP8_SCALING})' if mode != 'bf16' else ''}; compile warm-up {warmup_s:.0f} s apart (goal <= 75 s)"),
     )
     del vae
 
@@ -584,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=540.0, help="whole run; a part that cannot start in time is skipped with a row")
     parser.add_argument("--iters", type=int, default=3, help="timed steps per measurement (after warm-up)")
     parser.add_argument("--quality-batches", type=int, default=5)
+    parser.add_argument("--fp8-scaling", choices=["rowwise", "tensorwise"], default="rowwise", help="fp8_compute_scaling of b, c, d, e")
     parser.add_argument("--e-mode", choices=["fp8_compute", "bf16"], default="fp8_compute", help="(e) without (d): the validation video's compute (with d: d's last mode)")
     parser.add_argument("--results-dir", default=str(REPO / "bench"))
     args = parser.parse_args(argv)
@@ -596,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; choose from {','.join(PARTS)}")
     started = time.perf_counter()
+    global FP8_SCALING
+    FP8_SCALING = args.fp8_scaling
     state = {"deadline": started + args.budget_s, "e_mode": args.e_mode}
     command = "python bench/speed2.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report = Report(Path(args.results_dir), command)
