@@ -155,17 +155,7 @@ def _build(depth: int | None = None):
         return spec, spec.build_transformer(flavour=FLAVOUR, device=DEVICE, dtype=_dtype())
     model = spec.build_transformer(flavour=FLAVOUR, device="meta", dtype=_dtype())
     model.blocks = torch.nn.ModuleList(list(model.blocks)[:depth])
-    model = model.to_empty(device=DEVICE)
-    generator = torch.Generator(device=DEVICE).manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("norm.weight"):
-                param.fill_(1.0)
-            elif param.dim() >= 2:
-                param.normal_(0.0, 0.02, generator=generator)
-            else:
-                param.zero_()
-    return spec, model
+    return spec, spec.initialise_random(model.to_empty(device=DEVICE))
 
 
 FP8_SCALING = "rowwise"  # --fp8-scaling

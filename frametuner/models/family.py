@@ -223,6 +223,25 @@ class ModelFamily(ABC):
     def build_transformer(self, *, flavour: str = "final", device: str | torch.device = "meta", dtype: torch.dtype = torch.bfloat16) -> BlockModel:
         """The denoiser for a flavour with random weights (for benchmarks and tests)."""
 
+    def is_norm_weight(self, name: str, param: torch.Tensor) -> bool:
+        """Whether a parameter is a normalisation layer's scale (random models set it to 1)."""
+        return param.dim() == 1 and name.endswith("norm.weight")
+
+    @torch.no_grad()
+    def initialise_random(self, model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+        """Random weights in place, on the model's device, for benchmarks at full size: weights
+        ~ N(0, 0.02) from a seeded generator, biases 0, norm scales 1 (numerically tame)."""
+        device = next(model.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(seed)
+        for name, param in model.named_parameters():
+            if self.is_norm_weight(name, param):
+                param.fill_(1.0)
+            elif param.dim() >= 2:
+                param.normal_(0.0, 0.02, generator=generator)
+            else:
+                param.zero_()
+        return model
+
     @abstractmethod
     def load_text_encoder(self, root: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Any:
         """The text encoder + tokenizer: ``encode(prompts) -> (embeddings [B, L, C], mask [B, L] int64)``, ``identity``."""

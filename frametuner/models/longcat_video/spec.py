@@ -101,17 +101,7 @@ class LongCatVideoSpec(ModelFamily):
         model = torch.nn.Module.to(model, dtype=dtype)
         if torch.device(device).type == "meta":
             return model
-        model = model.to_empty(device=device)
-        generator = torch.Generator(device=device).manual_seed(0)
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if name.endswith("norm.weight"):
-                    param.fill_(1.0)
-                elif param.dim() >= 2:
-                    param.normal_(0.0, 0.02, generator=generator)
-                else:
-                    param.zero_()
-        return model
+        return self.initialise_random(model.to_empty(device=device))
 
     # ------------------------------------------------------------------ encoders
     def load_text_encoder(self, root: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> TextEncoder:
