@@ -228,6 +228,9 @@ class WanSpec(ModelFamily):
         exactly like a text-to-video one here, plus ``conditioning["image_rows"]`` (``[B]``
         bool) telling :meth:`training_forward` to add the cached image conditioning.
         Continuation (``num_cond_latents`` > 1) does not exist for Wan and is refused.
+        With a dataset's own conditioning image, the trainer has put the image's latent in
+        frame 0 of ``x0`` (as for every family), so the target starts from the image the
+        condition was built from, as the pipeline's videos do.
         """
         x0, noise = x0.float(), noise.float()
         batch, _, frames = x0.shape[:3]
