@@ -321,6 +321,7 @@ def render_validation(
     write: bool = True,
     kind: str = "prompt",
     sampler_options: dict | None = None,
+    conditioning: dict[str, torch.Tensor] | None = None,
 ) -> ValidationOutputs | None:
     """One validation video from an already loaded DiT and cached prompt embeddings
     (``text``: the prompt's and, for guidance > 1, the negative prompt's), sampled as
@@ -330,7 +331,9 @@ def render_validation(
     rebuilds ``index.html``. ``cond_latents`` (normalised ``[C, k, h, w]``) makes it
     image-to-video (``k`` = 1) or a continuation (``kind="continuation"``, ``k`` = its
     conditioning latent frames; ``sampler_options``: the family's continuation options, e.g.
-    ``use_kv_cache``). ``device`` (default: where the model's first parameter is) holds the
+    ``use_kv_cache``). ``conditioning``: the family's sampler inputs for an image the denoiser
+    reads another way (``denoise(conditioning=...)``, batched ``[1, ...]``; e.g. an eval clip's
+    cached training conditioning), which makes it image-to-video too. ``device`` (default: where the model's first parameter is) holds the
     latents. With ``vae=None`` the final latents are saved instead and
     :func:`decode_pending_validations` turns them into videos later (no VAE in memory
     during training). The model is put in eval mode and restored; the global RNG
@@ -355,14 +358,14 @@ def render_validation(
             latents = denoise(
                 model, latents.to(device), text.prompt_embeds, text.prompt_mask, text.negative_embeds, text.negative_mask,
                 steps=video.steps, guidance=video.guidance, num_cond_latents=num_cond_latents,
-                distill=video.distill, progress=progress, **(sampler_options or {}),
+                distill=video.distill, progress=progress, conditioning=conditioning, **(sampler_options or {}),
             )
     finally:
         model.train(was_training)
     if not write:
         return None
 
-    settings = dict(video.record(), image_to_video=num_cond_latents > 0)
+    settings = dict(video.record(), image_to_video=num_cond_latents > 0 or bool(conditioning))
     if kind == "continuation":
         settings.update(image_to_video=False, cond_latent_frames=num_cond_latents, sampler_options=dict(sampler_options or {}))
     record = ValidationRecord(step, prompt_index, prompt, settings=settings, kind=kind)

@@ -86,6 +86,10 @@ class ValidationPrompt:
     kind: str = "prompt"  # "prompt" (t2v, or i2v from an eval dataset) or "continuation"
     index: int | None = None  # column in validation/index.html (default: its position)
     size: tuple[int, int] | None = None  # (height, width) of its conditioning latents; default validation_resolution
+    # The family's sampler inputs from an eval clip's cached training conditioning ({name: [1, ...]}), for a
+    # denoiser that reads the image through them (denoise(conditioning=...)); their clip fixes size and frames.
+    conditioning: dict[str, torch.Tensor] | None = None
+    frames: int | None = None  # video frames; default validation_num_video_frames
 
 
 class Validator:
@@ -105,13 +109,28 @@ class Validator:
 
     @classmethod
     def from_config(cls, config, spec, scan, *, caches=None) -> "Validator | None":
-        """``caches``: the run's (TextCache, LatentCache) when already open."""
-        from ..cache.run import open_config_caches, validation_prompts
+        """``caches``: the run's (TextCache, LatentCache) when already open.
 
+        A model that needs per-sample training conditioning (``ModelFamily.training_conditioning``,
+        e.g. an image-to-video denoiser reading the image through extra inputs) validates on the
+        eval clips with their cached conditioning entries, the very tensors training reads, at
+        each clip's size and length; validation prompts without an image are refused
+        (:func:`check_validation_setup`)."""
+        from ..cache.run import open_config_caches, open_config_conditioning_cache, validation_prompts
+
+        conditioning_cache = check_validation_setup(config)
         text_cache, latent_cache = caches or open_config_caches(config)
         prompts: list[ValidationPrompt] = []
         if config.validation_using_datasets:
             for sample in scan.dataset_samples(config.eval_dataset_id):
+                if conditioning_cache is not None:
+                    bucket = sample.bucket
+                    entry = conditioning_cache.load(sample)
+                    prompts.append(ValidationPrompt(
+                        sample.caption, size=(bucket.height, bucket.width), frames=bucket.frames,
+                        conditioning={name: tensor[None] for name, tensor in entry.items()},
+                    ))
+                    continue
                 cond = None
                 if sample.is_i2v:
                     entry = latent_cache.load(sample)
@@ -166,6 +185,7 @@ class Validator:
             for position, item in enumerate(self.prompts):
                 index = item.index if item.index is not None else position
                 size = item.size or (height, width)
+                settings = self.video_settings(size, item.frames)
                 # Both prompts padded to the longer one (the CFG batch needs one length); the
                 # family's denoiser makes this exactly its full-length padding.
                 text = self.text_cache.load(item.prompt)
@@ -175,8 +195,9 @@ class Validator:
                 text = TextConditioning(embeds[None], mask[None], negative[None], negative_mask[None])
                 outputs = render_validation(
                     model, vae, spec=self.spec, validation_dir=self.folder, step=step, prompt_index=index, prompt=item.prompt,
-                    text=text, video=self.video_settings(size), cond_latents=item.cond_latents, device=device, write=writer,
+                    text=text, video=settings, cond_latents=item.cond_latents, device=device, write=writer,
                     kind=item.kind, sampler_options=self.continuation_options if item.kind == "continuation" else None,
+                    conditioning=item.conditioning,
                 )
                 if writer:
                     self._report(trainer, step, index, item.prompt, outputs, kind=item.kind)
@@ -185,7 +206,7 @@ class Validator:
 
                     long = render_long_validation(
                         model, vae, outputs.frames, spec=self.spec, validation_dir=self.folder, step=step, prompt_index=index,
-                        prompt=item.prompt, text=text, video=self.video_settings(size), segments=config.validation_segments,
+                        prompt=item.prompt, text=text, video=settings, segments=config.validation_segments,
                         cond_frames=config.validation_cond_frames, sampler_options=self.continuation_options, device=device,
                     )
                     self._report(trainer, step, index, item.prompt, long, kind="long")
@@ -208,8 +229,9 @@ class Validator:
 
         return apply_lora(model, resolve_input_path(self.config, self.config.validation_distill_lora))
 
-    def video_settings(self, size: tuple[int, int]) -> VideoSettings:
-        """The config's validation_* settings as one object (``size``: height, width). With
+    def video_settings(self, size: tuple[int, int], frames: int | None = None) -> VideoSettings:
+        """The config's validation_* settings as one object (``size``: height, width; ``frames``:
+        the video's frames, default ``validation_num_video_frames``). With
         ``validation_distill_lora``: the family's distilled steps and guidance unless set."""
         from ..sampling.pipeline import VideoSettings
 
@@ -220,7 +242,7 @@ class Validator:
             steps = steps if "validation_num_inference_steps" in config.model_fields_set else None
             guidance = guidance if "validation_guidance" in config.model_fields_set else None
         return VideoSettings(
-            height=size[0], width=size[1], num_frames=config.validation_num_video_frames,
+            height=size[0], width=size[1], num_frames=frames or config.validation_num_video_frames,
             steps=steps, guidance=guidance,
             seed=self.seed, fps=config.validation_fps, crf=config.validation_video_crf, distill=distill,
         )
@@ -265,6 +287,28 @@ class Validator:
         vae = self.spec.load_vae(self.root, device=device, dtype=self.spec.encoder_dtype(self.config.mixed_precision))
         decoded = decode_pending_validations(self.folder, vae)
         log.info("decoded %d deferred validation videos into %s", len(decoded), self.folder)
+
+
+def check_validation_setup(config):
+    """Refuse, before anything is cached or loaded, validation the model cannot render: a
+    denoiser that needs per-sample conditioning (``ModelFamily.training_conditioning``, e.g. an
+    image-to-video model that always reads an image) gets it only from the eval clips' cache
+    entries, so prompts without an image (``validation_prompt`` / ``validation_prompt_file``)
+    are a config error unless ``validation_using_datasets`` takes them from ``eval_dataset_id``.
+    Returns the run's ConditioningCache (None when the model needs none)."""
+    from ..cache.run import open_config_conditioning_cache
+
+    conditioning_cache = open_config_conditioning_cache(config)
+    prompts = bool(config.validation_prompt or config.validation_prompt_file)
+    if conditioning_cache is not None and prompts and not config.validation_using_datasets:
+        key = "validation_prompt" if config.validation_prompt else "validation_prompt_file"
+        raise ConfigError([
+            f"'{key}': the model '{config.model_family}' / '{config.model_flavour}' samples only from an input image "
+            "(its conditioning), which a validation prompt does not give; set validation_using_datasets: true and "
+            "eval_dataset_id (each eval clip is rendered from its cached image conditioning and caption), or set no "
+            "validation prompt"
+        ])
+    return conditioning_cache
 
 
 def continuation_prompts(config, spec, scan, latent_cache, prompts: list[ValidationPrompt]) -> list[ValidationPrompt]:
@@ -363,6 +407,7 @@ def train(config) -> int:
     problems = validate_dataset_list(config)  # the one dataset validator (config check and the web UI's Check too)
     if problems:
         raise ConfigError([str(problem) for problem in problems])
+    check_validation_setup(config)  # up front: not after caching
     spec = load_spec(config.model_family)
     state = process_state()
     scan = scan_and_cache(config, state)
