@@ -105,7 +105,10 @@ class TrainingConditioning:
     ``encode(image uint8 [1, H, W, 3], frames) -> {name: tensor}`` (one sample, no batch
     axis; ``image`` is the sample's conditioning image, else its clip's first frame),
     ``to(device)``, ``unload()``. A batch hands them to the family as
-    ``TrainingInputs.conditioning[name]`` (stacked ``[B, ...]``).
+    ``TrainingInputs.conditioning[name]`` (stacked ``[B, ...]``). The same names are the
+    keys its sampling loop takes as ``DenoiseSettings.conditioning`` (batched ``[1, ...]``):
+    validation renders each eval clip from its entry, and refuses validation prompts that
+    come without one (a family returning this samples only with it).
     """
 
     identity: str
