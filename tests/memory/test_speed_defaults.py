@@ -239,8 +239,19 @@ def test_compile_cache_folder_and_torch_settings(tmp_path, monkeypatch):
     for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", compile_cache.ENV):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FRAMETUNER_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
-    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
+    # torch's own config.patch, not monkeypatch: monkeypatch's undo deletes a ConfigModule
+    # entry (its setattr goes through the module's __dict__), and every later compile in the
+    # process then fails with "enable_autograd_cache does not exist".
+    with torch._inductor.config.patch(fx_graph_cache=False), torch._functorch.config.patch(enable_autograd_cache=False):
+        _check_compile_cache(monkeypatch, tmp_path)
+
+
+def _check_compile_cache(monkeypatch, tmp_path):
+    import torch._functorch.config
+    import torch._inductor.config
+
+    from frametuner import compile_cache
+
     assert compile_cache.compile_cache_dir() == tmp_path / "home" / "compile-cache"
     monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "mine"))  # overridable
     folder = compile_cache.enable_compile_cache()
