@@ -11,8 +11,7 @@ from typing import Callable
 import torch
 
 from ..components import resolve_component
-from ..encoders.umt5 import TextEncoder, text_encoder_identity
-from ..encoders.video_vae import VideoVAE, vae_identity
+from ..encoders.family_mixin import UMT5WanVAEEncoders
 from ..family import DenoiseSettings, ModelFamily, TextConditioning, TrainingInputs, frame_mask, per_sample_cond
 from ..loading import load_blockwise
 from .info import INFO
@@ -35,7 +34,7 @@ DEFAULT_LORA_TARGETS = (
 OPTIONAL_LORA_TARGETS = ("adaLN_modulation.1", "final_layer.adaLN_modulation.1", "final_layer.linear")
 
 
-class LongCatVideoSpec(ModelFamily):
+class LongCatVideoSpec(UMT5WanVAEEncoders, ModelFamily):
     name = INFO.name
     geometry = INFO.geometry
     default_lora_targets = DEFAULT_LORA_TARGETS
@@ -104,32 +103,6 @@ class LongCatVideoSpec(ModelFamily):
         return self.initialise_random(model.to_empty(device=device))
 
     # ------------------------------------------------------------------ encoders
-    def load_text_encoder(self, root: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> TextEncoder:
-        """umT5 from ``<root>/text_encoder`` + ``<root>/tokenizer``; prompts padded to ``text_max_length``."""
-        return TextEncoder.from_pretrained(
-            root,
-            device=device,
-            dtype=dtype,
-            max_length=self.defaults.text_length,
-            text_encoder_subfolder=self.subfolders["text_encoder"],
-            tokenizer_subfolder=self.subfolders["tokenizer"],
-        )
-
-    def load_vae(self, root: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> VideoVAE:
-        """Wan 2.1 VAE from ``<root>/vae``, tiling on; latents normalised with its config's mean/std."""
-        return VideoVAE.from_pretrained(root, device=device, dtype=dtype, subfolder=self.subfolders["vae"])
-
-    def text_encoder_identity(self, root: str | Path, *, dtype: torch.dtype = torch.float32) -> str:
-        return text_encoder_identity(
-            resolve_component(root, self.subfolders["text_encoder"]),
-            resolve_component(root, self.subfolders["tokenizer"]),
-            dtype=dtype,
-            max_length=self.defaults.text_length,
-        )
-
-    def vae_identity(self, root: str | Path, *, dtype: torch.dtype = torch.float32) -> str:
-        return vae_identity(resolve_component(root, self.subfolders["vae"]), dtype=dtype)
-
     # ------------------------------------------------------------------ training
     def training_inputs(self, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor, num_cond_latents: int | torch.Tensor = 0) -> TrainingInputs:
         """``x_s = (1 - s) x0 + s noise``, timestep ``1000 s``, target ``x0 - noise`` (the DiT's

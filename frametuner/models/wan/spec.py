@@ -17,10 +17,9 @@ from typing import Callable
 import torch
 
 from ..components import resolve_component
+from ..encoders.family_mixin import UMT5WanVAEEncoders
 from ..family import DenoiseSettings, ModelFamily, TextConditioning, TrainingConditioning, TrainingInputs, per_sample_cond
 from ..loading import load_blockwise
-from ..encoders.umt5 import TextEncoder, text_encoder_identity
-from ..encoders.video_vae import VideoVAE, vae_identity
 from .configs import DIT_CONFIGS
 from .info import INFO
 from .lora_layout import DEFAULT_LORA_TARGETS, LORA_LAYOUT, OPTIONAL_LORA_TARGETS
@@ -45,7 +44,7 @@ def keep_fp32_modules(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-class WanSpec(ModelFamily):
+class WanSpec(UMT5WanVAEEncoders, ModelFamily):
     name = INFO.name
     geometry = INFO.geometry
     default_lora_targets = DEFAULT_LORA_TARGETS
@@ -127,29 +126,6 @@ class WanSpec(ModelFamily):
         return model
 
     # ------------------------------------------------------------------ encoders
-    def load_text_encoder(self, root: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> TextEncoder:
-        """umT5 from ``<root>/text_encoder`` + ``<root>/tokenizer``, prompts cleaned and padded to 512 as
-        ``WanPipeline`` does (the shared umT5 code of models/encoders: the same cache entries as any family shipping these files)."""
-        return TextEncoder.from_pretrained(
-            root, device=device, dtype=dtype, max_length=self.defaults.text_length,
-            text_encoder_subfolder=self.subfolders["text_encoder"], tokenizer_subfolder=self.subfolders["tokenizer"],
-        )
-
-    def load_vae(self, root: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> VideoVAE:
-        """The Wan 2.1 VAE from ``<root>/vae`` (shared code; latents ``(z - mean) / std`` as the pipeline)."""
-        return VideoVAE.from_pretrained(root, device=device, dtype=dtype, subfolder=self.subfolders["vae"])
-
-    def text_encoder_identity(self, root: str | Path, *, dtype: torch.dtype = torch.float32) -> str:
-        return text_encoder_identity(
-            resolve_component(root, self.subfolders["text_encoder"]),
-            resolve_component(root, self.subfolders["tokenizer"]),
-            dtype=dtype,
-            max_length=self.defaults.text_length,
-        )
-
-    def vae_identity(self, root: str | Path, *, dtype: torch.dtype = torch.float32) -> str:
-        return vae_identity(resolve_component(root, self.subfolders["vae"]), dtype=dtype)
-
     def _has_image_encoder(self, root: str | Path) -> bool:
         local = Path(root).expanduser()
         if local.exists():
