@@ -112,18 +112,13 @@ class WanSpec(UMT5WanVAEEncoders, ModelFamily):
         model = keep_fp32_modules(torch.nn.Module.to(model, dtype=dtype))
         if torch.device(device).type == "meta":
             return model
-        model = model.to_empty(device=device)
-        generator = torch.Generator(device=device).manual_seed(0)
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if name.endswith(".weight") and param.dim() == 1 and name.split(".")[-2].startswith("norm"):  # RMSNorm / affine LayerNorm weights
-                    param.fill_(1.0)
-                elif param.dim() >= 2:
-                    param.normal_(0.0, 0.02, generator=generator)
-                else:
-                    param.zero_()
+        model = self.initialise_random(model.to_empty(device=device))
         _reset_rope(model, device)
         return model
+
+    def is_norm_weight(self, name: str, param: torch.Tensor) -> bool:
+        """diffusers' Wan names its RMSNorm / affine LayerNorm scales ``...norm*.weight``."""
+        return name.endswith(".weight") and param.dim() == 1 and name.split(".")[-2].startswith("norm")
 
     # ------------------------------------------------------------------ encoders
     def _has_image_encoder(self, root: str | Path) -> bool:
