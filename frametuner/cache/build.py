@@ -129,6 +129,79 @@ def _checked_pixels(pixels: torch.Tensor, sample: Sample, expected: tuple[int, .
     return pixels
 
 
+def _image_pixels(sample: Sample, load_conditioning_image: PixelLoader) -> torch.Tensor:
+    """The sample's conditioning image as checked uint8 ``[1, H, W, 3]`` at its bucket size."""
+    image = load_conditioning_image(sample)
+    image = image.unsqueeze(0) if image.ndim == 3 else image
+    return _checked_pixels(image, sample, (1, sample.bucket.height, sample.bucket.width, 3))
+
+
+def _encode_clips(
+    samples: Sequence[Sample],
+    *,
+    cache,
+    identity: str,
+    encoder_name: str,
+    load_encoder: Callable[[], object],
+    encode: Callable[[object, Sample], tuple],
+    needs_image_loader: bool,
+    what: str,
+    subject: str,
+    device: torch.device | str,
+    report: CacheReport,
+    progress: bool,
+    rank: int,
+    world_size: int,
+    needed_bytes: Callable[[Sequence[Sample]], int] | None = None,
+) -> tuple[int, int]:
+    """The pass every per-clip cache shares; returns ``(reused, encoded)``.
+
+    Unique clips of this rank's share whose entry is missing (or corrupt: deleted and
+    counted for repair) are encoded with the encoder ``load_encoder`` gives (only loaded
+    when something is missing; its identity must be the cache's) and saved with
+    ``cache.save(sample, *encode(encoder, sample))``. A clip that fails to load or encode
+    is reported and skipped; a full disk, or any error writing the cache, stops the pass
+    with one :class:`StorageError` line and drops nothing.
+    """
+    clips = list({cache.path(sample): sample for sample in samples}.values())[rank::world_size]  # identical pixels once
+    missing = [sample for sample in clips if not _present(cache.check, sample, report)]
+    reused, encoded = len(clips) - len(missing), 0
+    if not missing:
+        return reused, encoded
+    if needs_image_loader and any(has_conditioning_image(s) for s in missing):
+        raise ValueError("some image-to-video samples name a conditioning image, but no load_conditioning_image was given")
+    encoder = load_encoder()
+
+    def stop(error: OSError, done: int) -> StorageError:
+        needed = needed_bytes(missing[done:]) if needed_bytes is not None else None
+        return _stop(error, cache.folder, what, needed, len(missing) - done, "clips")
+
+    try:
+        if encoder.identity != identity:
+            raise RuntimeError(f"{encoder_name} identity {encoder.identity} differs from the cache's {identity}")
+        encoder.to(device)
+        with _progress(len(missing), what.removeprefix("caching "), "clip", progress) as bar:
+            for done, sample in enumerate(missing):
+                try:
+                    entry = encode(encoder, sample)
+                except Exception as error:  # one unreadable clip must not cost the whole run
+                    if isinstance(error, OSError) and error.errno in DISK_FULL:  # ...but a full disk is no bad clip
+                        raise stop(error, done) from None
+                    log.error("could not cache %s%s (%s): %s", subject, sample.source.path, sample.bucket.key, error)
+                    report.failed.append((str(sample.source.path), str(error)))
+                    bar.update(1)
+                    continue
+                try:
+                    cache.save(sample, *entry)
+                except OSError as error:  # writing the cache failed: the disk, not the clip; stop, drop nothing
+                    raise stop(error, done) from None
+                encoded += 1
+                bar.update(1)
+    finally:
+        encoder.unload()
+    return reused, encoded
+
+
 def cache_latents(
     samples: Sequence[Sample],
     *,
@@ -144,45 +217,20 @@ def cache_latents(
 ) -> None:
     """Encode the samples missing from ``latent_cache``; a sample whose pixels fail to load is reported and skipped.
     With ``world_size`` > 1, only every ``world_size``-th unique clip from ``rank`` on."""
-    clips = list({latent_cache.path(sample): sample for sample in samples}.values())[rank::world_size]  # identical pixels once
-    missing = [sample for sample in clips if not _present(latent_cache.check, sample, report)]
-    report.latents_reused += len(clips) - len(missing)
-    if not missing:
-        return
-    if load_conditioning_image is None and any(has_conditioning_image(s) for s in missing):
-        raise ValueError("some image-to-video samples name a conditioning image, but no load_conditioning_image was given")
-    vae = load_vae()
-    try:
-        if vae.identity != latent_cache.vae_identity:
-            raise RuntimeError(f"VAE identity {vae.identity} differs from the cache's {latent_cache.vae_identity}")
-        vae.to(device)
-        with _progress(len(missing), "latents", "clip", progress) as bar:
-            for done, sample in enumerate(missing):
-                bucket = sample.bucket
-                try:
-                    pixels = _checked_pixels(load_pixels(sample), sample, (bucket.frames, bucket.height, bucket.width, 3))
-                    cond_latent = None
-                    if has_conditioning_image(sample):
-                        image = load_conditioning_image(sample)
-                        image = image.unsqueeze(0) if image.ndim == 3 else image
-                        image = _checked_pixels(image, sample, (1, bucket.height, bucket.width, 3))
-                        cond_latent = vae.encode(image).cpu()
-                    latents = vae.encode(pixels).cpu()
-                except Exception as error:  # one unreadable clip must not cost the whole run
-                    if isinstance(error, OSError) and error.errno in DISK_FULL:  # ...but a full disk is no bad clip
-                        raise _stop(error, latent_cache.folder, "caching latents", _latent_bytes(latent_cache, missing[done:]), len(missing) - done, "clips") from None
-                    log.error("could not cache %s (%s): %s", sample.source.path, bucket.key, error)
-                    report.failed.append((str(sample.source.path), str(error)))
-                    bar.update(1)
-                    continue
-                try:
-                    latent_cache.save(sample, latents, cond_latent)
-                except OSError as error:  # writing the cache failed: the disk, not the clip; stop, drop nothing
-                    raise _stop(error, latent_cache.folder, "caching latents", _latent_bytes(latent_cache, missing[done:]), len(missing) - done, "clips") from None
-                report.latents_encoded += 1
-                bar.update(1)
-    finally:
-        vae.unload()
+
+    def encode(vae, sample: Sample) -> tuple:
+        bucket = sample.bucket
+        pixels = _checked_pixels(load_pixels(sample), sample, (bucket.frames, bucket.height, bucket.width, 3))
+        cond_latent = vae.encode(_image_pixels(sample, load_conditioning_image)).cpu() if has_conditioning_image(sample) else None
+        return vae.encode(pixels).cpu(), cond_latent
+
+    reused, encoded = _encode_clips(
+        samples, cache=latent_cache, identity=latent_cache.vae_identity, encoder_name="VAE", load_encoder=load_vae, encode=encode,
+        needs_image_loader=load_conditioning_image is None, what="caching latents", subject="", device=device, report=report,
+        progress=progress, rank=rank, world_size=world_size, needed_bytes=lambda rest: _latent_bytes(latent_cache, rest),
+    )
+    report.latents_reused += reused
+    report.latents_encoded += encoded
 
 
 def cache_conditioning(
@@ -201,44 +249,23 @@ def cache_conditioning(
     """Encode the family's per-sample training conditioning (``ModelFamily.training_conditioning``)
     missing from ``conditioning_cache``, from each sample's conditioning image, else its clip's
     first frame. A sample whose pixels fail to load is reported and skipped."""
-    clips = list({conditioning_cache.path(sample): sample for sample in samples}.values())[rank::world_size]
-    missing = [sample for sample in clips if not _present(conditioning_cache.check, sample, report)]
-    report.conditioning_reused += len(clips) - len(missing)
-    if not missing:
-        return
-    if load_conditioning_image is None and any(has_conditioning_image(s) for s in missing):
-        raise ValueError("some image-to-video samples name a conditioning image, but no load_conditioning_image was given")
-    encoder = load_conditioner()
-    try:
-        if encoder.identity != conditioning_cache.identity:
-            raise RuntimeError(f"conditioning encoder identity {encoder.identity} differs from the cache's {conditioning_cache.identity}")
-        encoder.to(device)
-        with _progress(len(missing), "conditioning", "clip", progress) as bar:
-            for sample in missing:
-                bucket = sample.bucket
-                try:
-                    if has_conditioning_image(sample):
-                        image = load_conditioning_image(sample)
-                        image = image.unsqueeze(0) if image.ndim == 3 else image
-                    else:  # the clip's own first frame
-                        image = _checked_pixels(load_pixels(sample), sample, (bucket.frames, bucket.height, bucket.width, 3))[:1]
-                    image = _checked_pixels(image, sample, (1, bucket.height, bucket.width, 3))
-                    tensors = encoder.encode(image, bucket.frames)
-                except Exception as error:  # one unreadable clip must not cost the whole run
-                    if isinstance(error, OSError) and error.errno in DISK_FULL:  # ...but a full disk is no bad clip
-                        raise _stop(error, conditioning_cache.folder, "caching training conditioning", None, len(missing) - report.conditioning_encoded, "clips") from None
-                    log.error("could not cache the conditioning of %s (%s): %s", sample.source.path, bucket.key, error)
-                    report.failed.append((str(sample.source.path), str(error)))
-                    bar.update(1)
-                    continue
-                try:
-                    conditioning_cache.save(sample, tensors)
-                except OSError as error:  # the disk, not the clip: stop, drop nothing
-                    raise _stop(error, conditioning_cache.folder, "caching training conditioning", None, len(missing) - report.conditioning_encoded, "clips") from None
-                report.conditioning_encoded += 1
-                bar.update(1)
-    finally:
-        encoder.unload()
+
+    def encode(encoder, sample: Sample) -> tuple:
+        bucket = sample.bucket
+        if has_conditioning_image(sample):
+            image = _image_pixels(sample, load_conditioning_image)
+        else:  # the clip's own first frame
+            image = _checked_pixels(load_pixels(sample), sample, (bucket.frames, bucket.height, bucket.width, 3))[:1]
+        return (encoder.encode(image, bucket.frames),)
+
+    reused, encoded = _encode_clips(
+        samples, cache=conditioning_cache, identity=conditioning_cache.identity, encoder_name="conditioning encoder",
+        load_encoder=load_conditioner, encode=encode, needs_image_loader=load_conditioning_image is None,
+        what="caching training conditioning", subject="the conditioning of ", device=device, report=report,
+        progress=progress, rank=rank, world_size=world_size,
+    )
+    report.conditioning_reused += reused
+    report.conditioning_encoded += encoded
 
 
 def _latent_bytes(latent_cache: LatentCache, samples: Sequence[Sample]) -> int:
