@@ -27,6 +27,27 @@ log = logging.getLogger("frametuner.sampling")
 VALIDATION_DIR_NAME = "validation"
 
 
+def _with_family_defaults(settings, spec):
+    """A copy of a :class:`VideoSettings` or :class:`SampleRequest` with every unset size,
+    length, steps, guidance and fps taken from the family (the distilled steps/guidance with
+    ``distill``)."""
+    from dataclasses import replace
+
+    from ..models.family import DenoiseSettings
+
+    d = spec.defaults
+    denoise = DenoiseSettings(steps=settings.steps, guidance=settings.guidance, distill=settings.distill).resolved(d)
+    return replace(
+        settings,
+        height=d.height if settings.height is None else settings.height,
+        width=d.width if settings.width is None else settings.width,
+        num_frames=d.frames if settings.num_frames is None else settings.num_frames,
+        steps=denoise.steps,
+        guidance=denoise.guidance,
+        fps=d.fps if settings.fps is None else settings.fps,
+    )
+
+
 @dataclass(frozen=True)
 class VideoSettings:
     """How one video is sampled and written (the validation plumbing's one settings object).
@@ -45,21 +66,7 @@ class VideoSettings:
     distill: bool = False
 
     def resolved(self, spec) -> "VideoSettings":
-        from dataclasses import replace
-
-        from ..models.family import DenoiseSettings
-
-        d = spec.defaults
-        settings = DenoiseSettings(steps=self.steps, guidance=self.guidance, distill=self.distill).resolved(d)
-        return replace(
-            self,
-            height=d.height if self.height is None else self.height,
-            width=d.width if self.width is None else self.width,
-            num_frames=d.frames if self.num_frames is None else self.num_frames,
-            steps=settings.steps,
-            guidance=settings.guidance,
-            fps=d.fps if self.fps is None else self.fps,
-        )
+        return _with_family_defaults(self, spec)
 
     def record(self) -> dict:
         """The settings a validation record stores."""
@@ -101,21 +108,7 @@ class SampleRequest:
     def resolved(self, spec) -> "SampleRequest":
         """A copy with every unset setting taken from the family (``spec.defaults``; the
         distilled steps/guidance with ``distill``)."""
-        from dataclasses import replace
-
-        from ..models.family import DenoiseSettings
-
-        d = spec.defaults
-        settings = DenoiseSettings(steps=self.steps, guidance=self.guidance, distill=self.distill).resolved(d)
-        return replace(
-            self,
-            height=d.height if self.height is None else self.height,
-            width=d.width if self.width is None else self.width,
-            num_frames=d.frames if self.num_frames is None else self.num_frames,
-            steps=settings.steps,
-            guidance=settings.guidance,
-            fps=d.fps if self.fps is None else self.fps,
-        )
+        return _with_family_defaults(self, spec)
 
 
 @dataclass
