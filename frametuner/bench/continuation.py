@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from .results import REPO, append_row, cuda_time, git_commit, start_section
+from .results import REPO, append_row, git_commit, start_section, timed
 
 TEXT_LENGTH, VALID_TOKENS = 512, 120
 CASE = (480, 832, 93)
@@ -70,16 +70,7 @@ def _peak_gb() -> float:
 
 
 def _timed(fn, warmup: int, iters: int) -> list[float]:
-    if _on_cuda():
-        return cuda_time(fn, warmup, iters)
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return times
+    return timed(fn, warmup, iters, _on_cuda())
 
 
 def _device_name() -> str:

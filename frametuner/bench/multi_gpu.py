@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from .results import REPO, append_row, cuda_time, git_commit, start_section
+from .results import REPO, append_row, git_commit, start_section, timed
 from .train_step import OneBatch, bench_config, latent_grid, parse_case, text_inputs
 
 DEFAULT_CASES = ["480x832x93", "704x1280x93"]
@@ -144,20 +144,6 @@ def worker(args) -> int:
 def synchronize(cuda: bool) -> None:
     if cuda:
         torch.cuda.synchronize()
-
-
-def timed(fn, warmup: int, iters: int, cuda: bool) -> list[float]:
-    """Seconds per call after warm-up: CUDA events on a GPU, the wall clock otherwise."""
-    if cuda:
-        return cuda_time(fn, warmup, iters)
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return times
 
 
 # ---------------------------------------------------------------------- orchestration

@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -32,6 +33,20 @@ def cuda_time(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]:
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / 1000.0)
+    return times
+
+
+def timed(fn: Callable[[], Any], warmup: int, iters: int, cuda: bool) -> list[float]:
+    """Seconds per call after warm-up: CUDA events on a GPU (:func:`cuda_time`), the wall clock otherwise."""
+    if cuda:
+        return cuda_time(fn, warmup, iters)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
     return times
 
 

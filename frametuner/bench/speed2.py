@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from .results import REPO, append_row, cuda_time, git_commit, start_section
+from .results import REPO, append_row, git_commit, start_section, timed
 
 PARTS = "fabcde"
 COLUMNS = ("part", "case", "kind", "mode", "s/step", "peak GB", "floor s", "s/floor", "notes")
@@ -90,14 +90,7 @@ def _peak_gb() -> float | None:
 
 
 def _timed(fn, iters: int) -> list[float]:
-    if _on_cuda():
-        return cuda_time(fn, 0, iters)
-    times = []
-    for _ in range(iters):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return times
+    return timed(fn, 0, iters, _on_cuda())
 
 
 def _timed_until(fn, iters: int, deadline: float) -> list[float]:
