@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..training.events import EVENTS_FILE, is_superseded, read_events, restart_step
+from ..training.events import EVENTS_FILE, is_superseded, parse_events_tolerant, read_events, restart_step
 from .paths import relative_to_job
 
 def read_events_tolerant(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
@@ -20,15 +19,7 @@ def read_events_tolerant(path: Path, offset: int) -> tuple[list[dict[str, Any]],
         handle.seek(offset)
         data = handle.read()
     end = data.rfind(b"\n") + 1
-    events = []
-    for line in data[:end].decode("utf-8", errors="replace").splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-    return events, offset + end
+    return parse_events_tolerant(data[:end]), offset + end
 
 
 STEP_FIELDS = ("step", "loss", "loss_smoothed", "lr", "s_per_step", "eta_s", "grad_norm", "peak_gb")

@@ -94,12 +94,18 @@ def read_run(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
+    return supersede(parse_events_tolerant(path.read_bytes()))
+
+
+def parse_events_tolerant(data: bytes) -> list[dict]:
+    """The events in whole or partial ``events.jsonl`` bytes; a damaged line (a launch killed
+    mid-write, then resumed) is skipped, not fatal."""
     events = []
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+    for line in data.decode("utf-8", errors="replace").splitlines():
         try:
             event = json.loads(line)
         except ValueError:
             continue
         if isinstance(event, dict):
             events.append(event)
-    return supersede(events)
+    return events
