@@ -49,7 +49,7 @@ def check_fp8_compute_supported(device: torch.device | str) -> None:
             "remove fp8_compute (bf16 compute)"
         )
     if not _installed("torchao"):
-        raise MemoryOptionError("fp8_compute needs torchao (its float8 kernels and scaling): pip install torchao (or frametuner[quant])")
+        raise MemoryOptionError("fp8_compute needs torchao (its float8 kernels and scaling): pip install torchao (or frametuner[fp8])")
 
 
 def float8_config(scaling: str = "rowwise", *, emulate: bool = False):
