@@ -151,7 +151,24 @@ def _build(depth: int | None = None):
     return spec, spec.initialise_random(model.to_empty(device=DEVICE))
 
 
-FP8_SCALING = "rowwise"  # --fp8-scaling
+FP8_SCALING = "rowwise"  # --fp8-scaling (its first entry: b, c, e)
+D_SCALINGS: list[str] = []  # --fp8-scaling's entries: (d) times each
+PROFILE = False  # --profile
+
+
+def _profiled(fn) -> dict:
+    """With --profile on CUDA: one more call of ``fn`` under the profiler, summarised
+    (``profile`` and its one-line form ``profile_line``) for the row; else nothing."""
+    if not (PROFILE and _on_cuda()):
+        return {}
+    from .kernel_profile import one_line, profile_call
+
+    try:
+        summary = profile_call(fn)
+    except Exception as error:  # a profile is a diagnostic: never lose the row for it
+        return {"profile_error": repr(error)[:300]}
+    print(json.dumps({"profile": summary}), flush=True)
+    return {"profile": summary, "profile_line": one_line(summary)}
 
 
 def _fp8(model, scaling: str | None = None) -> int:
@@ -232,7 +249,8 @@ class Report:
         s, peak, floor = row.get("s_per_step"), row.get("peak_gb"), row.get("floor_s")
         cells = [
             part, row["case"], kind, mode, f"{s:.3f}" if s is not None else "", f"{peak:.1f}" if peak is not None else "",
-            f"{floor:.3f}" if floor else "", f"{s / floor:.2f}" if (s and floor) else "", row.get("notes", ""),
+            f"{floor:.3f}" if floor else "", f"{s / floor:.2f}" if (s and floor) else "",
+            row.get("notes", "") + (f"; {row['profile_line']}" if row.get("profile_line") else ""),
         ]
         append_row(row, cells, self.results_dir)
         return row
@@ -280,6 +298,7 @@ def part_ab(report: Report, rates: _Rates, parts: str, iters: int, deadline_a: f
     try:
         if "a" in parts:
             result = bench_train_steps(trainer, batch, iters, deadline_a)
+            result.update(_profiled(lambda: trainer.step(batch)))
             floor = _floor("train", ceilings, CASE, result["saved_attention_blocks"] / result["blocks"])
             notes = (f"default config ({result['memory_mode']}); attention saved in {result['saved_attention_blocks']}/{result['blocks']} blocks; "
                      f"activation offload {'on' if result['activation_offload'] else 'off'}{' (auto)' if result['activation_offload_auto'] else ''}; "
@@ -297,6 +316,7 @@ def part_ab(report: Report, rates: _Rates, parts: str, iters: int, deadline_a: f
             _reset_peak()
             times = _timed_until(lambda: trainer.step(batch), iters, deadline)
             result = dict(times=times, s_per_step=statistics.median(times), peak_gb=_peak_gb(), first_step_s=first, fp8_layers=converted, **_train_state(trainer))
+            result.update(_profiled(lambda: trainer.step(batch)))
             floor = _floor("train", ceilings, CASE, result["saved_attention_blocks"] / result["blocks"])
             notes = (f"default config + fp8_compute ({FP8_SCALING}, {converted} frozen Linears); attention saved in {result['saved_attention_blocks']}/{result['blocks']} blocks "
                      f"(the plan of a); first step {first:.0f} s (compile); floor = the bf16 floor")
@@ -391,30 +411,36 @@ def part_de(report: Report, rates: _Rates, parts: str, iters: int, state: dict) 
     floor = _floor("sample", ceilings, CASE, batch=2)
     text, mask = _text(2, model.config.caption_channels)
     latents = torch.randn(1, spec.geometry.channels, t, h, w, device=DEVICE)
-    mode = "bf16"
+    mode, mode_scaling = "bf16", None
     with torch.no_grad():
         if "d" in parts:
             results = {}
-            for variant in ("bf16", "fp8_compute"):
+            scalings = D_SCALINGS or [FP8_SCALING]
+            for variant, scaling in [("bf16", None)] + [("fp8_compute", scaling) for scaling in scalings]:
                 if time.perf_counter() + 30 > state["deadline"]:
                     report.emit("d", "sample_cfg", variant, CASE, skipped="not enough time left", notes="skipped: not enough time left")
                     break
                 try:
                     extra = {}
                     if variant == "fp8_compute":
-                        extra["fp8_layers"] = _fp8(model)
-                        extra["fp8_scaling"] = FP8_SCALING
+                        if mode == "fp8_compute":  # an earlier scaling: back to plain Linears first
+                            _unconvert_fp8(model)
+                        extra["fp8_layers"] = _fp8(model, scaling)
+                        extra["fp8_scaling"] = scaling
                         _reset_compiled()
                     step = _sample_step(spec, model, latents, text, mask)
                     _reset_peak()
                     _, first = _wall(step)
                     times = _timed(step, iters)
-                    mode = variant
+                    mode, mode_scaling = variant, scaling
                     results[variant] = statistics.median(times)
                     notes = f"batch 2 (CFG), {'compiled' if _on_cuda() else 'eager'}; first step {first:.0f} s"
                     if variant == "fp8_compute":
-                        notes += f"; {FP8_SCALING} scales" + (f"; {results['bf16'] / results[variant]:.2f}x bf16" if "bf16" in results else "")
-                    report.emit("d", "sample_cfg", variant, CASE, s_per_step=results[variant], times=times, peak_gb=_peak_gb(), floor_s=floor, first_step_s=first, notes=notes, **extra)
+                        notes += f"; {scaling} scales" + (f"; {results['bf16'] / results[variant]:.2f}x bf16" if "bf16" in results else "")
+                    peak = _peak_gb()
+                    extra.update(_profiled(step))
+                    label = variant if scaling in (None, "rowwise") else f"{variant}-{scaling}"
+                    report.emit("d", "sample_cfg", label, CASE, s_per_step=results[variant], times=times, peak_gb=peak, floor_s=floor, first_step_s=first, notes=notes, **extra)
                 except Exception as error:
                     traceback.print_exc()
                     report.emit("d", "sample_cfg", variant, CASE, error=repr(error)[:500], notes=f"failed: {repr(error)[:200]}")
@@ -426,8 +452,8 @@ def part_de(report: Report, rates: _Rates, parts: str, iters: int, state: dict) 
             try:
                 if "d" not in parts and state.get("e_mode", "fp8_compute") == "fp8_compute":
                     _fp8(model)  # (e) alone: the fast path, as a run with fp8_compute validates
-                    mode = "fp8_compute"
-                bench_distilled_validation(report, spec, model, text, mask, mode)
+                    mode, mode_scaling = "fp8_compute", FP8_SCALING
+                bench_distilled_validation(report, spec, model, text, mask, mode, mode_scaling)
             except Exception as error:
                 traceback.print_exc()
                 report.emit("e", "validation_video", mode, CASE, error=repr(error)[:500], notes=f"failed: {repr(error)[:200]}")
@@ -482,7 +508,7 @@ def _random_vae(dtype):
     return VideoVAE(vae, identity="random-wan-vae", dtype=dtype)
 
 
-def bench_distilled_validation(report: Report, spec, model, text, mask, mode: str) -> None:
+def bench_distilled_validation(report: Report, spec, model, text, mask, mode: str, scaling: str | None = None) -> None:
     from ..lora import apply_lora
     from ..models.family import TextConditioning
     from ..sampling import denoise, render_validation
@@ -520,7 +546,7 @@ def bench_distilled_validation(report: Report, spec, model, text, mask, mode: st
         steps=resolved.steps, guidance=resolved.guidance, warmup_s=warmup_s, decode_s=decode_s, lora_apply_s=lora_s, vae_load_s=vae_load_s,
         video=str(outputs.video) if outputs is not None else None,
         notes=(f"{frames}-frame video: {total:.1f} s (denoise {resolved.steps} steps, guidance {resolved.guidance:g}, distilled schedule, + VAE decode "
-               f"~{decode_s:.1f} s + mp4); random rank-{DISTILL_RANK} distill LoRA stacked; {mode}{f' ({FP8_SCALING})' if mode != 'bf16' else ''}; compile warm-up {warmup_s:.0f} s apart (goal <= 75 s)"),
+               f"~{decode_s:.1f} s + mp4); random rank-{DISTILL_RANK} distill LoRA stacked; {mode}{f' ({scaling})' if scaling else ''}; compile warm-up {warmup_s:.0f} s apart (goal <= 75 s)"),
     )
     del vae
 
@@ -572,8 +598,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=540.0, help="whole run; a part that cannot start in time is skipped with a row")
     parser.add_argument("--iters", type=int, default=3, help="timed steps per measurement (after warm-up)")
     parser.add_argument("--quality-batches", type=int, default=5)
-    parser.add_argument("--fp8-scaling", choices=["rowwise", "tensorwise"], default="rowwise", help="fp8_compute_scaling of b, c, d, e")
+    parser.add_argument("--fp8-scaling", default="rowwise", help="fp8_compute_scaling of b, c, e (rowwise or tensorwise); a list (rowwise,tensorwise): d times each, b, c, e use the first")
     parser.add_argument("--e-mode", choices=["fp8_compute", "bf16"], default="fp8_compute", help="(e) without (d): the validation video's compute (with d: d's last mode)")
+    parser.add_argument("--profile", action="store_true", help="a, b, d: profile one more step and add where its GPU time goes to the row (frametuner/bench/kernel_profile.py)")
     parser.add_argument("--results-dir", default=str(REPO / "bench"))
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -585,8 +612,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; choose from {','.join(PARTS)}")
     started = time.perf_counter()
-    global FP8_SCALING
-    FP8_SCALING = args.fp8_scaling
+    global FP8_SCALING, PROFILE, D_SCALINGS
+    D_SCALINGS = [value.strip() for value in args.fp8_scaling.split(",") if value.strip()]
+    if not D_SCALINGS or set(D_SCALINGS) - {"rowwise", "tensorwise"}:
+        parser.error("--fp8-scaling: rowwise, tensorwise or both (comma-separated)")
+    FP8_SCALING = D_SCALINGS[0]
+    PROFILE = args.profile
     state = {"deadline": started + args.budget_s, "e_mode": args.e_mode}
     command = "python bench/speed2.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report = Report(Path(args.results_dir), command)
