@@ -64,23 +64,38 @@ SDPA_KERNELS = ("auto", "flash", "cudnn", "efficient", "math")
 
 
 def _sdpa_backends(name: str):
+    """The fused SDPA kernels of one ``sdpa_kernel`` name, first preferred (``set_priority``)."""
     from torch.nn.attention import SDPBackend
 
     return {
         "flash": [SDPBackend.FLASH_ATTENTION],
-        "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION],
+        # cuDNN first, then torch's own order for what cuDNN cannot serve.
+        "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
         "efficient": [SDPBackend.EFFICIENT_ATTENTION],
         "math": [SDPBackend.MATH],
     }[name]
 
 
+def auto_sdpa_kernel(device: torch.device) -> str | None:
+    """What ``sdpa_kernel: auto`` prefers on ``device``: cuDNN's attention on Hopper (sm90),
+    where it runs the DiT's 37k-token self-attention at ~590 TFLOP/s forward against flash's
+    ~370 (the ceilings every bench run measures, bench/NOTES.md), and torch's default order
+    (flash first) elsewhere (None). torch ranks cuDNN last by default, so without this the
+    eager sampler ran flash. Constant-folded under torch.compile."""
+    if device.type != "cuda":
+        return None
+    return "cudnn" if torch.cuda.get_device_properties(device).major == 9 else None
+
+
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, settings: "AttentionSettings | None" = None, **_: object) -> torch.Tensor:
     kernel = settings.sdpa_kernel if settings is not None else "auto"
-    if kernel == "auto" or q.device.type != "cuda":
+    if kernel == "auto":
+        kernel = auto_sdpa_kernel(q.device)
+    if kernel is None or q.device.type != "cuda":
         return F.scaled_dot_product_attention(q, k, v)
     from torch.nn.attention import sdpa_kernel
 
-    with sdpa_kernel(_sdpa_backends(kernel)):
+    with sdpa_kernel(_sdpa_backends(kernel), set_priority=True):
         return F.scaled_dot_product_attention(q, k, v)
 
 

@@ -1,0 +1,43 @@
+"""Which fused SDPA kernel dense self-attention prefers (``sdpa_kernel``), and that the
+preferred one computes the same attention."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend
+
+from frametuner.models.longcat_video.attention import AttentionSettings, _sdpa_backends, auto_sdpa_kernel, sdpa_attention
+
+
+def test_cudnn_is_first_and_falls_back_to_torchs_order():
+    assert _sdpa_backends("cudnn") == [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    assert _sdpa_backends("flash") == [SDPBackend.FLASH_ATTENTION]
+
+
+def test_auto_leaves_the_cpu_to_torch():
+    assert auto_sdpa_kernel(torch.device("cpu")) is None
+    q, k, v = (torch.randn(1, 2, 16, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    torch.testing.assert_close(sdpa_attention(q, k, v, settings=AttentionSettings()), F.scaled_dot_product_attention(q, k, v), rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kernel", ["auto", "cudnn", "flash"])
+def test_every_kernel_choice_is_the_same_attention_on_cuda(kernel):
+    """bf16 forward and input gradients of each choice (auto: cuDNN on Hopper) against the
+    float32 math kernel, at a LongCat head size (128) and an odd token count."""
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 1560, 128, device="cuda", generator=generator) for _ in range(3))
+    grad = torch.randn(1, 4, 1560, 128, device="cuda", generator=generator)
+    reference = [t.clone().requires_grad_() for t in (q, k, v)]
+    with torch.nn.attention.sdpa_kernel(SDPBackend.MATH):
+        F.scaled_dot_product_attention(*reference).backward(grad)
+        expected = F.scaled_dot_product_attention(*reference).detach()
+    inputs = [t.to(torch.bfloat16).requires_grad_() for t in (q, k, v)]
+    out = sdpa_attention(*inputs, settings=AttentionSettings(sdpa_kernel=kernel))
+    out.backward(grad.to(torch.bfloat16))
+    torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
+    for got, want in zip(inputs, reference):
+        torch.testing.assert_close(got.grad.float(), want.grad, atol=3e-2, rtol=3e-2)
