@@ -15,4 +15,8 @@ download "${TORCHAO_SPEC:-torchao==0.16.0}"
 mkdir -p .whl/extra
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${platforms[@]}" -d .whl/extra \
   pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+# pytest for the GPU-marked tests (tests/*_gpu.py, @pytest.mark.gpu): installed only if missing.
+mkdir -p .whl/test
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${platforms[@]}" -d .whl/test \
+  pytest==8.4.2 iniconfig==2.1.0 pluggy==1.6.0
 ls -la .whl
