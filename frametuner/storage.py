@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import errno
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+# Errors of the disk, not of what is written: a write that meets one stops with a StorageError.
+DISK_ERRORS = DISK_FULL | {errno.EROFS}
 
 
 class StorageError(RuntimeError):
@@ -72,3 +75,17 @@ def storage_error(error: OSError, folder: str | Path, *, needed: int | None, wha
         cause = f"cannot write ({error.strerror or error}{f': {error.filename}' if error.filename else ''})"
     message = f"{cause} while {what} in {folder}: {amount}; {fix}"
     return StorageError(message, folder=folder, needed=needed, free=free, errno_=error.errno)
+
+
+@contextmanager
+def disk_errors(folder: str | Path, what: str, fix: str = "free some space (or write elsewhere) and run again"):
+    """Turn a disk's error (full, quota, read-only) inside the block into one
+    :class:`StorageError` line; any other error passes unchanged."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as error:
+        if error.errno in DISK_ERRORS:
+            raise storage_error(error, folder, needed=None, what=what, fix=fix) from error
+        raise

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..storage import disk_errors
 from .denoising import denoise
 from .pipeline import SampleOutputs, condition_image, encode_prompts, free_memory, initial_noise, load_denoiser
 from .video import temporary_beside, write_contact_sheet, write_video
@@ -157,15 +158,16 @@ class SegmentFolderMismatch(ValueError):
 
 
 def _atomic_write_bytes(path: Path, write) -> None:
-    temporary = temporary_beside(path)
-    try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with disk_errors(path.parent, f"writing the segment file {path.name}"):
+        temporary = temporary_beside(path)
+        try:
+            with open(temporary, "wb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
 
 
 @dataclass

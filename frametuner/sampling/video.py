@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..storage import disk_errors
+
 DEFAULT_CRF = 18  # upstream writes its demos with libx264 at crf 18
 
 
@@ -50,20 +52,21 @@ def write_video(frames, path: str | Path, *, fps: float = 15, crf: int = DEFAULT
         raise ValueError(f"crf must be in 0..51 (lower = better quality), got {crf}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_beside(path)
-    try:
-        # faststart moves the index to the front so a browser can start playing before the end arrives.
-        with av.open(str(temporary), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf)}
-            for frame in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            container.mux(stream.encode(None))
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with disk_errors(path.parent, f"writing the video {path.name}"):
+        temporary = temporary_beside(path)
+        try:
+            # faststart moves the index to the front so a browser can start playing before the end arrives.
+            with av.open(str(temporary), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+                stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+                stream.width, stream.height = frames.shape[2], frames.shape[1]
+                stream.pix_fmt = "yuv420p"
+                stream.options = {"crf": str(crf)}
+                for frame in frames:
+                    container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+                container.mux(stream.encode(None))
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
     return path
 
 
@@ -157,10 +160,11 @@ def write_contact_sheet(frames, path: str | Path, **kwargs) -> Path:
     """Write :func:`contact_sheet` as a PNG (atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_beside(path)
-    try:
-        contact_sheet(frames, **kwargs).save(temporary, format="PNG")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with disk_errors(path.parent, f"writing the contact sheet {path.name}"):
+        temporary = temporary_beside(path)
+        try:
+            contact_sheet(frames, **kwargs).save(temporary, format="PNG")
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
     return path

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..storage import disk_errors
+
 EVENTS_FILE = "events.jsonl"
 SUPERSEDED = ("step", "validation")  # events a later launch redoes after its resume step
 
@@ -42,10 +44,11 @@ class EventLog:
         if not self.enabled:
             return
         line = json.dumps({"event": event, "time": time.time(), **fields}, default=str)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        with disk_errors(self.path.parent, "appending to the run's event log"):
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
 
 
 def read_events(path: str | Path, offset: int = 0) -> tuple[list[dict], int]:
