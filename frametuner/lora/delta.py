@@ -69,7 +69,7 @@ class LowRankDelta:
         blocks = self.up.reshape(parts, self.out_features // parts, parts, self.rank // parts)
         linked = blocks.abs().amax(dim=(1, 3)) != 0  # [out part, rank chunk]
         # An all-zero up (a fresh LoRA) is read as shared, keeping its rank.
-        return bool(linked.any()) and not (linked & ~torch.eye(parts, dtype=torch.bool)).any().item()
+        return bool(linked.any()) and not (linked & ~torch.eye(parts, dtype=torch.bool, device=linked.device)).any().item()
 
     def split(self, parts: int) -> list["LowRankDelta"]:
         """Exactly ``parts`` deltas, one per equal slice of the output rows.

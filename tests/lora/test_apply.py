@@ -120,3 +120,14 @@ def test_fixture_lora_reads_as_documented():
     qkv = weights.deltas["blocks.0.attn.qkv"]
     assert (qkv.rank, qkv.in_features, qkv.out_features) == (12, 256, 768)
     assert qkv.block_diagonal(3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_lora_whose_weights_are_on_the_gpu_applies():
+    """speed2's distilled validation stacks a LoRA made on the GPU: the per-part layout check
+    (block_diagonal) built its mask on the CPU and failed there."""
+    weights = read_lora(UPSTREAM_LORA)
+    qkv = weights.deltas["blocks.0.attn.qkv"]
+    on_gpu = LowRankDelta(qkv.down.cuda(), qkv.up.cuda(), qkv.scale)
+    assert on_gpu.block_diagonal(3)
