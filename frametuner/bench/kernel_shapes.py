@@ -39,6 +39,10 @@ def _qkv(batch: int, tokens: int, layout: str, requires_grad: bool):
         q, k = (torch.randn(batch, tokens, HEADS, HEAD_DIM, **opts).transpose(1, 2) for _ in range(2))
         qkv = torch.randn(batch, tokens, 3, HEADS, HEAD_DIM, **opts)
         return [q, k, qkv[:, :, 2].transpose(1, 2)]
+    if layout == "v_view":  # q, k contiguous per head (a compiled RoPE's output), v a view of qkv
+        q, k = (torch.randn(batch, HEADS, tokens, HEAD_DIM, **opts) for _ in range(2))
+        qkv = torch.randn(batch, tokens, 3, HEADS, HEAD_DIM, **opts)
+        return [q, k, qkv[:, :, 2].transpose(1, 2)]
     raise ValueError(layout)
 
 
@@ -51,7 +55,7 @@ def attention_rows(tokens: int, iters: int, kernel: str) -> list[dict]:
     backends = _sdpa_backends(kernel)[:1]
     for batch in (1, 2):
         flops = 4 * batch * tokens * tokens * HEAD_DIM * HEADS
-        for layout in ("bhnd", "bnhd", "qkv_view"):
+        for layout in ("bhnd", "bnhd", "qkv_view", "v_view"):
             q, k, v = _qkv(batch, tokens, layout, requires_grad=False)
             with torch.no_grad(), sdpa_kernel(backends):
                 s = statistics.median(cuda_time(lambda: F.scaled_dot_product_attention(q, k, v), 2, iters))
