@@ -231,6 +231,8 @@ def _floor(kind: str, rates: dict | None, case, saved_fraction: float = 0.0, bat
 
 
 class Report:
+    qkv_layout = "as_is"  # --qkv-layout, recorded in every row
+
     def __init__(self, results_dir: Path, command: str):
         self.results_dir = results_dir
         self.date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -243,7 +245,7 @@ class Report:
 
     def emit(self, part: str, kind: str, mode: str, case, **fields) -> dict:
         row = dict(part=part, case=_case_name(case) if not isinstance(case, str) else case, kind=kind, mode=mode, device=_device_name(),
-                   torch=torch.__version__, date=self.date, git_commit=git_commit(), **fields)
+                   torch=torch.__version__, date=self.date, git_commit=git_commit(), qkv_layout=self.qkv_layout, **fields)
         self.rows.append(row)
         print(json.dumps(row), flush=True)
         s, peak, floor = row.get("s_per_step"), row.get("peak_gb"), row.get("floor_s")
@@ -601,8 +603,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fp8-scaling", default="rowwise", help="fp8_compute_scaling of b, c, e (rowwise or tensorwise); a list (rowwise,tensorwise): d times each, b, c, e use the first")
     parser.add_argument("--e-mode", choices=["fp8_compute", "bf16"], default="fp8_compute", help="(e) without (d): the validation video's compute (with d: d's last mode)")
     parser.add_argument("--profile", action="store_true", help="a, b, d: profile one more step and add where its GPU time goes to the row (frametuner/bench/kernel_profile.py)")
+    parser.add_argument("--qkv-layout", choices=["as_is", "contiguous"], default=None,
+                        help="hand SDPA q, k, v as the model makes them or contiguous per head (default: the model's default)")
     parser.add_argument("--results-dir", default=str(REPO / "bench"))
     args = parser.parse_args(argv)
+    from ..models.longcat_video import attention as _attention
+
+    if args.qkv_layout is not None:
+        _attention.SDPA_CONTIGUOUS_INPUTS = args.qkv_layout == "contiguous"
+    Report.qkv_layout = "contiguous" if _attention.SDPA_CONTIGUOUS_INPUTS else "as_is"
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     if _on_cuda() and not torch.cuda.is_available():
         print("this benchmark needs a CUDA GPU", file=sys.stderr)

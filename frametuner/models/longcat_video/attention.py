@@ -87,12 +87,20 @@ def auto_sdpa_kernel(device: torch.device) -> str | None:
     return "cudnn" if torch.cuda.get_device_properties(device).major == 9 else None
 
 
+# Hand the fused kernel q, k, v contiguous per head ([B, heads, N, D] in memory) instead of
+# RoPE's [B, N, heads, D] output and v's strided view of the qkv projection. A module switch
+# so bench/speed2.py can time both in one run (--qkv-layout).
+SDPA_CONTIGUOUS_INPUTS = False
+
+
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, settings: "AttentionSettings | None" = None, **_: object) -> torch.Tensor:
     kernel = settings.sdpa_kernel if settings is not None else "auto"
     if kernel == "auto":
         kernel = auto_sdpa_kernel(q.device)
     if kernel is None or q.device.type != "cuda":
         return F.scaled_dot_product_attention(q, k, v)
+    if SDPA_CONTIGUOUS_INPUTS:
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     from torch.nn.attention import sdpa_kernel
 
     with sdpa_kernel(_sdpa_backends(kernel), set_priority=True):
