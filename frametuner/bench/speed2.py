@@ -171,14 +171,27 @@ def _profiled(fn) -> dict:
     return {"profile": summary, "profile_line": one_line(summary)}
 
 
-def _fp8(model, scaling: str | None = None) -> int:
-    """fp8 compute on ``model``: the trainer's/sampler's own call on CUDA; emulated on a CPU (smoke test)."""
+def _fp8(model, scaling: str | None = None, include=None) -> int:
+    """fp8 compute on ``model``: the trainer's/sampler's own call on CUDA; emulated on a CPU
+    (smoke test). ``include``: only these layers (c's breakdown), torchao's conversion directly."""
     scaling = scaling or FP8_SCALING
-    from ..memory.fp8 import convert_to_fp8_compute, enable_fp8_compute
+    from ..memory.fp8 import check_fp8_compute_supported, convert_to_fp8_compute, enable_fp8_compute
 
-    if _on_cuda():
+    if include is None and _on_cuda():
         return enable_fp8_compute(model, DEVICE, scaling=scaling)
-    return convert_to_fp8_compute(model, scaling, emulate=True)
+    if _on_cuda():
+        check_fp8_compute_supported(DEVICE)
+    return convert_to_fp8_compute(model, scaling, emulate=not _on_cuda(), include=include)
+
+
+# (c): which layers run float8, by their names inside a block: all of them (fp8_compute), then
+# groups, to show where the error comes from.
+QUALITY_VARIANTS = {
+    "all": None,
+    "ffn": lambda name: name.startswith("ffn."),
+    "attention": lambda name: name.startswith(("attn.", "cross_attn.")),
+    "all_but_ffn.w2": lambda name: not name.startswith("ffn.w2"),
+}
 
 
 def _reset_compiled() -> None:
@@ -378,21 +391,37 @@ def part_c(report: Report, batches: int = 5) -> None:
 
     from torch import _dynamo
 
+    from ..memory.fp8 import revert_fp8_compute
+
+    def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+        # float64: torch's float32 cosine_similarity over tens of millions of entries drifts past 1
+        a, b = a.double(), b.double()
+        return (a @ b / (a.norm() * b.norm())).item()
+
+    from ..memory.fp8 import converts_to_fp8
+
+    eligible = {name: module.in_features * module.out_features for name, module in model.blocks[0].named_modules() if converts_to_fp8(module, name)}
     with _dynamo.config.patch(disable=True):  # eager: both modes run the same kernels apart from the matmuls
         reference, bf16_s = _wall(run)
-        converted = _fp8(model)
-        fp8, fp8_s = _wall(run)
-    errors = [((p8 - p).norm() / p.norm()).item() for (p, _), (p8, _) in zip(reference, fp8)]
-    cosines = [torch.nn.functional.cosine_similarity(g8, g, dim=0).item() for (_, g), (_, g8) in zip(reference, fp8)]
-    report.emit(
-        "c", "fp8_quality", f"fp8_compute-{FP8_SCALING}-eager", QUALITY_CASE, output_rel_l2=errors, grad_cosine=cosines,
-        output_rel_l2_mean=statistics.mean(errors), output_rel_l2_max=max(errors), grad_cosine_mean=statistics.mean(cosines),
-        grad_cosine_min=min(cosines), fp8_layers=converted, bf16_s=bf16_s, fp8_s=fp8_s,
-        notes=(f"{batches} random batches (noise, sigma, text), same weights, LoRA rank 16 random non-zero: DiT output rel. L2 error "
-               f"mean {statistics.mean(errors):.4f} max {max(errors):.4f}; LoRA gradient cosine mean {statistics.mean(cosines):.5f} min {min(cosines):.5f} "
-               f"(goal <= 0.03, >= 0.99); eager {QUALITY_CASE[2]} frames to save time"),
-    )
-    del model, lora, reference, fp8
+        for variant, include in QUALITY_VARIANTS.items():
+            converted = _fp8(model, include=include)
+            fp8, fp8_s = _wall(run)
+            share = sum(size for name, size in eligible.items() if include is None or include(name)) / sum(eligible.values())
+            revert_fp8_compute(model)
+            errors = [((p8 - p).norm() / p.norm()).item() for (p, _), (p8, _) in zip(reference, fp8)]
+            cosines = [cosine(g8, g) for (_, g), (_, g8) in zip(reference, fp8)]
+            mode = f"fp8_compute-{FP8_SCALING}-eager" + ("" if include is None else f"-{variant}")
+            report.emit(
+                "c", "fp8_quality", mode, QUALITY_CASE, output_rel_l2=errors, grad_cosine=cosines, layers=variant,
+                output_rel_l2_mean=statistics.mean(errors), output_rel_l2_max=max(errors), grad_cosine_mean=statistics.mean(cosines),
+                grad_cosine_min=min(cosines), fp8_layers=converted, fp8_gemm_share=share, bf16_s=bf16_s, fp8_s=fp8_s,
+                notes=(f"{variant} ({converted} Linears, {share:.0%} of the block GEMM FLOPs in float8); {batches} random batches (noise, sigma, text), "
+                       f"same weights, LoRA rank 16 random non-zero: DiT output rel. L2 error mean {statistics.mean(errors):.4f} max {max(errors):.4f}; "
+                       f"LoRA gradient cosine (float64) mean {statistics.mean(cosines):.5f} min {min(cosines):.5f} (goal <= 0.03, >= 0.99); "
+                       f"eager {QUALITY_CASE[2]} frames to save time"),
+            )
+            del fp8
+    del model, lora, reference
     _reset_compiled()
 
 
@@ -556,11 +585,19 @@ def bench_distilled_validation(report: Report, spec, model, text, mask, mode: st
 # ---------------------------------------------------------------------- f: compile once
 def compile_once_child(case, depth: int) -> None:
     """Subprocess body: build, train one compiled step, print the time since the process started, exit."""
+    from torch._dynamo.utils import counters
+
+    phases = {"imports_s": time.perf_counter() - STARTED}
     spec, model = _build(depth=depth)
+    _sync()
+    phases["build_s"] = time.perf_counter() - STARTED - sum(phases.values())
     trainer, batch = _trainer(spec, model, Path(tempfile.mkdtemp(prefix="speed2-child-")), case, compile_transformer=_on_cuda())
+    phases["trainer_s"] = time.perf_counter() - STARTED - sum(phases.values())
     trainer.step(batch)
     _sync()
-    print("STEP1_DONE " + json.dumps({"child_s": time.perf_counter() - STARTED}), flush=True)
+    phases["step1_s"] = time.perf_counter() - STARTED - sum(phases.values())
+    caches = {f"{group}.{key}": value for group in ("inductor", "aot_autograd") for key, value in counters[group].items() if "cache" in key}
+    print("STEP1_DONE " + json.dumps({"child_s": time.perf_counter() - STARTED, **phases, "caches": caches}), flush=True)
     os._exit(0)
 
 

@@ -20,7 +20,9 @@ machinery of ``convert_to_float8_training``).
 
 from __future__ import annotations
 
+import functools
 import logging
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -110,6 +112,7 @@ class _FrozenFloat8MatMul(torch.autograd.Function):
 _FrozenFloat8MatMul = torch._dynamo.allow_in_graph(_FrozenFloat8MatMul)  # as torchao's own matmul: traced by AOTAutograd
 
 
+@functools.cache
 def _frozen_float8_linear_class():
     from torchao.float8.float8_linear import Float8Linear
 
@@ -141,11 +144,14 @@ def converts_to_fp8(module: nn.Module, name: str) -> bool:
     )
 
 
-def convert_to_fp8_compute(model: nn.Module, scaling: str = "rowwise", *, emulate: bool = False) -> int:
+def convert_to_fp8_compute(model: nn.Module, scaling: str = "rowwise", *, emulate: bool = False, include: Callable[[str], bool] | None = None) -> int:
     """Swap the frozen base Linears of ``model.blocks`` for float8 ones; returns how many.
 
     Device-independent (``emulate`` runs the matmuls in high precision, for CPU tests); the
     trainer and sampler go through :func:`enable_fp8_compute`, which checks the GPU first.
+    ``include`` (a layer's name inside its block, e.g. ``"ffn.w1"`` or PEFT's
+    ``"ffn.w1.base_layer"``) narrows the conversion to some layers (the benchmark's quality
+    breakdown); default: every eligible layer.
     """
     from torchao.float8.float8_linear_utils import swap_linear_layers
 
@@ -159,7 +165,28 @@ def convert_to_fp8_compute(model: nn.Module, scaling: str = "rowwise", *, emulat
         return cls.from_float(linear, config=config)
 
     for index, block in enumerate(model.blocks):
-        swap_linear_layers(block, convert, module_filter_fn=lambda module, name: converts_to_fp8(module, name))
+        swap_linear_layers(
+            block, convert, module_filter_fn=lambda module, name: converts_to_fp8(module, name) and (include is None or include(name))
+        )
+    return count
+
+
+def revert_fp8_compute(model: nn.Module) -> int:
+    """Undo :func:`convert_to_fp8_compute`: every float8 layer of ``model.blocks`` back to an
+    ``nn.Linear`` holding the same weight and bias Parameters. Returns how many."""
+    cls = _frozen_float8_linear_class()
+    count = 0
+    for block in model.blocks:
+        for name, module in list(block.named_modules()):
+            if not isinstance(module, cls):
+                continue
+            linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+            linear.weight = module.weight
+            if module.bias is not None:
+                linear.bias = module.bias
+            parent_name, _, child = name.rpartition(".")
+            setattr(block.get_submodule(parent_name) if parent_name else block, child, linear)
+            count += 1
     return count
 
 

@@ -28,6 +28,7 @@ def test_speed2_bench_smoke_on_cpu(tmp_path, monkeypatch):
     for row in rows:
         by_part.setdefault(row["part"], []).append(row)
     assert [r["kind"] for r in by_part["f"]] == ["compile_once"] and by_part["f"][0]["ratio"] > 0
+    assert all(run["step1_s"] > 0 and "build_s" in run for run in by_part["f"][0]["runs"])  # where the time to step 1 goes
     train = by_part["a"][0]
     assert train["kind"] == "train" and train["s_per_step"] > 0 and len(train["times"]) >= 1
     assert train["activation_offload"] is False and train["saved_attention_blocks"] == 0  # a CPU: today's behaviour
@@ -40,6 +41,9 @@ def test_speed2_bench_smoke_on_cpu(tmp_path, monkeypatch):
         assert by_part["b"][0]["mode"] == "fp8_compute" and by_part["b"][0]["fp8_layers"] > 0
         quality = by_part["c"][0]
         assert len(quality["output_rel_l2"]) == 2 and 0 < quality["output_rel_l2_max"] < 0.5 and quality["grad_cosine_min"] > 0.5
+        assert [r["layers"] for r in by_part["c"]] == list(speed2.QUALITY_VARIANTS) and quality["fp8_gemm_share"] == 1.0
+        assert all(0 < r["fp8_gemm_share"] <= 1 and r["grad_cosine_mean"] <= 1 + 1e-12 for r in by_part["c"])
+        assert 0 < by_part["c"][1]["fp8_layers"] < quality["fp8_layers"]  # a group converts fewer layers
         assert [r["mode"] for r in by_part["d"]] == ["bf16", "fp8_compute"] and video["mode"] == "fp8_compute"
         assert by_part["d"][1]["fp8_layers"] == by_part["b"][0]["fp8_layers"] > 0
     else:

@@ -229,6 +229,26 @@ def test_fp8_conversion_picks_only_the_frozen_base_linears(lora_model):
         assert cosine > 0.9, name
 
 
+@requires_torchao
+def test_fp8_conversion_of_some_layers_and_its_revert(lora_model):
+    from torchao.float8.float8_linear import Float8Linear
+
+    from frametuner.memory.fp8 import convert_to_fp8_compute, revert_fp8_compute
+
+    model = twin(lora_model)
+    batch = make_batch()
+    reference = loss_and_grads(model, batch)
+    count = convert_to_fp8_compute(model, emulate=True, include=lambda name: ".ffn." in f".{name}")
+    converted = {n for n, m in model.named_modules() if isinstance(m, Float8Linear)}
+    assert count == len(converted) > 0 and all(".ffn." in n for n in converted)
+    assert not torch.equal(loss_and_grads(model, batch)[0], reference[0])  # float8 rounding changed the loss
+    weights = {n: p for n, p in model.named_parameters()}
+    assert revert_fp8_compute(model) == count
+    assert not any(isinstance(m, Float8Linear) for m in model.modules())
+    assert all(p is weights[n] for n, p in model.named_parameters())  # the same Parameters, nothing copied
+    assert_same(loss_and_grads(model, batch), reference)
+
+
 # ---------------------------------------------------------------------- compile once
 def test_compile_cache_folder_and_torch_settings(tmp_path, monkeypatch):
     import torch._functorch.config
