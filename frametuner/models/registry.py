@@ -24,6 +24,8 @@ class FlavourInfo:
     name: str
     description: str
     hub_id: str | None = None  # None: built locally (the tiny flavour)
+    # Samples only from an input image (its conditioning): a validation prompt alone cannot be rendered.
+    image_conditioned: bool = False
 
 
 @dataclass(frozen=True)

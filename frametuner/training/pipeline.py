@@ -301,13 +301,10 @@ def check_validation_setup(config):
     conditioning_cache = open_config_conditioning_cache(config)
     prompts = bool(config.validation_prompt or config.validation_prompt_file)
     if conditioning_cache is not None and prompts and not config.validation_using_datasets:
+        from ..config.schema import image_only_validation_message
+
         key = "validation_prompt" if config.validation_prompt else "validation_prompt_file"
-        raise ConfigError([
-            f"'{key}': the model '{config.model_family}' / '{config.model_flavour}' samples only from an input image "
-            "(its conditioning), which a validation prompt does not give; set validation_using_datasets: true and "
-            "eval_dataset_id (each eval clip is rendered from its cached image conditioning and caption), or set no "
-            "validation prompt"
-        ])
+        raise ConfigError([image_only_validation_message(key, config.model_family, config.model_flavour)])
     return conditioning_cache
 
 

@@ -14,10 +14,11 @@ INFO = FamilyInfo(
         "t2v-1.3b": FlavourInfo("t2v-1.3b", "Wan2.1-T2V-1.3B, text-to-video, 480p", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"),
         "t2v-14b": FlavourInfo("t2v-14b", "Wan2.1-T2V-14B, text-to-video, 480p and 720p", "Wan-AI/Wan2.1-T2V-14B-Diffusers"),
         "i2v-14b-480p": FlavourInfo(
-            "i2v-14b-480p", "Wan2.1-I2V-14B-480P, image-to-video (CLIP image features + mask channels)", "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
+            "i2v-14b-480p", "Wan2.1-I2V-14B-480P, image-to-video (CLIP image features + mask channels)", "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+            image_conditioned=True,
         ),
         "tiny": FlavourInfo("tiny", "a small random-weight text-to-video Wan, built locally (CPU demos and tests)"),
-        "tiny-i2v": FlavourInfo("tiny-i2v", "a small random-weight image-to-video Wan, built locally (CPU tests)"),
+        "tiny-i2v": FlavourInfo("tiny-i2v", "a small random-weight image-to-video Wan, built locally (CPU tests)", image_conditioned=True),
     },
     default_flavour="t2v-1.3b",
     transformer_classes=("diffusers.models.transformers.transformer_wan:WanTransformer3DModel",),

@@ -74,18 +74,35 @@ def test_i2v_validation_renders_eval_clips_from_their_cached_conditioning(tmp_pa
     assert (rendered[0] - rendered[1]).abs().max() > 1e-3
 
 
-def test_i2v_validation_prompt_without_an_image_is_refused_before_caching(tmp_path):
-    from frametuner.config import ConfigError
-    from frametuner.training.pipeline import train
+def test_i2v_validation_prompt_without_an_image_is_refused_by_the_config(tmp_path, capsys):
+    from frametuner.cli import main
 
-    config = _config(tmp_path, validation_prompt="a red ball rolls")
+    with pytest.raises(ValueError, match="validation_using_datasets: true and eval_dataset_id") as error:
+        _config(tmp_path, validation_prompt="a red ball rolls")
+    assert "'validation_prompt'" in str(error.value) and "samples only from an input image" in str(error.value)
+    # `frametuner config check` (and so the web UI's Check, which loads through the same schema) says it too.
+    config = json.loads(_config(tmp_path).model_dump_json())
+    path = tmp_path / "i2v.json"
+    path.write_text(json.dumps({**config, "validation_prompt_file": str(tmp_path / "prompts.txt")}))
+    assert main(["config", "check", str(path)]) != 0
+    assert "'validation_prompt_file'" in capsys.readouterr().err
+    # With the eval clips, or a text-to-video flavour, it is accepted.
+    _config(tmp_path, validation_prompt="a red ball rolls", validation_using_datasets=True, eval_dataset_id="demo")
+    _config(tmp_path, model_flavour="tiny", validation_prompt="a red ball rolls")
+
+
+def test_i2v_validation_prompt_without_an_image_is_refused_before_caching(tmp_path):
+    """The trainer's own check asks the checkpoint (a local path may hold an image-to-video
+    model whatever the flavour's name): it refuses before anything is cached."""
+    from frametuner.config import ConfigError
+    from frametuner.training.pipeline import check_validation_setup, train
+
+    config = _config(tmp_path).model_copy(update={"validation_prompt": "a red ball rolls"})  # past the schema's check
     with pytest.raises(ConfigError, match="validation_using_datasets: true and eval_dataset_id") as error:
         train(config)
     assert "validation_prompt" in str(error.value) and "samples only from an input image" in str(error.value)
     assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()  # refused up front
     # With the eval clips (or no prompt) it is accepted: the same config check passes.
-    from frametuner.training.pipeline import check_validation_setup
-
     assert check_validation_setup(_config(tmp_path, validation_prompt="a red ball rolls", validation_using_datasets=True,
                                           eval_dataset_id="demo")) is not None
     assert check_validation_setup(_config(tmp_path)) is not None
