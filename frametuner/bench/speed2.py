@@ -585,8 +585,22 @@ def bench_distilled_validation(report: Report, spec, model, text, mask, mode: st
 # ---------------------------------------------------------------------- f: compile once
 def compile_once_child(case, depth: int) -> None:
     """Subprocess body: build, train one compiled step, print the time since the process started, exit."""
+    import logging
+
     from torch._dynamo.utils import counters
 
+    bypasses: list[str] = []  # why a compile cache was bypassed (inductor's and AOTAutograd's own log lines)
+
+    class _Bypass(logging.Handler):
+        def emit(self, record):
+            message = record.getMessage()
+            if "ypass" in message and message[:300] not in bypasses:
+                bypasses.append(message[:300])
+
+    for name in ("torch._inductor.codecache", "torch._functorch._aot_autograd.autograd_cache"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(_Bypass())
     phases = {"imports_s": time.perf_counter() - STARTED}
     spec, model = _build(depth=depth)
     _sync()
@@ -597,7 +611,7 @@ def compile_once_child(case, depth: int) -> None:
     _sync()
     phases["step1_s"] = time.perf_counter() - STARTED - sum(phases.values())
     caches = {f"{group}.{key}": value for group in ("inductor", "aot_autograd") for key, value in counters[group].items() if "cache" in key}
-    print("STEP1_DONE " + json.dumps({"child_s": time.perf_counter() - STARTED, **phases, "caches": caches}), flush=True)
+    print("STEP1_DONE " + json.dumps({"child_s": time.perf_counter() - STARTED, **phases, "caches": caches, "bypasses": bypasses[:4]}), flush=True)
     os._exit(0)
 
 

@@ -41,3 +41,36 @@ def test_every_kernel_choice_is_the_same_attention_on_cuda(kernel):
     torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
     for got, want in zip(inputs, reference):
         torch.testing.assert_close(got.grad.float(), want.grad, atol=3e-2, rtol=3e-2)
+
+
+def test_compiled_attention_with_a_preferred_kernel_stays_cacheable(monkeypatch, tmp_path):
+    """The kernel preference is set around the block loop, outside compiled code: inside a
+    compiled block, ``sdpa_kernel(...)`` became graph nodes (``_backend_from_string``) that made
+    AOTAutograd's cache bypass every graph, so a second run compiled from scratch (issue 23's
+    compile once, measured on the H100). Here the preference is the math kernel, which a CPU has."""
+    import torch._functorch.config
+    import torch._inductor.config
+    from torch._dynamo.utils import counters
+
+    from frametuner.models.longcat_video import attention
+
+    monkeypatch.setattr(attention, "_preferred_kernel", lambda settings, device: "math")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    settings = AttentionSettings()
+    q, k, v = (torch.randn(1, 2, 16, 8, generator=torch.Generator().manual_seed(i), requires_grad=True) for i in range(3))
+    bias = torch.zeros(1, 16)
+
+    def block(q, k, v):
+        return attention.sdpa_attention(q, k, v, settings=settings) + attention.cross_attention(q, k, v, bias, settings=settings)
+
+    torch._dynamo.reset()
+    counters.clear()
+    with torch._functorch.config.patch(enable_autograd_cache=True), torch._inductor.config.patch(fx_graph_cache=True):
+        with attention.block_compile_context(settings, torch.device("cpu")):
+            out = torch.compile(block)(q, k, v)
+        out.sum().backward()
+    assert counters["aot_autograd"]["autograd_cache_bypass"] == 0 and counters["inductor"]["fxgraph_cache_bypass"] == 0
+    assert counters["aot_autograd"]["autograd_cache_miss"] + counters["aot_autograd"]["autograd_cache_hit"] >= 1  # it was cached
+    expected = 2 * F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(out, expected)
+    torch._dynamo.reset()

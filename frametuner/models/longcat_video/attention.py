@@ -93,17 +93,40 @@ def auto_sdpa_kernel(device: torch.device) -> str | None:
 SDPA_CONTIGUOUS_INPUTS = False
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, settings: "AttentionSettings | None" = None, **_: object) -> torch.Tensor:
+def _preferred_kernel(settings: "AttentionSettings | None", device: torch.device) -> str | None:
+    """The fused SDPA kernel ``settings`` prefers on ``device`` (None: torch's own order)."""
     kernel = settings.sdpa_kernel if settings is not None else "auto"
     if kernel == "auto":
-        kernel = auto_sdpa_kernel(q.device)
-    if kernel is None or q.device.type != "cuda":
-        return F.scaled_dot_product_attention(q, k, v)
-    if SDPA_CONTIGUOUS_INPUTS:
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        kernel = auto_sdpa_kernel(device)
+    return kernel if device.type == "cuda" else None
+
+
+def sdpa_priority(settings: "AttentionSettings | None", device: torch.device):
+    """torch's SDPA priority set to the preferred kernel's (``sdpa_kernel(..., set_priority=True)``),
+    or nothing to do. Entered OUTSIDE compiled code (around the block loop,
+    :func:`block_compile_context`): inside a compiled block the context manager becomes graph
+    nodes that inductor's FX graph and AOTAutograd caches cannot key (``_backend_from_string``),
+    so every run compiled from scratch. The kernel is chosen when the graph is traced."""
+    kernel = _preferred_kernel(settings, device)
+    if kernel is None:
+        return contextlib.nullcontext()
     from torch.nn.attention import sdpa_kernel
 
-    with sdpa_kernel(_sdpa_backends(kernel), set_priority=True):
+    return sdpa_kernel(_sdpa_backends(kernel), set_priority=True)
+
+
+def _in_priority(settings: "AttentionSettings | None", device: torch.device):
+    """The priority context for an eager call (the forward's and the checkpoint recomputation's
+    alike, so both pick the same kernel); nothing while compiling (the block loop's holds)."""
+    if torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    return sdpa_priority(settings, device)
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, settings: "AttentionSettings | None" = None, **_: object) -> torch.Tensor:
+    if SDPA_CONTIGUOUS_INPUTS and q.device.type == "cuda":
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    with _in_priority(settings, q.device):
         return F.scaled_dot_product_attention(q, k, v)
 
 
@@ -163,15 +186,16 @@ def resolve_backend(settings: AttentionSettings, device: torch.device, grid_q, g
 
 
 def block_compile_context(settings: AttentionSettings, device: torch.device):
-    """Entered around the block loop: compiled blocks that may use block-sparse attention
-    need FlexAttention's compile settings while they compile (``bsa.block_compile_context``)."""
-    if settings.implementation not in ("auto", "bsa") or not settings.bsa_params or device.type != "cuda":
-        return contextlib.nullcontext()
-    if not _bsa_backend_available():
-        return contextlib.nullcontext()
-    from .bsa import block_compile_context as bsa_context
+    """Entered around the block loop: the SDPA kernel priority (:func:`sdpa_priority`), and
+    FlexAttention's compile settings for compiled blocks that may use block-sparse attention
+    (``bsa.block_compile_context``)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(sdpa_priority(settings, device))
+    if settings.implementation in ("auto", "bsa") and settings.bsa_params and device.type == "cuda" and _bsa_backend_available():
+        from .bsa import block_compile_context as bsa_context
 
-    return bsa_context(settings.bsa_params)
+        stack.enter_context(bsa_context(settings.bsa_params))
+    return stack
 
 
 def self_attention(
@@ -191,8 +215,11 @@ def self_attention(
     return SELF_ATTENTION_BACKENDS[backend](q, k, v, grid_q=grid_q, grid_k=grid_k, settings=settings)
 
 
-def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor | None = None) -> torch.Tensor:
+def cross_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor | None = None, settings: AttentionSettings | None = None
+) -> torch.Tensor:
     """Attention of video tokens to text tokens; ``key_bias [B, L]`` is added to the logits
     of every query (``-inf`` drops a key, ``log m`` stands one key in for m identical ones)."""
     attn_mask = None if key_bias is None else key_bias[:, None, None, :].to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    with _in_priority(settings, q.device):  # the kernel the block loop's priority picks, eager or compiled
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)

@@ -201,8 +201,9 @@ def _batch_cache(cached: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 class CrossAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, settings: AttentionSettings | None = None):
         super().__init__()
+        self.settings = settings
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.q_linear = nn.Linear(dim, dim)
@@ -217,7 +218,7 @@ class CrossAttention(nn.Module):
         kv = self.kv_linear(text).view(batch, -1, 2, self.num_heads, self.head_dim)
         k, v = kv.unbind(2)
         k = self.k_norm(k)
-        out = cross_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), key_bias=text_bias)
+        out = cross_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), key_bias=text_bias, settings=self.settings)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, channels))
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, text_bias: torch.Tensor | None, grid: Grid, num_cond_latents: int) -> torch.Tensor:
@@ -269,7 +270,7 @@ class LongCatSingleStreamBlock(nn.Module):
         self.mod_norm_ffn = FP32LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
         self.pre_crs_attn_norm = FP32LayerNorm(hidden_size, eps=1e-6, elementwise_affine=True)
         self.attn = SelfAttention(hidden_size, num_heads, settings)
-        self.cross_attn = CrossAttention(hidden_size, num_heads)
+        self.cross_attn = CrossAttention(hidden_size, num_heads, settings)
         self.ffn = FeedForwardSwiGLU(hidden_size, swiglu_hidden_size(hidden_size, mlp_ratio))
         self.checkpoint_policy = "none"  # set by LongCatVideoTransformer3DModel.enable_gradient_checkpointing
 
