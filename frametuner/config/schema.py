@@ -162,6 +162,10 @@ class TrainConfig(BaseModel):
     fp8_compute_scaling: Literal["rowwise", "tensorwise"] = _field(
         "rowwise", "model", "Scales of fp8_compute: rowwise (one per row, more accurate) or tensorwise (one per tensor, fastest)"
     )
+    fp8_compute_layers: Literal["all", "ffn"] = _field(
+        "all", "model", "Which frozen Linears fp8_compute runs in float8: all (fastest) or ffn, the feed-forward ones only "
+        "(half the GEMM work; on the H100 benchmark's random weights the DiT output error fell from 6.1% to 1.6%)"
+    )
 
     # ------------------------------------------------------------------ data
     data_backend_config: str | None = _field(None, "data", "Path of the dataset list (JSON/JSONC); required to train", path=PATH_INPUT)

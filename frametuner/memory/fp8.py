@@ -190,9 +190,23 @@ def revert_fp8_compute(model: nn.Module) -> int:
     return count
 
 
-def enable_fp8_compute(model: nn.Module, device: torch.device | str, *, scaling: str = "rowwise") -> int:
+def fp8_layer_filter(layers: str, family) -> Callable[[str], bool] | None:
+    """``fp8_compute_layers`` as a name filter for :func:`convert_to_fp8_compute`: ``all``
+    (None: every eligible layer) or ``ffn`` (the family's ``feedforward_layers``)."""
+    if layers == "all":
+        return None
+    if layers != "ffn":
+        raise ValueError(f"fp8_compute_layers {layers!r} is not one of ['all', 'ffn']")
+    prefixes = tuple(family.feedforward_layers)
+    if not prefixes:
+        raise MemoryOptionError(f"fp8_compute_layers 'ffn': the {family.name} family names no feed-forward layers; use 'all'")
+    return lambda name: name.startswith(prefixes)
+
+
+def enable_fp8_compute(model: nn.Module, device: torch.device | str, *, scaling: str = "rowwise", include: Callable[[str], bool] | None = None) -> int:
     """``fp8_compute``: check the device, then :func:`convert_to_fp8_compute` (before block
-    swap, LoRAs for inference and compilation). Returns the number of converted layers."""
+    swap, LoRAs for inference and compilation; ``include``: :func:`fp8_layer_filter`).
+    Returns the number of converted layers."""
     check_fp8_compute_supported(device)
     trainable = [name for name, module in model.named_modules() if isinstance(module, nn.Linear) and is_quantisable(module, name) and module.weight.requires_grad]
     if trainable:
@@ -200,7 +214,7 @@ def enable_fp8_compute(model: nn.Module, device: torch.device | str, *, scaling:
             f"fp8_compute runs frozen base layers only, but {trainable[0]} (and {len(trainable) - 1} more) train their "
             "weights; use model_type 'lora' with fp8_compute"
         )
-    count = convert_to_fp8_compute(model, scaling)
+    count = convert_to_fp8_compute(model, scaling, include=include)
     if count == 0:
         raise MemoryOptionError(
             "fp8_compute found no frozen base Linear layer (bf16/fp16, dimensions multiples of 16) in the model's blocks; "

@@ -183,6 +183,8 @@ class ModelFamily(ABC):
     transformer_class: type | None = None  # ``family_of(model)`` matches instances of it
     shard_units: tuple[str, ...] = ()  # class names FSDP2 wraps as units (one per block)
     default_lora_targets: tuple[str, ...] = ()
+    # Name prefixes, inside a block, of the feed-forward Linears (``fp8_compute_layers: ffn``).
+    feedforward_layers: tuple[str, ...] = ()
     optional_lora_targets: tuple[str, ...] = ()
     lora_layout: LoraLayout | None = None
     # Component -> subfolder of the checkpoint layout ("transformer" is the denoiser's).

@@ -132,7 +132,27 @@ def test_the_trainer_keeps_todays_behaviour_on_a_cpu(tmp_path):
 # ---------------------------------------------------------------------- fp8 compute
 def test_fp8_compute_is_off_by_default():
     config = TrainConfig()
-    assert config.fp8_compute is False and config.fp8_compute_scaling == "rowwise"
+    assert config.fp8_compute is False and config.fp8_compute_scaling == "rowwise" and config.fp8_compute_layers == "all"
+
+
+@pytest.mark.parametrize("family", ["longcat_video", "wan"])
+def test_fp8_compute_layers_ffn_picks_each_familys_feed_forward_linears(family):
+    """``fp8_compute_layers: ffn`` converts what the family names its feed-forward Linears and
+    nothing else (the attention projections carry most of float8's error: bench/RESULTS.md)."""
+    from frametuner.memory.fp8 import fp8_layer_filter
+    from frametuner.models.registry import load_spec
+
+    spec = load_spec(family)
+    model = spec.build_transformer(flavour="tiny", device="meta", dtype=torch.bfloat16)
+    names = {name for name, module in model.blocks[0].named_modules() if type(module) is torch.nn.Linear}
+    include = fp8_layer_filter("ffn", spec)
+    picked = {name for name in names if include(name)}
+    expected = {"longcat_video": {"ffn.w1", "ffn.w2", "ffn.w3"}, "wan": {"ffn.net.0.proj", "ffn.net.2"}}[family]
+    assert picked == expected and names - picked  # the attention projections stay bf16
+    assert fp8_layer_filter("all", spec) is None
+    assert TrainConfig(model_family=family, fp8_compute_layers="ffn").fp8_compute_layers == "ffn"
+    with pytest.raises(ValueError, match="fp8_compute_layers"):
+        TrainConfig(model_family=family, fp8_compute_layers="attention")
 
 
 def test_fp8_compute_is_refused_where_the_gpu_cannot_run_it(tmp_path):

@@ -42,6 +42,7 @@ class LongCatVideoSpec(UMT5WanVAEEncoders, ModelFamily):
     lora_layout = LORA_LAYOUT
     transformer_class = LongCatVideoTransformer3DModel
     shard_units = (LongCatSingleStreamBlock.__name__,)  # blocks checkpoint themselves
+    feedforward_layers = ("ffn.",)  # SwiGLU w1, w2, w3
     subfolders = {"transformer": "dit", "text_encoder": "text_encoder", "tokenizer": "tokenizer", "vae": "vae", "scheduler": "scheduler", "lora": "lora"}
 
     def checkpoint_root(self, flavour: str, pretrained_model_name_or_path: str | None) -> str | Path:

@@ -52,6 +52,7 @@ class WanSpec(UMT5WanVAEEncoders, ModelFamily):
     lora_layout = LORA_LAYOUT
     transformer_class = WanTransformer
     shard_units = ("WanTransformerBlock",)
+    feedforward_layers = ("ffn.",)  # diffusers' FeedForward: net.0.proj, net.2
     subfolders = {
         "transformer": "transformer",
         "text_encoder": "text_encoder",
