@@ -45,5 +45,28 @@ def enable_compile_cache(folder: str | Path | None = None) -> Path:
 
     torch._inductor.config.fx_graph_cache = True
     torch._functorch.config.enable_autograd_cache = True
+    keep_rng_ops_cacheable()
     log.info("torch.compile caches in %s (inductor: %s)", folder, os.environ["TORCHINDUCTOR_CACHE_DIR"])
     return folder
+
+
+def keep_rng_ops_cacheable() -> bool:
+    """Turn off AOTAutograd's CUDA-graph-safe RNG wrapping where inductor cannot cache it.
+
+    Every SDPA op is tagged random (it supports dropout), so in a checkpointed block graph the
+    partitioner wraps the recomputed attention in an RNG-state HOP. On CUDA it picks the
+    CUDA-graph-safe ``graphsafe_run_with_rng_state``, which torch 2.11's FX graph cache cannot
+    key: the H100 logged "Can't cache HigherOrderOperator: graphsafe_run_with_rng_state" for
+    every block graph, and a second run compiled from scratch (bench/RESULTS.md). frametuner does
+    not capture CUDA graphs, so the plain ``run_with_rng_state`` wrapping (what a CPU gets, and
+    caches) is equivalent. Only where that HOP is not cacheable (fixed in later torch releases).
+    Returns whether it changed the setting."""
+    import torch._functorch.config
+    from torch._prims import rng_prims
+
+    hop = getattr(rng_prims, "graphsafe_run_with_rng_state", None)
+    if hop is None or hop.cacheable() or not torch._functorch.config.graphsafe_rng_functionalization:
+        return False
+    torch._functorch.config.graphsafe_rng_functionalization = False
+    log.info("torch.compile: CUDA-graph-safe RNG wrapping off (this torch cannot cache it)")
+    return True

@@ -286,6 +286,23 @@ def test_compile_cache_folder_and_torch_settings(tmp_path, monkeypatch):
         _check_compile_cache(monkeypatch, tmp_path)
 
 
+@pytest.mark.parametrize("cacheable", [True, False])
+def test_compile_cache_keeps_the_rng_wrapped_attention_cacheable(monkeypatch, cacheable):
+    """Every SDPA op is tagged random, so a checkpointed block's recomputed attention is
+    wrapped in an RNG-state HOP; where torch cannot cache the CUDA-graph-safe one (2.11, the
+    H100's), the compile cache turns that wrapping off, else leaves torch's setting alone."""
+    import torch._functorch.config
+    from torch._prims import rng_prims
+
+    from frametuner import compile_cache
+
+    assert torch.Tag.nondeterministic_seeded in torch.ops.aten._scaled_dot_product_cudnn_attention.default.tags
+    monkeypatch.setattr(type(rng_prims.graphsafe_run_with_rng_state), "cacheable", lambda self: cacheable)
+    with torch._functorch.config.patch(graphsafe_rng_functionalization=True):
+        assert compile_cache.keep_rng_ops_cacheable() is (not cacheable)
+        assert torch._functorch.config.graphsafe_rng_functionalization is cacheable
+
+
 def _check_compile_cache(monkeypatch, tmp_path):
     import torch._functorch.config
     import torch._inductor.config
