@@ -13,10 +13,11 @@ a. the default-config LoRA training step (rank 16, 480x832x93, no memory keys se
    (median after the auto policy's two warm-up steps), peak GB, attention saved in N/48
    blocks, activation offload on/off, the floor of ``frametuner/bench/flops.py``.
 b. the same trainer with ``fp8_compute`` (``enable_fp8_compute`` on its model, as the
-   trainer does; torch.compile reset).
+   trainer does, with ``--fp8-layers`` as ``fp8_compute_layers``; torch.compile reset).
 c. fp8 quality, eager at 480x832x29 (to save time): relative L2 error of the DiT output and
-   cosine similarity of the LoRA gradients (random non-zero LoRA, rank 16) vs bf16 over 5
-   random batches (noise, sigma, text), the same weights.
+   cosine similarity (float64) of the LoRA gradients (random non-zero LoRA, rank 16) vs bf16
+   over 5 random batches (noise, sigma, text), the same weights; every Linear in float8, then
+   groups of them (``QUALITY_VARIANTS``) to show where the error comes from.
 d. one CFG sampling step (batch 2) at 480x832x93, compiled, bf16 then fp8 compute.
 e. a distilled validation video: ``render_validation`` with the family's distilled setting
    (16 steps, guidance 1, distilled schedule), a random rank-128 distillation LoRA stacked by
@@ -25,6 +26,7 @@ e. a distilled validation video: ``render_validation`` with the family's distill
 
     python bench/speed2.py                       # all parts, ~9 minutes on an H100
     python bench/speed2.py --parts a,b,d --budget-s 400
+    python bench/speed2.py --parts b,d --fp8-layers ffn   # fp8 for the feed-forward Linears only
 """
 
 from __future__ import annotations
@@ -171,17 +173,31 @@ def _profiled(fn) -> dict:
     return {"profile": summary, "profile_line": one_line(summary)}
 
 
-def _fp8(model, scaling: str | None = None, include=None) -> int:
-    """fp8 compute on ``model``: the trainer's/sampler's own call on CUDA; emulated on a CPU
-    (smoke test). ``include``: only these layers (c's breakdown), torchao's conversion directly."""
-    scaling = scaling or FP8_SCALING
-    from ..memory.fp8 import check_fp8_compute_supported, convert_to_fp8_compute, enable_fp8_compute
+FP8_LAYERS = "all"  # --fp8-layers: fp8_compute_layers of b, d, e
 
-    if include is None and _on_cuda():
-        return enable_fp8_compute(model, DEVICE, scaling=scaling)
+
+def _fp8(model, scaling: str | None = None, include=None) -> int:
+    """fp8 compute on ``model``: the trainer's/sampler's own call on CUDA (with --fp8-layers'
+    filter); emulated on a CPU (smoke test). ``include``: only these layers (c's breakdown),
+    torchao's conversion directly."""
+    scaling = scaling or FP8_SCALING
+    from ..memory.fp8 import check_fp8_compute_supported, convert_to_fp8_compute, enable_fp8_compute, fp8_layer_filter
+    from ..models.registry import load_spec
+
+    if include is None:
+        include = fp8_layer_filter(FP8_LAYERS, load_spec("longcat_video"))
+        if _on_cuda():
+            return enable_fp8_compute(model, DEVICE, scaling=scaling, include=include)
     if _on_cuda():
         check_fp8_compute_supported(DEVICE)
     return convert_to_fp8_compute(model, scaling, emulate=not _on_cuda(), include=include)
+
+
+def _revert_fp8(model) -> int:
+    """Back to plain Linears (the same weights); returns how many."""
+    from ..memory.fp8 import revert_fp8_compute
+
+    return revert_fp8_compute(model)
 
 
 # (c): which layers run float8, by their names inside a block: all of them (fp8_compute), then
@@ -335,7 +351,8 @@ def part_ab(report: Report, rates: _Rates, parts: str, iters: int, deadline_a: f
             floor = _floor("train", ceilings, CASE, result["saved_attention_blocks"] / result["blocks"])
             notes = (f"default config + fp8_compute ({FP8_SCALING}, {converted} frozen Linears); attention saved in {result['saved_attention_blocks']}/{result['blocks']} blocks "
                      f"(the plan of a); first step {first:.0f} s (compile); floor = the bf16 floor")
-            report.emit("b", "train", "fp8_compute" + ("" if FP8_SCALING == "rowwise" else f"-{FP8_SCALING}"), CASE, floor_s=floor, notes=notes, **result)
+            mode = "fp8_compute" + ("" if FP8_SCALING == "rowwise" else f"-{FP8_SCALING}") + ("" if FP8_LAYERS == "all" else f"-{FP8_LAYERS}")
+            report.emit("b", "train", mode, CASE, floor_s=floor, notes=notes, fp8_compute_layers=FP8_LAYERS, **result)
         elif "b" in parts:
             report.emit("b", "train", "fp8_compute", CASE, skipped="not enough time left", notes="skipped: not enough time left")
     finally:
@@ -404,7 +421,7 @@ def part_c(report: Report, batches: int = 5) -> None:
     with _dynamo.config.patch(disable=True):  # eager: both modes run the same kernels apart from the matmuls
         reference, bf16_s = _wall(run)
         for variant, include in QUALITY_VARIANTS.items():
-            converted = _fp8(model, include=include)
+            converted = _fp8(model, include=include or (lambda name: True))  # "all" whatever --fp8-layers says
             fp8, fp8_s = _wall(run)
             share = sum(size for name, size in eligible.items() if include is None or include(name)) / sum(eligible.values())
             revert_fp8_compute(model)
@@ -455,7 +472,7 @@ def part_de(report: Report, rates: _Rates, parts: str, iters: int, state: dict) 
                     extra = {}
                     if variant == "fp8_compute":
                         if mode == "fp8_compute":  # an earlier scaling: back to plain Linears first
-                            _unconvert_fp8(model)
+                            _revert_fp8(model)
                         extra["fp8_layers"] = _fp8(model, scaling)
                         extra["fp8_scaling"] = scaling
                         _reset_compiled()
@@ -471,12 +488,14 @@ def part_de(report: Report, rates: _Rates, parts: str, iters: int, state: dict) 
                     peak = _peak_gb()
                     extra.update(_profiled(step))
                     label = variant if scaling in (None, "rowwise") else f"{variant}-{scaling}"
+                    if variant == "fp8_compute" and FP8_LAYERS != "all":
+                        label += f"-{FP8_LAYERS}"
                     report.emit("d", "sample_cfg", label, CASE, s_per_step=results[variant], times=times, peak_gb=peak, floor_s=floor, first_step_s=first, notes=notes, **extra)
                 except Exception as error:
                     traceback.print_exc()
                     report.emit("d", "sample_cfg", variant, CASE, error=repr(error)[:500], notes=f"failed: {repr(error)[:200]}")
                     if variant == "fp8_compute":  # (e) then renders in bf16
-                        _unconvert_fp8(model)
+                        _revert_fp8(model)
                         _reset_compiled()
                         break
         if "e" in parts and time.perf_counter() + NEEDS["e"] < state["deadline"]:
@@ -492,24 +511,6 @@ def part_de(report: Report, rates: _Rates, parts: str, iters: int, state: dict) 
             report.emit("e", "validation_video", mode, CASE, skipped="not enough time left", notes="skipped: not enough time left")
     del model
     _reset_compiled()
-
-
-def _unconvert_fp8(model) -> int:
-    """Swap float8 Linears back to plain ones (same weights); returns how many."""
-    try:
-        from torchao.float8.float8_linear import Float8Linear
-    except ImportError:
-        return 0
-    count = 0
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, Float8Linear):
-                with torch.device("meta"):
-                    plain = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
-                plain.weight, plain.bias = child.weight, child.bias
-                setattr(module, name, plain)
-                count += 1
-    return count
 
 
 def _random_distill_lora(spec, model, rank: int):
@@ -654,6 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fp8-scaling", default="rowwise", help="fp8_compute_scaling of b, c, e (rowwise or tensorwise); a list (rowwise,tensorwise): d times each, b, c, e use the first")
     parser.add_argument("--e-mode", choices=["fp8_compute", "bf16"], default="fp8_compute", help="(e) without (d): the validation video's compute (with d: d's last mode)")
     parser.add_argument("--profile", action="store_true", help="a, b, d: profile one more step and add where its GPU time goes to the row (frametuner/bench/kernel_profile.py)")
+    parser.add_argument("--fp8-layers", choices=["all", "ffn"], default="all", help="fp8_compute_layers of b, d, e (c measures its groups itself)")
     parser.add_argument("--qkv-layout", choices=["as_is", "contiguous"], default=None,
                         help="hand SDPA q, k, v as the model makes them or contiguous per head (default: the model's default)")
     parser.add_argument("--results-dir", default=str(REPO / "bench"))
@@ -672,7 +674,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; choose from {','.join(PARTS)}")
     started = time.perf_counter()
-    global FP8_SCALING, PROFILE, D_SCALINGS
+    global FP8_SCALING, PROFILE, D_SCALINGS, FP8_LAYERS
+    FP8_LAYERS = args.fp8_layers
     D_SCALINGS = [value.strip() for value in args.fp8_scaling.split(",") if value.strip()]
     if not D_SCALINGS or set(D_SCALINGS) - {"rowwise", "tensorwise"}:
         parser.error("--fp8-scaling: rowwise, tensorwise or both (comma-separated)")

@@ -174,6 +174,8 @@ def convert_to_fp8_compute(model: nn.Module, scaling: str = "rowwise", *, emulat
 def revert_fp8_compute(model: nn.Module) -> int:
     """Undo :func:`convert_to_fp8_compute`: every float8 layer of ``model.blocks`` back to an
     ``nn.Linear`` holding the same weight and bias Parameters. Returns how many."""
+    if not _installed("torchao"):  # nothing can have been converted
+        return 0
     cls = _frozen_float8_linear_class()
     count = 0
     for block in model.blocks:

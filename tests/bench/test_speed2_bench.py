@@ -62,3 +62,17 @@ def test_speed2_e_alone_renders_with_fp8_compute(tmp_path, monkeypatch):
     (row,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert (row["part"], row["mode"], row["steps"]) == ("e", "fp8_compute", 16)
 
+
+
+@pytest.mark.skipif(not HAS_TORCHAO, reason="fp8 needs torchao")
+def test_speed2_fp8_layers_ffn_converts_only_the_feed_forward(tmp_path, monkeypatch):
+    monkeypatch.setattr(speed2, "DEVICE", "cpu")
+    monkeypatch.setattr(speed2, "FLAVOUR", "tiny")
+    monkeypatch.setattr(speed2, "CASE", (32, 48, 9))
+    monkeypatch.setattr(speed2, "NEEDS", {part: 0 for part in speed2.NEEDS})
+    monkeypatch.setattr(speed2, "FP8_LAYERS", "all")  # main() sets the module's global
+    assert speed2.main(["--parts", "b", "--fp8-layers", "ffn", "--iters", "1", "--results-dir", str(tmp_path)]) == 0
+    (row,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines() if '"part": "b"' in line]
+    blocks = row["blocks"]
+    assert row["mode"] == "fp8_compute-ffn" and row["fp8_compute_layers"] == "ffn"
+    assert row["fp8_layers"] == 3 * blocks  # w1, w2, w3 of every block, nothing else
