@@ -193,13 +193,6 @@ def _fp8(model, scaling: str | None = None, include=None) -> int:
     return convert_to_fp8_compute(model, scaling, emulate=not _on_cuda(), include=include)
 
 
-def _revert_fp8(model) -> int:
-    """Back to plain Linears (the same weights); returns how many."""
-    from ..memory.fp8 import revert_fp8_compute
-
-    return revert_fp8_compute(model)
-
-
 # (c): which layers run float8, by their names inside a block: all of them (fp8_compute), then
 # groups, to show where the error comes from.
 QUALITY_VARIANTS = {
@@ -408,14 +401,12 @@ def part_c(report: Report, batches: int = 5) -> None:
 
     from torch import _dynamo
 
-    from ..memory.fp8 import revert_fp8_compute
+    from ..memory.fp8 import converts_to_fp8, revert_fp8_compute
 
     def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
         # float64: torch's float32 cosine_similarity over tens of millions of entries drifts past 1
         a, b = a.double(), b.double()
         return (a @ b / (a.norm() * b.norm())).item()
-
-    from ..memory.fp8 import converts_to_fp8
 
     eligible = {name: module.in_features * module.out_features for name, module in model.blocks[0].named_modules() if converts_to_fp8(module, name)}
     with _dynamo.config.patch(disable=True):  # eager: both modes run the same kernels apart from the matmuls
@@ -450,6 +441,8 @@ def _sample_step(spec, model, latents, text, mask):
 
 
 def part_de(report: Report, rates: _Rates, parts: str, iters: int, state: dict) -> None:
+    from ..memory.fp8 import revert_fp8_compute
+
     spec, model = _build()
     model.eval().requires_grad_(False)
     if _on_cuda():
@@ -472,7 +465,7 @@ def part_de(report: Report, rates: _Rates, parts: str, iters: int, state: dict) 
                     extra = {}
                     if variant == "fp8_compute":
                         if mode == "fp8_compute":  # an earlier scaling: back to plain Linears first
-                            _revert_fp8(model)
+                            revert_fp8_compute(model)
                         extra["fp8_layers"] = _fp8(model, scaling)
                         extra["fp8_scaling"] = scaling
                         _reset_compiled()
@@ -495,7 +488,7 @@ def part_de(report: Report, rates: _Rates, parts: str, iters: int, state: dict) 
                     traceback.print_exc()
                     report.emit("d", "sample_cfg", variant, CASE, error=repr(error)[:500], notes=f"failed: {repr(error)[:200]}")
                     if variant == "fp8_compute":  # (e) then renders in bf16
-                        _revert_fp8(model)
+                        revert_fp8_compute(model)
                         _reset_compiled()
                         break
         if "e" in parts and time.perf_counter() + NEEDS["e"] < state["deadline"]:
@@ -602,15 +595,20 @@ def compile_once_child(case, depth: int) -> None:
         logger = logging.getLogger(name)
         logger.setLevel(logging.INFO)
         logger.addHandler(_Bypass())
-    phases = {"imports_s": time.perf_counter() - STARTED}
+    phases: dict[str, float] = {}
+
+    def phase_done(name: str) -> None:  # seconds since the previous phase ended
+        phases[name] = time.perf_counter() - STARTED - sum(phases.values())
+
+    phase_done("imports_s")
     spec, model = _build(depth=depth)
     _sync()
-    phases["build_s"] = time.perf_counter() - STARTED - sum(phases.values())
+    phase_done("build_s")
     trainer, batch = _trainer(spec, model, Path(tempfile.mkdtemp(prefix="speed2-child-")), case, compile_transformer=_on_cuda())
-    phases["trainer_s"] = time.perf_counter() - STARTED - sum(phases.values())
+    phase_done("trainer_s")
     trainer.step(batch)
     _sync()
-    phases["step1_s"] = time.perf_counter() - STARTED - sum(phases.values())
+    phase_done("step1_s")
     caches = {f"{group}.{key}": value for group in ("inductor", "aot_autograd") for key, value in counters[group].items() if "cache" in key}
     print("STEP1_DONE " + json.dumps({"child_s": time.perf_counter() - STARTED, **phases, "caches": caches, "bypasses": bypasses[:4]}), flush=True)
     os._exit(0)

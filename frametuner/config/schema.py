@@ -112,10 +112,14 @@ class DistributedConfig(BaseModel):
     find_unused_parameters: bool = Field(False, description="DDP: search for parameters without gradients each step")
 
 
-def image_only_validation_message(key: str, family: str, flavour: str) -> str:
-    """Why a validation prompt cannot be rendered by a model that samples only from an image."""
+def image_only_validation_message(config: "TrainConfig") -> str | None:
+    """Why ``config``'s validation prompt cannot be rendered by a model that samples only from an
+    image, or None when it sets no prompt or takes its validations from the eval clips."""
+    key = "validation_prompt" if config.validation_prompt else "validation_prompt_file" if config.validation_prompt_file else None
+    if key is None or config.validation_using_datasets:
+        return None
     return (
-        f"'{key}': the model '{family}' / '{flavour}' samples only from an input image (its conditioning), which a "
+        f"'{key}': the model '{config.model_family}' / '{config.model_flavour}' samples only from an input image (its conditioning), which a "
         "validation prompt does not give; set validation_using_datasets: true and eval_dataset_id (each eval clip is "
         "rendered from its cached image conditioning and caption), or set no validation prompt"
     )
@@ -385,11 +389,11 @@ class TrainConfig(BaseModel):
                 )
         if self.validation_using_datasets and not self.eval_dataset_id:
             raise ValueError("validation_using_datasets is true but eval_dataset_id is not set; name the dataset id to validate with")
-        prompt_key = "validation_prompt" if self.validation_prompt else "validation_prompt_file" if self.validation_prompt_file else None
-        if prompt_key and not self.validation_using_datasets and info.flavours[self.model_flavour].image_conditioned:
-            # The same words as the trainer's check of the checkpoint (training.pipeline.check_validation_setup),
-            # here so `config check` and the web UI's Check say it too.
-            raise ValueError(image_only_validation_message(prompt_key, self.model_family, self.model_flavour))
+        problem = image_only_validation_message(self) if info.flavours[self.model_flavour].image_conditioned else None
+        if problem:
+            # The trainer's check of the checkpoint (training.pipeline.check_validation_setup) says the
+            # same; here so `config check` and the web UI's Check say it too.
+            raise ValueError(problem)
         return self
 
     @model_serializer(mode="wrap")

@@ -191,8 +191,7 @@ def load_denoiser(spec, root, *, loras=(), device: torch.device, dtype: torch.dt
         from ..memory.fp8 import enable_fp8_compute, fp8_layer_filter
 
         model.requires_grad_(False)  # sampling: every weight is frozen
-        layers = fp8_layer_filter(getattr(config, "fp8_compute_layers", "all"), spec)
-        enable_fp8_compute(model, device, scaling=config.fp8_compute_scaling, include=layers)
+        enable_fp8_compute(model, device, scaling=config.fp8_compute_scaling, include=fp8_layer_filter(config.fp8_compute_layers, spec))
     apply_loras(model, loras)  # on the quantised layers; before offload places them
     if config is not None:
         from ..memory import apply_memory_options

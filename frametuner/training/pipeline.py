@@ -298,13 +298,12 @@ def check_validation_setup(config):
     Returns the run's ConditioningCache (None when the model needs none)."""
     from ..cache.run import open_config_conditioning_cache
 
-    conditioning_cache = open_config_conditioning_cache(config)
-    prompts = bool(config.validation_prompt or config.validation_prompt_file)
-    if conditioning_cache is not None and prompts and not config.validation_using_datasets:
-        from ..config.schema import image_only_validation_message
+    from ..config.schema import image_only_validation_message
 
-        key = "validation_prompt" if config.validation_prompt else "validation_prompt_file"
-        raise ConfigError([image_only_validation_message(key, config.model_family, config.model_flavour)])
+    conditioning_cache = open_config_conditioning_cache(config)
+    problem = image_only_validation_message(config) if conditioning_cache is not None else None
+    if problem:
+        raise ConfigError([problem])
     return conditioning_cache
 
 

@@ -13,14 +13,19 @@ from frametuner.bench import speed2
 HAS_TORCHAO = importlib.util.find_spec("torchao") is not None
 
 
-@pytest.mark.slow
-def test_speed2_bench_smoke_on_cpu(tmp_path, monkeypatch):
+@pytest.fixture
+def tiny_cpu(monkeypatch):
+    """speed2 on the CPU with the tiny model at a small case, every part's time need zero."""
     monkeypatch.setattr(speed2, "DEVICE", "cpu")
     monkeypatch.setattr(speed2, "FLAVOUR", "tiny")
     monkeypatch.setattr(speed2, "CASE", (32, 48, 9))
+    monkeypatch.setattr(speed2, "NEEDS", {part: 0 for part in speed2.NEEDS})
+
+
+@pytest.mark.slow
+def test_speed2_bench_smoke_on_cpu(tmp_path, monkeypatch, tiny_cpu):
     monkeypatch.setattr(speed2, "QUALITY_CASE", (32, 48, 5))
     monkeypatch.setattr(speed2, "COMPILE_ONCE_CASE", (32, 48, 5))
-    monkeypatch.setattr(speed2, "NEEDS", {part: 0 for part in speed2.NEEDS})
     parts = "f,a,b,c,d,e" if HAS_TORCHAO else "f,a,d,e"
     code = speed2.main(["--parts", parts, "--iters", "2", "--quality-batches", "2", "--results-dir", str(tmp_path)])
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
@@ -53,11 +58,7 @@ def test_speed2_bench_smoke_on_cpu(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_TORCHAO, reason="fp8 needs torchao")
-def test_speed2_e_alone_renders_with_fp8_compute(tmp_path, monkeypatch):
-    monkeypatch.setattr(speed2, "DEVICE", "cpu")
-    monkeypatch.setattr(speed2, "FLAVOUR", "tiny")
-    monkeypatch.setattr(speed2, "CASE", (32, 48, 9))
-    monkeypatch.setattr(speed2, "NEEDS", {part: 0 for part in speed2.NEEDS})
+def test_speed2_e_alone_renders_with_fp8_compute(tmp_path, tiny_cpu):
     assert speed2.main(["--parts", "e", "--results-dir", str(tmp_path)]) == 0
     (row,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert (row["part"], row["mode"], row["steps"]) == ("e", "fp8_compute", 16)
@@ -65,11 +66,7 @@ def test_speed2_e_alone_renders_with_fp8_compute(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_TORCHAO, reason="fp8 needs torchao")
-def test_speed2_fp8_layers_ffn_converts_only_the_feed_forward(tmp_path, monkeypatch):
-    monkeypatch.setattr(speed2, "DEVICE", "cpu")
-    monkeypatch.setattr(speed2, "FLAVOUR", "tiny")
-    monkeypatch.setattr(speed2, "CASE", (32, 48, 9))
-    monkeypatch.setattr(speed2, "NEEDS", {part: 0 for part in speed2.NEEDS})
+def test_speed2_fp8_layers_ffn_converts_only_the_feed_forward(tmp_path, monkeypatch, tiny_cpu):
     monkeypatch.setattr(speed2, "FP8_LAYERS", "all")  # main() sets the module's global
     assert speed2.main(["--parts", "b", "--fp8-layers", "ffn", "--iters", "1", "--results-dir", str(tmp_path)]) == 0
     (row,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines() if '"part": "b"' in line]
