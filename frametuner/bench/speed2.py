@@ -27,6 +27,7 @@ e. a distilled validation video: ``render_validation`` with the family's distill
     python bench/speed2.py                       # all parts, ~9 minutes on an H100
     python bench/speed2.py --parts a,b,d --budget-s 400
     python bench/speed2.py --parts b,d --fp8-layers ffn   # fp8 for the feed-forward Linears only
+    python bench/speed2.py --parts c --quality-variants all_but_qk,attn.qkv
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from pathlib import Path
 
 import torch
 
+from ..config.precision import FP8_COMPUTE_LAYERS
 from .results import REPO, append_row, git_commit, start_section, timed
 
 PARTS = "fabcde"
@@ -195,11 +197,21 @@ def _fp8(model, scaling: str | None = None, include=None) -> int:
 
 # (c): which layers run float8, by their names inside a block: all of them (fp8_compute), then
 # groups, to show where the error comes from.
+def _config_layers(layers: str):
+    """The name filter of ``fp8_compute_layers: layers`` (the family's own groups)."""
+    from ..memory.fp8 import fp8_layer_filter
+    from ..models.registry import load_spec
+
+    return lambda name: fp8_layer_filter(layers, load_spec("longcat_video"))(name)
+
+
 QUALITY_VARIANTS = {
     "all": None,
-    "ffn": lambda name: name.startswith("ffn."),
+    "ffn": _config_layers("ffn"),
     "attention": lambda name: name.startswith(("attn.", "cross_attn.")),
     "all_but_ffn.w2": lambda name: not name.startswith("ffn.w2"),
+    "all_but_qk": _config_layers("all_but_qk"),
+    "attn.qkv": lambda name: name.startswith("attn.qkv"),
 }
 
 
@@ -355,7 +367,7 @@ def part_ab(report: Report, rates: _Rates, parts: str, iters: int, deadline_a: f
 
 
 # ---------------------------------------------------------------------- c: fp8 quality
-def part_c(report: Report, batches: int = 5) -> None:
+def part_c(report: Report, batches: int = 5, variants: list[str] | None = None) -> None:
     from ..lora import add_lora
     from ..training.flow_matching import flow_matching_loss
 
@@ -411,7 +423,8 @@ def part_c(report: Report, batches: int = 5) -> None:
     eligible = {name: module.in_features * module.out_features for name, module in model.blocks[0].named_modules() if converts_to_fp8(module, name)}
     with _dynamo.config.patch(disable=True):  # eager: both modes run the same kernels apart from the matmuls
         reference, bf16_s = _wall(run)
-        for variant, include in QUALITY_VARIANTS.items():
+        for variant in variants or list(QUALITY_VARIANTS):
+            include = QUALITY_VARIANTS[variant]
             converted = _fp8(model, include=include or (lambda name: True))  # "all" whatever --fp8-layers says
             fp8, fp8_s = _wall(run)
             share = sum(size for name, size in eligible.items() if include is None or include(name)) / sum(eligible.values())
@@ -653,7 +666,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fp8-scaling", default="rowwise", help="fp8_compute_scaling of b, c, e (rowwise or tensorwise); a list (rowwise,tensorwise): d times each, b, c, e use the first")
     parser.add_argument("--e-mode", choices=["fp8_compute", "bf16"], default="fp8_compute", help="(e) without (d): the validation video's compute (with d: d's last mode)")
     parser.add_argument("--profile", action="store_true", help="a, b, d: profile one more step and add where its GPU time goes to the row (frametuner/bench/kernel_profile.py)")
-    parser.add_argument("--fp8-layers", choices=["all", "ffn"], default="all", help="fp8_compute_layers of b, d, e (c measures its groups itself)")
+    parser.add_argument("--quality-variants", default=",".join(QUALITY_VARIANTS), help=f"(c): which layer groups, of {','.join(QUALITY_VARIANTS)}")
+    parser.add_argument("--fp8-layers", choices=list(FP8_COMPUTE_LAYERS), default="all", help="fp8_compute_layers of b, d, e (c measures its groups itself)")
     parser.add_argument("--qkv-layout", choices=["as_is", "contiguous"], default=None,
                         help="hand SDPA q, k, v as the model makes them or contiguous per head (default: the model's default)")
     parser.add_argument("--results-dir", default=str(REPO / "bench"))
@@ -674,6 +688,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     global FP8_SCALING, PROFILE, D_SCALINGS, FP8_LAYERS
     FP8_LAYERS = args.fp8_layers
+    variants = [value.strip() for value in args.quality_variants.split(",") if value.strip()]
+    if not variants or set(variants) - set(QUALITY_VARIANTS):
+        parser.error(f"--quality-variants: a comma-separated subset of {','.join(QUALITY_VARIANTS)}")
     D_SCALINGS = [value.strip() for value in args.fp8_scaling.split(",") if value.strip()]
     if not D_SCALINGS or set(D_SCALINGS) - {"rowwise", "tensorwise"}:
         parser.error("--fp8-scaling: rowwise, tensorwise or both (comma-separated)")
@@ -720,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
             attempt(part, ab)
             done |= set("ab")
         elif part == "c":
-            attempt("c", lambda: part_c(report, args.quality_batches))
+            attempt("c", lambda: part_c(report, args.quality_batches, variants))
         elif part in "de":
             attempt(part, lambda: part_de(report, rates, parts, max(1, args.iters - 1), state))
             done |= set("de")

@@ -20,7 +20,7 @@ from .conditioning import ConditioningMix
 
 GROUPS = ("model", "data", "lora", "optimisation", "validation", "memory", "logging", "distributed")
 
-from .precision import QUANTISED_PRECISIONS
+from .precision import FP8_COMPUTE_LAYERS, QUANTISED_PRECISIONS
 BasePrecision = Literal["no_change", "bf16", "fp16", "fp32", "int8-quanto", "int4-quanto", "fp8-torchao"]
 LoraFormat = Literal["peft", "upstream", "comfyui"]
 
@@ -166,9 +166,10 @@ class TrainConfig(BaseModel):
     fp8_compute_scaling: Literal["rowwise", "tensorwise"] = _field(
         "rowwise", "model", "Scales of fp8_compute: rowwise (one per row, more accurate) or tensorwise (one per tensor, fastest)"
     )
-    fp8_compute_layers: Literal["all", "ffn"] = _field(
-        "all", "model", "Which frozen Linears fp8_compute runs in float8: all (fastest) or ffn, the feed-forward ones only "
-        "(half the GEMM work; on the H100 benchmark's random weights the DiT output error fell from 6.1% to 1.6%)"
+    fp8_compute_layers: Literal[FP8_COMPUTE_LAYERS] = _field(
+        "all", "model", "Which frozen Linears fp8_compute runs in float8: all (fastest), ffn (the feed-forward ones only: "
+        "half the GEMM work; on the H100 benchmark's random weights the DiT output error fell from 6.1% to 1.6%) or "
+        "all_but_qk (all but those making attention queries and keys, which feed the softmax)"
     )
 
     # ------------------------------------------------------------------ data

@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from ..config.precision import FP8_COMPUTE_LAYERS
 from .errors import MemoryOptionError
 from .quantise import FP8_MIN_CAPABILITY, _installed, is_quantisable
 
@@ -194,15 +195,19 @@ def revert_fp8_compute(model: nn.Module) -> int:
 
 def fp8_layer_filter(layers: str, family) -> Callable[[str], bool] | None:
     """``fp8_compute_layers`` as a name filter for :func:`convert_to_fp8_compute`: ``all``
-    (None: every eligible layer) or ``ffn`` (the family's ``feedforward_layers``)."""
+    (None: every eligible layer), ``ffn`` (the family's ``feedforward_layers``) or
+    ``all_but_qk`` (every layer but the family's ``query_key_layers``)."""
     if layers == "all":
         return None
-    if layers != "ffn":
-        raise ValueError(f"fp8_compute_layers {layers!r} is not one of ['all', 'ffn']")
-    prefixes = tuple(family.feedforward_layers)
+    if layers not in FP8_COMPUTE_LAYERS:
+        raise ValueError(f"fp8_compute_layers {layers!r} is not one of {list(FP8_COMPUTE_LAYERS)}")
+    attribute = "feedforward_layers" if layers == "ffn" else "query_key_layers"
+    prefixes = tuple(getattr(family, attribute))
     if not prefixes:
-        raise MemoryOptionError(f"fp8_compute_layers 'ffn': the {family.name} family names no feed-forward layers; use 'all'")
-    return lambda name: name.startswith(prefixes)
+        raise MemoryOptionError(f"fp8_compute_layers {layers!r}: the {family.name} family names no {attribute}; use 'all'")
+    if layers == "ffn":
+        return lambda name: name.startswith(prefixes)
+    return lambda name: not name.startswith(prefixes)
 
 
 def enable_fp8_compute(model: nn.Module, device: torch.device | str, *, scaling: str = "rowwise", include: Callable[[str], bool] | None = None) -> int:
