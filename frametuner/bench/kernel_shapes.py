@@ -49,10 +49,10 @@ def _qkv(batch: int, tokens: int, layout: str, requires_grad: bool):
 def attention_rows(tokens: int, iters: int, kernel: str) -> list[dict]:
     from torch.nn.attention import sdpa_kernel
 
-    from ..models.longcat_video.attention import _sdpa_backends
+    from ..models.sdpa import sdpa_backends
 
     rows = []
-    backends = _sdpa_backends(kernel)[:1]
+    backends = sdpa_backends(kernel)[:1]
     for batch in (1, 2):
         flops = 4 * batch * tokens * tokens * HEAD_DIM * HEADS
         for layout in ("bhnd", "bnhd", "qkv_view", "v_view"):

@@ -55,18 +55,18 @@ def measure_sdpa_flops_per_s(tokens: int, heads: int = 32, head_dim: int = 128, 
     """SDPA forward and forward+backward ceilings at this sequence length (flash by default)."""
     from torch.nn.attention import sdpa_kernel
 
-    from ..models.longcat_video.attention import _sdpa_backends
+    from ..models.sdpa import sdpa_backends
 
     shape = (1, heads, tokens, head_dim)
     q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     grad = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
     fwd_flops = 4 * tokens * tokens * head_dim * heads
     F = torch.nn.functional
-    with torch.no_grad(), sdpa_kernel(_sdpa_backends(kernel)[:1]):
+    with torch.no_grad(), sdpa_kernel(sdpa_backends(kernel)[:1]):
         fwd = statistics.median(cuda_time(lambda: F.scaled_dot_product_attention(q, k, v), 2, iters))
 
     def fwd_bwd():
-        with sdpa_kernel(_sdpa_backends(kernel)[:1]):
+        with sdpa_kernel(sdpa_backends(kernel)[:1]):
             out = F.scaled_dot_product_attention(q, k, v)
         out.backward(grad)
 

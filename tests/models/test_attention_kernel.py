@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 
-from frametuner.models.longcat_video.attention import AttentionSettings, _sdpa_backends, auto_sdpa_kernel, sdpa_attention
+from frametuner.models.longcat_video.attention import AttentionSettings, sdpa_attention
+from frametuner.models.sdpa import auto_sdpa_kernel, sdpa_backends
 
 
 def test_cudnn_is_first_and_falls_back_to_torchs_order():
-    assert _sdpa_backends("cudnn") == [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    assert _sdpa_backends("flash") == [SDPBackend.FLASH_ATTENTION]
+    assert sdpa_backends("cudnn") == [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    assert sdpa_backends("flash") == [SDPBackend.FLASH_ATTENTION]
 
 
 def test_auto_leaves_the_cpu_to_torch():
@@ -74,3 +75,41 @@ def test_compiled_attention_with_a_preferred_kernel_stays_cacheable(monkeypatch,
     expected = 2 * F.scaled_dot_product_attention(q, k, v)
     torch.testing.assert_close(out, expected)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("family", ["longcat_video", "wan"])
+def test_a_checkpointed_training_step_runs_every_attention_under_the_preferred_kernel(family, monkeypatch):
+    """Every SDPA call of a checkpointed step, the forward's and the backward's recomputation,
+    runs under the kernel the GPU prefers (cuDNN on Hopper; torch ranks it last). Wan's blocks
+    are diffusers' code, and its recomputation runs outside the forward's block loop, so the
+    loop's priority alone would leave it on torch's order. A CPU has the math kernel, so the
+    preference here is math."""
+    from frametuner.models.longcat_video import attention
+    from frametuner.models.registry import load_spec
+    from frametuner.models.wan import transformer as wan_transformer
+
+    for module in (attention, wan_transformer):
+        monkeypatch.setattr(module, "preferred_sdpa_kernel", lambda kernel, device: "math")
+    firsts = []
+    real = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        firsts.append((torch.is_grad_enabled(), torch._C._get_sdp_priority_order()[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    spec = load_spec(family)
+    model = spec.build_transformer(flavour="tiny", device="cpu", dtype=torch.float32)
+    model.requires_grad_(True)
+    model.enable_gradient_checkpointing("full")
+    model.train()
+    generator = torch.Generator().manual_seed(0)
+    latents, noise = (torch.randn(1, spec.geometry.channels, 2, 4, 4, generator=generator) for _ in range(2))
+    inputs = spec.training_inputs(latents, noise, torch.tensor([0.5]))
+    text, mask = torch.randn(1, 8, 64, generator=generator), torch.ones(1, 8, dtype=torch.int64)
+    assert torch._C._get_sdp_priority_order()[0] != int(SDPBackend.MATH)  # torch's own order out here
+    spec.training_forward(model, inputs, text, mask).square().mean().backward()
+    calls = 2 * len(model.blocks)  # self- and cross-attention per block
+    assert len(firsts) == 2 * calls  # the forward's, then the recomputation's
+    assert {first for _, first in firsts} == {int(SDPBackend.MATH)}, firsts
+    assert torch._C._get_sdp_priority_order()[0] != int(SDPBackend.MATH)  # restored after the step

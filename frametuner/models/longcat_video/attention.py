@@ -18,6 +18,8 @@ from typing import Callable, Protocol
 import torch
 import torch.nn.functional as F
 
+from ..sdpa import SDPA_KERNELS, eager_kernel_priority, kernel_priority, preferred_sdpa_kernel
+
 logger = logging.getLogger(__name__)
 
 ATTENTION_IMPLEMENTATIONS = ("auto", "sdpa", "xformers", "bsa")
@@ -60,33 +62,6 @@ class AttentionSettings:
             logger.info("self-attention on grid %s uses %s%s", tuple(grid), backend, f" ({reason})" if reason else "")
 
 
-SDPA_KERNELS = ("auto", "flash", "cudnn", "efficient", "math")
-
-
-def _sdpa_backends(name: str):
-    """The fused SDPA kernels of one ``sdpa_kernel`` name, first preferred (``set_priority``)."""
-    from torch.nn.attention import SDPBackend
-
-    return {
-        "flash": [SDPBackend.FLASH_ATTENTION],
-        # cuDNN first, then torch's own order for what cuDNN cannot serve.
-        "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
-        "efficient": [SDPBackend.EFFICIENT_ATTENTION],
-        "math": [SDPBackend.MATH],
-    }[name]
-
-
-def auto_sdpa_kernel(device: torch.device) -> str | None:
-    """What ``sdpa_kernel: auto`` prefers on ``device``: cuDNN's attention on Hopper (sm90),
-    where it runs the DiT's 37k-token self-attention at ~590 TFLOP/s forward against flash's
-    ~370 (the ceilings every bench run measures, bench/NOTES.md), and torch's default order
-    (flash first) elsewhere (None). torch ranks cuDNN last by default, so without this the
-    eager sampler ran flash. Constant-folded under torch.compile."""
-    if device.type != "cuda":
-        return None
-    return "cudnn" if torch.cuda.get_device_properties(device).major == 9 else None
-
-
 # Hand the fused kernel q, k, v contiguous per head ([B, heads, N, D] in memory) instead of
 # RoPE's [B, N, heads, D] output and v's strided view of the qkv projection. A module switch
 # so bench/speed2.py can time both in one run (--qkv-layout).
@@ -95,32 +70,19 @@ SDPA_CONTIGUOUS_INPUTS = False
 
 def _preferred_kernel(settings: "AttentionSettings | None", device: torch.device) -> str | None:
     """The fused SDPA kernel ``settings`` prefers on ``device`` (None: torch's own order)."""
-    kernel = settings.sdpa_kernel if settings is not None else "auto"
-    if kernel == "auto":
-        kernel = auto_sdpa_kernel(device)
-    return kernel if device.type == "cuda" else None
+    return preferred_sdpa_kernel(settings.sdpa_kernel if settings is not None else "auto", device)
 
 
 def sdpa_priority(settings: "AttentionSettings | None", device: torch.device):
-    """torch's SDPA priority set to the preferred kernel's (``sdpa_kernel(..., set_priority=True)``),
-    or nothing to do. Entered OUTSIDE compiled code (around the block loop,
-    :func:`block_compile_context`): inside a compiled block the context manager becomes graph
-    nodes that inductor's FX graph and AOTAutograd caches cannot key (``_backend_from_string``),
-    so every run compiled from scratch. The kernel is chosen when the graph is traced."""
-    kernel = _preferred_kernel(settings, device)
-    if kernel is None:
-        return contextlib.nullcontext()
-    from torch.nn.attention import sdpa_kernel
-
-    return sdpa_kernel(_sdpa_backends(kernel), set_priority=True)
+    """torch's SDPA priority set to the preferred kernel's, entered around the block loop
+    (:func:`block_compile_context`), outside compiled code (``models/sdpa.py`` says why)."""
+    return kernel_priority(_preferred_kernel(settings, device))
 
 
 def _in_priority(settings: "AttentionSettings | None", device: torch.device):
     """The priority context for an eager call (the forward's and the checkpoint recomputation's
     alike, so both pick the same kernel); nothing while compiling (the block loop's holds)."""
-    if torch.compiler.is_compiling():
-        return contextlib.nullcontext()
-    return sdpa_priority(settings, device)
+    return eager_kernel_priority(_preferred_kernel(settings, device))
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, settings: "AttentionSettings | None" = None, **_: object) -> torch.Tensor:

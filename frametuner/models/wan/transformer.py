@@ -7,7 +7,9 @@ block through :meth:`WanTransformer._run_block`, the seam memory tools hook into
 swap, activation offload; see ``memory/blocks.py``), and checkpointing is chosen per call
 of that seam. The maths of the forward is diffusers' own, line for line, so the model
 computes exactly what ``WanTransformer3DModel`` computes (asserted against
-``WanPipeline`` in ``tests/models/wan``).
+``WanPipeline`` in ``tests/models/wan``). The block loop, and a checkpointed block's
+recomputation, run under the GPU's preferred SDPA kernel (``models/sdpa.py``: cuDNN on
+Hopper, where torch would pick flash).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 from diffusers import WanTransformer3DModel
+
+from ..sdpa import eager_kernel_priority, kernel_priority, preferred_sdpa_kernel
 
 CHECKPOINT_POLICIES = ("none", "full")
 
@@ -32,7 +36,9 @@ class WanTransformer(WanTransformer3DModel):
         if self._checkpoint_policy == "full" and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
 
-            return checkpoint(block, *args, use_reentrant=False, preserve_rng_state=False)
+            # The recomputation runs in the backward, outside the forward's block loop: it
+            # enters the same kernel priority, so it picks the forward's kernel.
+            return checkpoint(_in_kernel_priority, block, *args, use_reentrant=False, preserve_rng_state=False)
         return block(*args)
 
     def enable_gradient_checkpointing(self, policy: str = "full", budget_bytes: int | None = None) -> None:  # type: ignore[override]
@@ -91,8 +97,9 @@ class WanTransformer(WanTransformer3DModel):
         if encoder_hidden_states_image is not None:
             encoder_hidden_states = torch.concat([encoder_hidden_states_image, encoder_hidden_states], dim=1)
 
-        for index, block in enumerate(self.blocks):
-            hidden_states = self._run_block(index, block, hidden_states, encoder_hidden_states, timestep_proj, rotary_emb)
+        with kernel_priority(preferred_sdpa_kernel("auto", hidden_states.device)):
+            for index, block in enumerate(self.blocks):
+                hidden_states = self._run_block(index, block, hidden_states, encoder_hidden_states, timestep_proj, rotary_emb)
 
         if temb.ndim == 3:
             shift, scale = (self.scale_shift_table.unsqueeze(0).to(temb.device) + temb.unsqueeze(2)).chunk(2, dim=2)
@@ -110,3 +117,10 @@ class WanTransformer(WanTransformer3DModel):
         from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
         return Transformer2DModelOutput(sample=output)
+
+
+def _in_kernel_priority(block: nn.Module, hidden_states: torch.Tensor, *args: Any) -> torch.Tensor:
+    """``block(hidden_states, *args)`` under the preferred SDPA kernel's priority (a checkpointed
+    block's forward and its recomputation alike)."""
+    with eager_kernel_priority(preferred_sdpa_kernel("auto", hidden_states.device)):
+        return block(hidden_states, *args)
