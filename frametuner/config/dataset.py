@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator, ValidationInfo
 
 from .conditioning import ConditioningMix, dataset_mix, dataset_problems
-from .errors import ConfigError, did_you_mean, format_pydantic_errors
+from .errors import ConfigError, did_you_mean
 from .jsonc import strip_jsonc
 from .schema import PATH_INPUT, TrainConfig
 

@@ -19,7 +19,6 @@ import weakref
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 
 from ..models.family import BlockModel
 from .blocks import BlockHook, BlockRunner

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..storage import StorageError, folder_bytes, storage_error
+from ..storage import folder_bytes, storage_error
 
 log = logging.getLogger(__name__)
 

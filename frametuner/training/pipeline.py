@@ -116,7 +116,7 @@ class Validator:
         eval clips with their cached conditioning entries, the very tensors training reads, at
         each clip's size and length; validation prompts without an image are refused
         (:func:`check_validation_setup`)."""
-        from ..cache.run import open_config_caches, open_config_conditioning_cache, validation_prompts
+        from ..cache.run import open_config_caches, validation_prompts
 
         conditioning_cache = check_validation_setup(config)
         text_cache, latent_cache = caches or open_config_caches(config)
