@@ -212,6 +212,9 @@ QUALITY_VARIANTS = {
     "all_but_ffn.w2": lambda name: not name.startswith("ffn.w2"),
     "all_but_qk": _config_layers("all_but_qk"),
     "attn.qkv": lambda name: name.startswith("attn.qkv"),
+    "all_but_out": _config_layers("all_but_out"),
+    "attn.proj": lambda name: name.startswith("attn.proj"),
+    "cross_attn.proj": lambda name: name.startswith("cross_attn.proj"),
 }
 
 

@@ -195,13 +195,14 @@ def revert_fp8_compute(model: nn.Module) -> int:
 
 def fp8_layer_filter(layers: str, family) -> Callable[[str], bool] | None:
     """``fp8_compute_layers`` as a name filter for :func:`convert_to_fp8_compute`: ``all``
-    (None: every eligible layer), ``ffn`` (the family's ``feedforward_layers``) or
-    ``all_but_qk`` (every layer but the family's ``query_key_layers``)."""
+    (None: every eligible layer), ``ffn`` (the family's ``feedforward_layers``),
+    ``all_but_qk`` (every layer but the family's ``query_key_layers``) or ``all_but_out``
+    (every layer but its ``attention_output_layers``)."""
     if layers == "all":
         return None
     if layers not in FP8_COMPUTE_LAYERS:
         raise ValueError(f"fp8_compute_layers {layers!r} is not one of {list(FP8_COMPUTE_LAYERS)}")
-    attribute = "feedforward_layers" if layers == "ffn" else "query_key_layers"
+    attribute = {"ffn": "feedforward_layers", "all_but_qk": "query_key_layers", "all_but_out": "attention_output_layers"}[layers]
     prefixes = tuple(getattr(family, attribute))
     if not prefixes:
         raise MemoryOptionError(f"fp8_compute_layers {layers!r}: the {family.name} family names no {attribute}; use 'all'")

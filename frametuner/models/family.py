@@ -188,6 +188,8 @@ class ModelFamily(ABC):
     # Name prefixes, inside a block, of the Linears whose outputs hold attention queries or keys
     # (they feed the softmax; ``fp8_compute_layers: all_but_qk`` keeps them bf16).
     query_key_layers: tuple[str, ...] = ()
+    # ... and of the attention output projections (``fp8_compute_layers: all_but_out`` keeps them bf16).
+    attention_output_layers: tuple[str, ...] = ()
     optional_lora_targets: tuple[str, ...] = ()
     lora_layout: LoraLayout | None = None
     # Component -> subfolder of the checkpoint layout ("transformer" is the denoiser's).
