@@ -27,7 +27,7 @@ e. a distilled validation video: ``render_validation`` with the family's distill
     python bench/speed2.py                       # all parts, ~9 minutes on an H100
     python bench/speed2.py --parts a,b,d --budget-s 400
     python bench/speed2.py --parts b,d --fp8-layers ffn   # fp8 for the feed-forward Linears only
-    python bench/speed2.py --parts c --quality-variants all_but_qk,attn.qkv
+    python bench/speed2.py --parts c --quality-variants all_but_qk,attn.qkv   # diagnostic groups
 """
 
 from __future__ import annotations
@@ -178,6 +178,12 @@ def _profiled(fn) -> dict:
 FP8_LAYERS = "all"  # --fp8-layers: fp8_compute_layers of b, d, e
 
 
+def _default_fp8_layers() -> str:
+    from ..config.schema import TrainConfig
+
+    return TrainConfig.model_fields["fp8_compute_layers"].default
+
+
 def _fp8(model, scaling: str | None = None, include=None) -> int:
     """fp8 compute on ``model``: the trainer's/sampler's own call on CUDA (with --fp8-layers'
     filter); emulated on a CPU (smoke test). ``include``: only these layers (c's breakdown),
@@ -195,27 +201,34 @@ def _fp8(model, scaling: str | None = None, include=None) -> int:
     return convert_to_fp8_compute(model, scaling, emulate=not _on_cuda(), include=include)
 
 
-# (c): which layers run float8, by their names inside a block: all of them (fp8_compute), then
-# groups, to show where the error comes from.
+# (c): which layers run float8, by their names inside a LongCat block: each fp8_compute_layers
+# choice (the family's own groups), then diagnostic groups that show where the error comes from
+# (bench/RESULTS.md, 2026-12-06: the cross-attention's Linears carry most of it).
 def _config_layers(layers: str):
-    """The name filter of ``fp8_compute_layers: layers`` (the family's own groups)."""
+    """The name filter of ``fp8_compute_layers: layers``."""
     from ..memory.fp8 import fp8_layer_filter
     from ..models.registry import load_spec
 
-    return lambda name: fp8_layer_filter(layers, load_spec("longcat_video"))(name)
+    return fp8_layer_filter(layers, load_spec("longcat_video"))
+
+
+def _starts(*prefixes: str, keep: bool = True):
+    return lambda name: name.startswith(prefixes) == keep
 
 
 QUALITY_VARIANTS = {
     "all": None,
-    "ffn": _config_layers("ffn"),
-    "attention": lambda name: name.startswith(("attn.", "cross_attn.")),
-    "all_but_ffn.w2": lambda name: not name.startswith("ffn.w2"),
-    "all_but_qk": _config_layers("all_but_qk"),
-    "attn.qkv": lambda name: name.startswith("attn.qkv"),
-    "all_but_out": _config_layers("all_but_out"),
-    "attn.proj": lambda name: name.startswith("attn.proj"),
-    "cross_attn.proj": lambda name: name.startswith("cross_attn.proj"),
+    "all_but_cross": lambda name: _config_layers("all_but_cross")(name),
+    "ffn": lambda name: _config_layers("ffn")(name),
+    "attention": _starts("attn.", "cross_attn."),
+    "all_but_ffn.w2": _starts("ffn.w2", keep=False),
+    "all_but_qk": _starts("attn.qkv", "cross_attn.q_linear", "cross_attn.kv_linear", keep=False),
+    "all_but_out": _starts("attn.proj", "cross_attn.proj", keep=False),
+    "attn.qkv": _starts("attn.qkv"),
+    "attn.proj": _starts("attn.proj"),
+    "cross_attn.proj": _starts("cross_attn.proj"),
 }
+DEFAULT_QUALITY_VARIANTS = ("all", *(layers for layers in FP8_COMPUTE_LAYERS if layers != "all"))
 
 
 def _reset_compiled() -> None:
@@ -669,8 +682,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fp8-scaling", default="rowwise", help="fp8_compute_scaling of b, c, e (rowwise or tensorwise); a list (rowwise,tensorwise): d times each, b, c, e use the first")
     parser.add_argument("--e-mode", choices=["fp8_compute", "bf16"], default="fp8_compute", help="(e) without (d): the validation video's compute (with d: d's last mode)")
     parser.add_argument("--profile", action="store_true", help="a, b, d: profile one more step and add where its GPU time goes to the row (frametuner/bench/kernel_profile.py)")
-    parser.add_argument("--quality-variants", default=",".join(QUALITY_VARIANTS), help=f"(c): which layer groups, of {','.join(QUALITY_VARIANTS)}")
-    parser.add_argument("--fp8-layers", choices=list(FP8_COMPUTE_LAYERS), default="all", help="fp8_compute_layers of b, d, e (c measures its groups itself)")
+    parser.add_argument("--quality-variants", default=",".join(DEFAULT_QUALITY_VARIANTS), help=f"(c): which layer groups, of {','.join(QUALITY_VARIANTS)}")
+    parser.add_argument("--fp8-layers", choices=list(FP8_COMPUTE_LAYERS), default=_default_fp8_layers(),
+                        help="fp8_compute_layers of b, d, e (default: the config's; c measures its groups itself)")
     parser.add_argument("--qkv-layout", choices=["as_is", "contiguous"], default=None,
                         help="hand SDPA q, k, v as the model makes them or contiguous per head (default: the model's default)")
     parser.add_argument("--results-dir", default=str(REPO / "bench"))

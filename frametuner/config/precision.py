@@ -11,7 +11,7 @@ from typing import Any
 
 QUANTISED_PRECISIONS = ("int8-quanto", "int4-quanto", "fp8-torchao")
 # fp8_compute_layers: which frozen Linears fp8 compute converts (memory.fp8.fp8_layer_filter)
-FP8_COMPUTE_LAYERS = ("all", "ffn", "all_but_qk", "all_but_out")
+FP8_COMPUTE_LAYERS = ("all_but_cross", "all", "ffn")
 DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "no": "float32"}
 
 

@@ -195,14 +195,13 @@ def revert_fp8_compute(model: nn.Module) -> int:
 
 def fp8_layer_filter(layers: str, family) -> Callable[[str], bool] | None:
     """``fp8_compute_layers`` as a name filter for :func:`convert_to_fp8_compute`: ``all``
-    (None: every eligible layer), ``ffn`` (the family's ``feedforward_layers``),
-    ``all_but_qk`` (every layer but the family's ``query_key_layers``) or ``all_but_out``
-    (every layer but its ``attention_output_layers``)."""
+    (None: every eligible layer), ``all_but_cross`` (every layer but the family's
+    ``cross_attention_layers``) or ``ffn`` (its ``feedforward_layers`` only)."""
     if layers == "all":
         return None
     if layers not in FP8_COMPUTE_LAYERS:
         raise ValueError(f"fp8_compute_layers {layers!r} is not one of {list(FP8_COMPUTE_LAYERS)}")
-    attribute = {"ffn": "feedforward_layers", "all_but_qk": "query_key_layers", "all_but_out": "attention_output_layers"}[layers]
+    attribute = {"ffn": "feedforward_layers", "all_but_cross": "cross_attention_layers"}[layers]
     prefixes = tuple(getattr(family, attribute))
     if not prefixes:
         raise MemoryOptionError(f"fp8_compute_layers {layers!r}: the {family.name} family names no {attribute}; use 'all'")

@@ -185,11 +185,9 @@ class ModelFamily(ABC):
     default_lora_targets: tuple[str, ...] = ()
     # Name prefixes, inside a block, of the feed-forward Linears (``fp8_compute_layers: ffn``).
     feedforward_layers: tuple[str, ...] = ()
-    # Name prefixes, inside a block, of the Linears whose outputs hold attention queries or keys
-    # (they feed the softmax; ``fp8_compute_layers: all_but_qk`` keeps them bf16).
-    query_key_layers: tuple[str, ...] = ()
-    # ... and of the attention output projections (``fp8_compute_layers: all_but_out`` keeps them bf16).
-    attention_output_layers: tuple[str, ...] = ()
+    # ... and of the cross-attention (to text) Linears (``fp8_compute_layers: all_but_cross``
+    # keeps them bf16: in float8 they carried most of the DiT output's error, bench/RESULTS.md).
+    cross_attention_layers: tuple[str, ...] = ()
     optional_lora_targets: tuple[str, ...] = ()
     lora_layout: LoraLayout | None = None
     # Component -> subfolder of the checkpoint layout ("transformer" is the denoiser's).

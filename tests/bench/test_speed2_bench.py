@@ -43,13 +43,13 @@ def test_speed2_bench_smoke_on_cpu(tmp_path, monkeypatch, tiny_cpu):
     assert video["kind"] == "validation_video" and video["steps"] == 16 and video["guidance"] == 1.0 and video["total_s"] > 0
     if HAS_TORCHAO:
         assert code == 0, rows
-        assert by_part["b"][0]["mode"] == "fp8_compute" and by_part["b"][0]["fp8_layers"] > 0
+        assert by_part["b"][0]["mode"] == "fp8_compute-all_but_cross" and by_part["b"][0]["fp8_layers"] > 0  # the config's default
         quality = by_part["c"][0]
         assert len(quality["output_rel_l2"]) == 2 and 0 < quality["output_rel_l2_max"] < 0.5 and quality["grad_cosine_min"] > 0.5
-        assert [r["layers"] for r in by_part["c"]] == list(speed2.QUALITY_VARIANTS) and quality["fp8_gemm_share"] == 1.0
+        assert [r["layers"] for r in by_part["c"]] == ["all", "all_but_cross", "ffn"] and quality["fp8_gemm_share"] == 1.0
         assert all(0 < r["fp8_gemm_share"] <= 1 and r["grad_cosine_mean"] <= 1 + 1e-12 for r in by_part["c"])
         assert 0 < by_part["c"][1]["fp8_layers"] < quality["fp8_layers"]  # a group converts fewer layers
-        assert [r["mode"] for r in by_part["d"]] == ["bf16", "fp8_compute"] and video["mode"] == "fp8_compute"
+        assert [r["mode"] for r in by_part["d"]] == ["bf16", "fp8_compute-all_but_cross"] and video["mode"] == "fp8_compute"
         assert by_part["d"][1]["fp8_layers"] == by_part["b"][0]["fp8_layers"] > 0
     else:
         assert [r["mode"] for r in by_part["d"]] == ["bf16", "fp8_compute"] and "error" in by_part["d"][1]

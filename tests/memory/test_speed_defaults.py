@@ -132,7 +132,7 @@ def test_the_trainer_keeps_todays_behaviour_on_a_cpu(tmp_path):
 # ---------------------------------------------------------------------- fp8 compute
 def test_fp8_compute_is_off_by_default():
     config = TrainConfig()
-    assert config.fp8_compute is False and config.fp8_compute_scaling == "rowwise" and config.fp8_compute_layers == "all"
+    assert config.fp8_compute is False and config.fp8_compute_scaling == "rowwise" and config.fp8_compute_layers == "all_but_cross"
 
 
 @pytest.mark.parametrize("family", ["longcat_video", "wan"])
@@ -156,24 +156,24 @@ def test_fp8_compute_layers_ffn_picks_each_familys_feed_forward_linears(family):
 
 
 @pytest.mark.parametrize(("family", "flavour"), [("longcat_video", "tiny"), ("wan", "tiny"), ("wan", "tiny-i2v")])
-def test_fp8_compute_layers_all_but_qk_keeps_query_and_key_projections_bf16(family, flavour):
-    """``all_but_qk``: every Linear in float8 except those whose outputs hold attention queries
-    or keys (self and cross attention, Wan i2v's image keys too); LongCat's fused qkv and
-    cross-attention kv stay bf16 whole."""
+def test_fp8_compute_layers_all_but_cross_keeps_the_cross_attention_bf16(family, flavour):
+    """The default ``all_but_cross``: every eligible Linear in float8 but the cross-attention's
+    (to text, and Wan i2v's image keys and values): in float8 they carried most of the DiT
+    output's error on the H100 (6.1% -> 1.8%, bench/RESULTS.md)."""
     from frametuner.memory.fp8 import fp8_layer_filter
     from frametuner.models.registry import load_spec
 
     spec = load_spec(family)
     model = spec.build_transformer(flavour=flavour, device="meta", dtype=torch.bfloat16)
     names = {name for name, module in model.blocks[0].named_modules() if type(module) is torch.nn.Linear}
-    include = fp8_layer_filter("all_but_qk", spec)
+    include = fp8_layer_filter("all_but_cross", spec)
     kept = {name for name in names if not include(name)}
     expected = {
-        "longcat_video": {"attn.qkv", "cross_attn.q_linear", "cross_attn.kv_linear"},
-        "wan": {"attn1.to_q", "attn1.to_k", "attn2.to_q", "attn2.to_k"} | ({"attn2.add_k_proj"} if flavour == "tiny-i2v" else set()),
+        "longcat_video": {"cross_attn.q_linear", "cross_attn.kv_linear", "cross_attn.proj"},
+        "wan": {"attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"} | ({"attn2.add_k_proj", "attn2.add_v_proj"} if flavour == "tiny-i2v" else set()),
     }[family]
     assert kept == expected
-    assert TrainConfig(model_family=family, fp8_compute_layers="all_but_qk").fp8_compute_layers == "all_but_qk"
+    assert TrainConfig(model_family=family).fp8_compute_layers == "all_but_cross"
 
 
 def test_fp8_compute_is_refused_where_the_gpu_cannot_run_it(tmp_path):

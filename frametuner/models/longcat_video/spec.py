@@ -43,8 +43,7 @@ class LongCatVideoSpec(UMT5WanVAEEncoders, ModelFamily):
     transformer_class = LongCatVideoTransformer3DModel
     shard_units = (LongCatSingleStreamBlock.__name__,)  # blocks checkpoint themselves
     feedforward_layers = ("ffn.",)  # SwiGLU w1, w2, w3
-    query_key_layers = ("attn.qkv", "cross_attn.q_linear", "cross_attn.kv_linear")  # qkv and kv fused with v
-    attention_output_layers = ("attn.proj", "cross_attn.proj")
+    cross_attention_layers = ("cross_attn.",)  # q_linear, kv_linear, proj
     subfolders = {"transformer": "dit", "text_encoder": "text_encoder", "tokenizer": "tokenizer", "vae": "vae", "scheduler": "scheduler", "lora": "lora"}
 
     def checkpoint_root(self, flavour: str, pretrained_model_name_or_path: str | None) -> str | Path:

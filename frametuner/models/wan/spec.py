@@ -53,8 +53,7 @@ class WanSpec(UMT5WanVAEEncoders, ModelFamily):
     transformer_class = WanTransformer
     shard_units = ("WanTransformerBlock",)
     feedforward_layers = ("ffn.",)  # diffusers' FeedForward: net.0.proj, net.2
-    query_key_layers = ("attn1.to_q", "attn1.to_k", "attn2.to_q", "attn2.to_k", "attn2.add_k_proj")  # add_k_proj: i2v's image keys
-    attention_output_layers = ("attn1.to_out", "attn2.to_out")
+    cross_attention_layers = ("attn2.",)  # to_q, to_k, to_v, to_out; i2v's add_k_proj, add_v_proj
     subfolders = {
         "transformer": "transformer",
         "text_encoder": "text_encoder",
