@@ -113,3 +113,29 @@ def test_a_checkpointed_training_step_runs_every_attention_under_the_preferred_k
     assert len(firsts) == 2 * calls  # the forward's, then the recomputation's
     assert {first for _, first in firsts} == {int(SDPBackend.MATH)}, firsts
     assert torch._C._get_sdp_priority_order()[0] != int(SDPBackend.MATH)  # restored after the step
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9, reason="cuDNN attention is preferred on Hopper (sm90) only")
+def test_wan_training_step_runs_cudnn_attention_on_hopper():
+    """Wan's blocks are diffusers' code: its forward and its checkpointed recomputation run
+    cuDNN's fused attention on Hopper, not torch's first choice (flash). Head size 128, Wan's."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from frametuner.models.wan.transformer import WanTransformer
+
+    model = WanTransformer(
+        num_attention_heads=2, attention_head_dim=128, in_channels=16, out_channels=16, text_dim=64, freq_dim=32, ffn_dim=256, num_layers=2
+    ).to("cuda", torch.bfloat16)
+    model.enable_gradient_checkpointing("full")
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(1, 16, 3, 16, 16, device="cuda", dtype=torch.bfloat16, generator=generator)
+    text = torch.randn(1, 8, 64, device="cuda", dtype=torch.bfloat16, generator=generator)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        out = model(x, torch.tensor([500.0], device="cuda"), text, return_dict=False)[0]
+        out.float().square().mean().backward()
+        torch.cuda.synchronize()
+    names = {event.key for event in prof.key_averages()}
+    assert any("cudnn" in name and "fprop" in name for name in names), sorted(names)
+    assert any("cudnn" in name and "bprop" in name for name in names), sorted(names)
+    assert not any("pytorch_flash" in name for name in names), sorted(name for name in names if "flash" in name)
