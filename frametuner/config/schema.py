@@ -168,8 +168,8 @@ class TrainConfig(BaseModel):
     )
     fp8_compute_layers: Literal[FP8_COMPUTE_LAYERS] = _field(
         "all_but_cross", "model", "Which frozen Linears fp8_compute runs in float8: all_but_cross (every one but the "
-        "cross-attention's), all, or ffn (the feed-forward ones). Measured on an H100 with random weights, DiT output "
-        "error vs bf16 and 480p step: all_but_cross 1.8%, 10.9 s; all 6.1%, 10.8 s; ffn 1.6%, 11.3 s (bf16: 12.0 s)"
+        "cross-attention's, which carried most of float8's output error on the H100 benchmark), all (a little faster) "
+        "or ffn (the feed-forward ones only); README, Speed defaults, has the measured error and step time of each"
     )
 
     # ------------------------------------------------------------------ data
