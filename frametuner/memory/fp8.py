@@ -201,13 +201,13 @@ def fp8_layer_filter(layers: str, family) -> Callable[[str], bool] | None:
         return None
     if layers not in FP8_COMPUTE_LAYERS:
         raise ValueError(f"fp8_compute_layers {layers!r} is not one of {list(FP8_COMPUTE_LAYERS)}")
-    attribute = {"ffn": "feedforward_layers", "all_but_cross": "cross_attention_layers"}[layers]
-    prefixes = tuple(getattr(family, attribute))
+    if layers == "all_but_cross":
+        cross = tuple(family.cross_attention_layers)  # a family without cross-attention: all of them
+        return (lambda name: not name.startswith(cross)) if cross else None
+    prefixes = tuple(family.feedforward_layers)
     if not prefixes:
-        raise MemoryOptionError(f"fp8_compute_layers {layers!r}: the {family.name} family names no {attribute}; use 'all'")
-    if layers == "ffn":
-        return lambda name: name.startswith(prefixes)
-    return lambda name: not name.startswith(prefixes)
+        raise MemoryOptionError(f"fp8_compute_layers 'ffn': the {family.name} family names no feed-forward layers; use 'all'")
+    return lambda name: name.startswith(prefixes)
 
 
 def enable_fp8_compute(model: nn.Module, device: torch.device | str, *, scaling: str = "rowwise", include: Callable[[str], bool] | None = None) -> int:

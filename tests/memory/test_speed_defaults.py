@@ -176,6 +176,22 @@ def test_fp8_compute_layers_all_but_cross_keeps_the_cross_attention_bf16(family,
     assert TrainConfig(model_family=family).fp8_compute_layers == "all_but_cross"
 
 
+def test_fp8_compute_layers_for_a_family_that_names_none():
+    """A family without cross-attention (none named) runs every layer in float8 under the default;
+    ``ffn`` without named feed-forward layers is refused with what to use instead."""
+    from types import SimpleNamespace
+
+    from frametuner.memory.errors import MemoryOptionError
+    from frametuner.memory.fp8 import fp8_layer_filter
+
+    bare = SimpleNamespace(name="bare", feedforward_layers=(), cross_attention_layers=())
+    assert fp8_layer_filter("all_but_cross", bare) is None
+    with pytest.raises(MemoryOptionError, match="names no feed-forward layers; use 'all'"):
+        fp8_layer_filter("ffn", bare)
+    with pytest.raises(ValueError, match="fp8_compute_layers 'attention' is not one of"):
+        fp8_layer_filter("attention", bare)
+
+
 def test_fp8_compute_is_refused_where_the_gpu_cannot_run_it(tmp_path):
     from frametuner.models.longcat_video.tiny import ensure_tiny_checkpoint
     from frametuner.training.trainer import Trainer
