@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import gc
 import json
 import os
@@ -204,8 +205,9 @@ def _fp8(model, scaling: str | None = None, include=None) -> int:
 # (c): which layers run float8, by their names inside a LongCat block: each fp8_compute_layers
 # choice (the family's own groups), then diagnostic groups that show where the error comes from
 # (bench/RESULTS.md, 2026-12-06: the cross-attention's Linears carry most of it).
+@functools.cache
 def _config_layers(layers: str):
-    """The name filter of ``fp8_compute_layers: layers``."""
+    """The name filter of ``fp8_compute_layers: layers`` (once per choice)."""
     from ..memory.fp8 import fp8_layer_filter
     from ..models.registry import load_spec
 

@@ -229,3 +229,9 @@ def enable_fp8_compute(model: nn.Module, device: torch.device | str, *, scaling:
         )
     log.info("fp8 compute: %d frozen base Linear layers run float8 matmuls (%s scales, torchao)", count, scaling)
     return count
+
+
+def enable_configured_fp8_compute(model: nn.Module, device: torch.device | str, config, family) -> int:
+    """:func:`enable_fp8_compute` as a config's ``fp8_compute_scaling`` and ``fp8_compute_layers``
+    (``family``'s layer groups) say: the trainer's and the sampler's one call."""
+    return enable_fp8_compute(model, device, scaling=config.fp8_compute_scaling, include=fp8_layer_filter(config.fp8_compute_layers, family))

@@ -188,10 +188,10 @@ def load_denoiser(spec, root, *, loras=(), device: torch.device, dtype: torch.dt
     elif hasattr(model, "set_attention_implementation"):
         model.set_attention_implementation(attention)
     if config is not None and getattr(config, "fp8_compute", False):  # before LoRAs: it swaps the base Linears
-        from ..memory.fp8 import enable_fp8_compute, fp8_layer_filter
+        from ..memory.fp8 import enable_configured_fp8_compute
 
         model.requires_grad_(False)  # sampling: every weight is frozen
-        enable_fp8_compute(model, device, scaling=config.fp8_compute_scaling, include=fp8_layer_filter(config.fp8_compute_layers, spec))
+        enable_configured_fp8_compute(model, device, config, spec)
     apply_loras(model, loras)  # on the quantised layers; before offload places them
     if config is not None:
         from ..memory import apply_memory_options

@@ -297,7 +297,6 @@ def check_validation_setup(config):
     are a config error unless ``validation_using_datasets`` takes them from ``eval_dataset_id``.
     Returns the run's ConditioningCache (None when the model needs none)."""
     from ..cache.run import open_config_conditioning_cache
-
     from ..config.schema import image_only_validation_message
 
     conditioning_cache = open_config_conditioning_cache(config)

@@ -186,9 +186,9 @@ class Trainer:
         if config.gradient_checkpointing_cpu_offload is None:
             log.info("activation offload: %s", offload.reason)
         if config.fp8_compute:
-            from ..memory.fp8 import enable_fp8_compute, fp8_layer_filter
+            from ..memory.fp8 import enable_configured_fp8_compute
 
-            enable_fp8_compute(model, device, scaling=config.fp8_compute_scaling, include=fp8_layer_filter(config.fp8_compute_layers, self.spec))
+            enable_configured_fp8_compute(model, device, config, self.spec)
         self.memory = apply_memory_options(
             model, config, device, training=True, activation_offload=offload.enabled, check_host_ram=offload.check_host_ram
         )
